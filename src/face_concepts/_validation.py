@@ -1,0 +1,108 @@
+"""Input checks that name the offending parameter and value.
+
+Never ``assert`` user input (it disappears under ``python -O``); raise ``ValueError`` /
+``TypeError`` with a message a user can act on.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def check_int(
+    value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    """Return ``value`` as an int, or raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_float(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    strict_minimum: bool = False,
+    maximum: float | None = None,
+) -> float:
+    """Return ``value`` as a finite float, or raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None:
+        if strict_minimum and value <= minimum:
+            raise ValueError(f"{name} must be > {minimum}, got {value}")
+        if not strict_minimum and value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_choice(value: Any, name: str, choices: tuple[str, ...] | list[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise listing them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def as_float_tensor(
+    x: Any,
+    name: str,
+    *,
+    ndim: int | None = 2,
+    non_negative: bool = False,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Convert array-likes to a floating tensor and check shape, finiteness and sign.
+
+    Integer and boolean inputs become float32; float64 stays float64 unless ``dtype`` says
+    otherwise.
+    """
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(x))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name} must be an array or tensor, got {type(x).__name__}") from exc
+    if dtype is not None:
+        t = t.to(dtype)
+    elif not t.is_floating_point():
+        t = t.to(torch.float32)
+    elif t.dtype in (torch.float16, torch.bfloat16):
+        # Half precision overflows in the Gram products; compute in float32.
+        t = t.to(torch.float32)
+    if device is not None:
+        t = t.to(device)
+    if ndim is not None and t.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(
+            f"{name} contains {bad} NaN or infinite value(s); check the model/precision "
+            "that produced it (half precision overflows are a common cause)"
+        )
+    if non_negative:
+        mn = float(t.min())
+        if mn < 0:
+            raise ValueError(
+                f"{name} must be non-negative (NMF factorises non-negative activations), "
+                f"but its minimum is {mn:.4g}; use a post-ReLU layer"
+            )
+    return t

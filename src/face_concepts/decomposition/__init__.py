@@ -1,0 +1,33 @@
+"""The maths of face-concepts: FACE (KL-regularised NMF), NMF, and the single encoder.
+
+Notation (used everywhere in the project, following the paper):
+
+- ``A ∈ R^{n×p}_{≥0}`` — activations, one row per sample (image patch), ``(n_samples, n_features)``.
+- ``U ∈ R^{n×r}_{≥0}`` — codes (concept coefficients), ``(n_samples, n_concepts)``.
+- ``W ∈ R^{r×p}_{≥0}`` — the concept bank, one concept per row, ``(n_concepts, n_features)``.
+- ``h`` — the classifier head mapping ``(n, p)`` features to ``(n, C)`` logits.
+- ``P = softmax(h(A))``, ``Q = softmax(h(U W))`` row-wise.
+
+Objective (method.md §2, the authors' code scaling so that their λ values transfer)::
+
+    L(U, W) = mean_ij (A − U W)²_ij + λ · (1/n) Σ_i KL(P_i ‖ Q_i)
+"""
+
+from __future__ import annotations
+
+from .encoder import encode
+from .estimators import FACE, NMF
+from .init import initialize, nndsvd
+from .losses import face_objective, objective_and_grads
+from .solvers import SOLVERS
+
+__all__ = [
+    "FACE",
+    "NMF",
+    "SOLVERS",
+    "encode",
+    "face_objective",
+    "initialize",
+    "nndsvd",
+    "objective_and_grads",
+]

@@ -1,0 +1,104 @@
+"""Initialisations of ``U`` (n, r) and ``W`` (r, p) for ``A ≈ U W``.
+
+- ``nndsvd``: Boutsidis & Gallopoulos (2008), as in scikit-learn (zeros stay zero).
+- ``nndsvda``: ``nndsvd`` with zeros filled by the mean of ``A`` (scikit-learn's default).
+- ``nndsvd-authors``: the FACE authors' variant (method.md §3): first pair ``√s₀|u₀|, √s₀|v₀|``;
+  for ``i ≥ 1`` the positive or negative parts (larger product of norms), each normalised to
+  unit norm and scaled by ``√s_i`` (no product-of-norms factor).
+- ``random``: ``sqrt(mean(A) / r) · |N(0, 1)|`` from a seeded CPU generator (scikit-learn's).
+All use a thin SVD (the authors' code uses a full one).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._random import make_generator
+
+INITS = ("nndsvd", "nndsvda", "nndsvd-authors", "random", "custom")
+
+
+def _thin_svd(A: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # Computed in float64 for a stable sign/ordering across dtypes and devices.
+    Us, S, Vh = torch.linalg.svd(A.double(), full_matrices=False)
+    return Us[:, :r], S[:r], Vh[:r]
+
+
+def _sign_fix(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # An SVD pair is defined up to a joint sign; make the first pair mostly positive.
+    if x.sum() < 0:
+        return -x, -y
+    return x, y
+
+
+def nndsvd(
+    A: torch.Tensor, r: int, *, variant: str = "nndsvd"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """NNDSVD initialisation; ``variant`` in {"nndsvd", "nndsvda", "nndsvd-authors"}."""
+    Us, S, Vh = _thin_svd(A, r)
+    n, p = A.shape
+    U = torch.zeros(n, r, dtype=torch.float64, device=A.device)
+    W = torch.zeros(r, p, dtype=torch.float64, device=A.device)
+    x0, y0 = _sign_fix(Us[:, 0], Vh[0])
+    U[:, 0] = S[0].sqrt() * x0.abs()
+    W[0] = S[0].sqrt() * y0.abs()
+    for j in range(1, r):
+        x, y = Us[:, j], Vh[j]
+        xp, xn, yp, yn = x.clamp(min=0), (-x).clamp(min=0), y.clamp(min=0), (-y).clamp(min=0)
+        xpn, xnn, ypn, ynn = xp.norm(), xn.norm(), yp.norm(), yn.norm()
+        mp, mn = xpn * ypn, xnn * ynn
+        if mp > mn:
+            u, v, xnorm, ynorm, sigma = xp, yp, xpn, ypn, mp
+        else:
+            u, v, xnorm, ynorm, sigma = xn, yn, xnn, ynn, mn
+        if xnorm == 0 or ynorm == 0:
+            continue
+        scale = S[j].sqrt() if variant == "nndsvd-authors" else (S[j] * sigma).sqrt()
+        U[:, j] = scale * u / xnorm
+        W[j] = scale * v / ynorm
+    if variant == "nndsvda":
+        avg = A.double().mean()
+        U[U == 0] = avg
+        W[W == 0] = avg
+    return U.to(A.dtype), W.to(A.dtype)
+
+
+def random_init(A: torch.Tensor, r: int, random_state: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's random init, drawn on the CPU from a local generator."""
+    g = make_generator(random_state)
+    avg = math.sqrt(max(float(A.double().mean()), 1e-12) / r)
+    U = avg * torch.randn(A.shape[0], r, generator=g, dtype=torch.float64).abs()
+    W = avg * torch.randn(r, A.shape[1], generator=g, dtype=torch.float64).abs()
+    return U.to(device=A.device, dtype=A.dtype), W.to(device=A.device, dtype=A.dtype)
+
+
+def initialize(
+    A: torch.Tensor,
+    r: int,
+    init: str,
+    *,
+    random_state: object = None,
+    U0: torch.Tensor | None = None,
+    W0: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dispatch on ``init``; ``custom`` takes ``U0``/``W0`` (copied, validated)."""
+    if init in ("nndsvd", "nndsvda", "nndsvd-authors"):
+        return nndsvd(A, r, variant=init)
+    if init == "random":
+        return random_init(A, r, random_state)
+    if init == "custom":
+        if U0 is None or W0 is None:
+            raise ValueError("init='custom' needs both U0 and W0 passed to fit")
+        U0 = torch.as_tensor(U0).to(device=A.device, dtype=A.dtype).clone()
+        W0 = torch.as_tensor(W0).to(device=A.device, dtype=A.dtype).clone()
+        if U0.shape != (A.shape[0], r) or W0.shape != (r, A.shape[1]):
+            raise ValueError(
+                f"custom init shapes must be U0 {(A.shape[0], r)} and W0 {(r, A.shape[1])}, "
+                f"got {tuple(U0.shape)} and {tuple(W0.shape)}"
+            )
+        if bool((U0 < 0).any()) or bool((W0 < 0).any()):
+            raise ValueError("custom init U0 and W0 must be non-negative")
+        return U0, W0
+    raise ValueError(f"init must be one of {list(INITS)}, got {init!r}")

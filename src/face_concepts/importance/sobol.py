@@ -1,0 +1,233 @@
+"""Sobol total-order concept importance (method.md §5), vectorised over images and masks.
+
+For an image code ``u`` (one row of ``U``) and each mask ``m`` of the design, the output is
+the raw class logit ``y = h((u ⊙ m) W)[class_id]``. The per-image indices come from an
+estimator applied to these outputs; the global importance of a class is their mean over the
+class's images.
+
+Two evaluation paths give the same numbers:
+
+* affine head ``h(x) = x Vᵀ + b`` (``nn.Linear``, Dropout + Linear in eval mode, …): the class
+  logit is ``m · (u ⊙ w_c) + b_c`` with ``w_c = W V[class]ᵀ``, so all images × all masks are
+  one ``(n, r) × (r, n_masks)`` product; ``(u ⊙ m) W`` and the head are never evaluated;
+* any other head: the masked codes of (image, mask) pairs are sent through ``W`` and the head
+  in chunks of ``batch_size`` rows (no per-image Python loop).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from face_concepts._affine import affine_parameters
+from face_concepts._validation import as_float_tensor, check_int
+from face_concepts.importance.designs import sobol_design
+from face_concepts.importance.estimators import get_estimator
+
+# Elements of the (rows × n_features) activation block materialised per head call by default.
+_DEFAULT_CHUNK_ELEMENTS = 2**22
+
+
+def _check_inputs(U: Any, W: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    U = as_float_tensor(U, "U", ndim=2)
+    W = as_float_tensor(W, "W", ndim=2, dtype=U.dtype, device=U.device)
+    if U.shape[1] != W.shape[0]:
+        raise ValueError(
+            f"U has {U.shape[1]} concepts (columns) but W has {W.shape[0]} (rows); "
+            "they must come from the same concept bank"
+        )
+    return U, W
+
+
+def _check_class(class_id: Any, n_classes: int | None) -> int:
+    class_id = check_int(class_id, "class_id", minimum=0)
+    if n_classes is not None and class_id >= n_classes:
+        raise ValueError(
+            f"class_id must be < {n_classes} (the head's number of classes), got {class_id}"
+        )
+    return class_id
+
+
+def _affine_outputs(
+    U: torch.Tensor,
+    W: torch.Tensor,
+    V: torch.Tensor,
+    b: torch.Tensor,
+    class_id: int,
+    masks: torch.Tensor,
+) -> torch.Tensor:
+    # float64: the estimators subtract nearby logits, and the cost here is negligible.
+    V_c = V[class_id].to(device=U.device, dtype=torch.float64)
+    w_c = W.to(torch.float64) @ V_c  # (r,)
+    z = U.to(torch.float64) * w_c  # (n, r): each concept's contribution to the logit
+    return z @ masks.to(torch.float64).T + float(b[class_id])
+
+
+def _generic_outputs(
+    U: torch.Tensor,
+    W: torch.Tensor,
+    head: Callable,
+    class_id: int,
+    masks: torch.Tensor,
+    batch_size: int,
+) -> torch.Tensor:
+    n, n_masks = U.shape[0], masks.shape[0]
+    total = n * n_masks
+    out = torch.empty(total, dtype=torch.float64, device=U.device)
+    masks = masks.to(device=U.device, dtype=U.dtype)
+    with torch.no_grad():
+        for start in range(0, total, batch_size):
+            rows = torch.arange(start, min(start + batch_size, total), device=U.device)
+            codes = U[rows // n_masks] * masks[rows % n_masks]
+            logits = head(codes @ W)
+            if logits.ndim != 2:
+                raise ValueError(
+                    f"head must return (n, n_classes) logits, got shape {tuple(logits.shape)}"
+                )
+            _check_class(class_id, logits.shape[1])
+            out[rows] = logits[:, class_id].to(torch.float64)
+    return out.reshape(n, n_masks)
+
+
+def sobol_indices(
+    U: Any,
+    W: Any,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    class_id: int,
+    *,
+    n_designs: int = 32,
+    design: str = "halton",
+    estimator: str = "jansen",
+    batch_size: int | None = None,
+    random_state: Any = None,
+) -> torch.Tensor:
+    """Per-image Sobol total indices of each concept for the logit of ``class_id``.
+
+    Parameters
+    ----------
+    U : Tensor of shape (n_images, n_concepts)
+        Concept codes of the images (one row per image), from the single encoder.
+    W : Tensor of shape (n_concepts, n_features)
+        Concept bank.
+    head : nn.Module or callable (m, n_features) -> (m, n_classes)
+        Maps activations to logits. Affine heads are detected and take the one-product path.
+    class_id : int
+        Class whose raw logit is explained.
+    n_designs : int, default 32
+        Base design size ``N_d``; the head sees ``N_d (r + 2)`` masked codes per image.
+    design : {"halton", "sobol"}, default "halton"
+        Unscrambled Halton (as CRAFT and FACE) or scrambled Sobol (seeded by ``random_state``).
+    estimator : {"jansen", "saltelli"}, default "jansen"
+    batch_size : int, optional
+        Rows (image × mask pairs) per head call on the non-affine path. Default: about
+        4 M activation values per call. Ignored by affine heads.
+    random_state : None, int or generator
+        Only used by ``design="sobol"``.
+
+    Returns
+    -------
+    Tensor of shape (n_images, n_concepts), dtype of ``U``
+        Images whose class logit does not vary under the masks (zero variance) get 0, with a
+        warning.
+
+    Examples
+    --------
+    >>> head = torch.nn.Linear(4, 3)
+    >>> U, W = torch.rand(5, 2), torch.rand(2, 4)
+    >>> sobol_indices(U, W, head, class_id=1).shape
+    torch.Size([5, 2])
+    """
+    U, W = _check_inputs(U, W)
+    n_designs = check_int(n_designs, "n_designs", minimum=2)
+    estimate = get_estimator(estimator)
+    masks = sobol_design(W.shape[0], n_designs, design, random_state=random_state)
+    outputs_of = _outputs_function(W, head, class_id, batch_size)
+    # Chunk the images so that the (images × masks) output block stays small (about 32 MB).
+    step = max(1, _DEFAULT_CHUNK_ELEMENTS // masks.shape[0])
+    local, n_constant = [], 0
+    for start in range(0, U.shape[0], step):
+        outputs = outputs_of(U[start : start + step], masks)
+        n_constant += int((outputs[:, :n_designs].var(dim=1) == 0).sum())
+        local.append(estimate(outputs, n_designs))
+    if n_constant:
+        warnings.warn(
+            f"{n_constant} image(s) have a class logit that does not change under the masks "
+            "(e.g. an all-zero code); their Sobol indices are set to 0",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return torch.cat(local).to(U.dtype)
+
+
+def _stochastic_in_training(head: Any) -> bool:
+    # A plain Linear in training mode is harmless; Dropout (random) and BatchNorm (batch
+    # statistics) are not. The private base classes cover every Dropout*/BatchNorm* variant.
+    kinds = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)
+    if not isinstance(head, torch.nn.Module):
+        return False
+    return any(isinstance(m, kinds) and m.training for m in head.modules())
+
+
+def _outputs_function(
+    W: torch.Tensor, head: Any, class_id: Any, batch_size: int | None
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Return ``(U_chunk, masks) -> outputs`` for the affine or the generic path."""
+    if batch_size is not None:
+        batch_size = check_int(batch_size, "batch_size", minimum=1)
+    if _stochastic_in_training(head):
+        warnings.warn(
+            "head has Dropout or BatchNorm layers in training mode, so its logits are random or "
+            "batch-dependent; call head.eval() first",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    affine = affine_parameters(head)
+    if affine is not None:
+        V, b = affine
+        if V.shape[1] != W.shape[1]:
+            raise ValueError(f"head expects {V.shape[1]} features but W has {W.shape[1]} columns")
+        class_id = _check_class(class_id, V.shape[0])
+        return lambda U, masks: _affine_outputs(U, W, V, b, class_id, masks)
+    if not callable(head):
+        raise TypeError(f"head must be an nn.Module or a callable, got {type(head).__name__}")
+    if batch_size is None:
+        batch_size = max(1, _DEFAULT_CHUNK_ELEMENTS // W.shape[1])
+    class_id = _check_class(class_id, None)
+    return lambda U, masks: _generic_outputs(U, W, head, class_id, masks, batch_size)
+
+
+def sobol_importance(
+    U: Any,
+    W: Any,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    class_id: int,
+    *,
+    n_designs: int = 32,
+    design: str = "halton",
+    estimator: str = "jansen",
+    batch_size: int | None = None,
+    random_state: Any = None,
+) -> torch.Tensor:
+    """Global importance: the mean over images of :func:`sobol_indices` (shape (n_concepts,)).
+
+    Examples
+    --------
+    >>> head = torch.nn.Linear(4, 3)
+    >>> sobol_importance(torch.rand(5, 2), torch.rand(2, 4), head, class_id=0).shape
+    torch.Size([2])
+    """
+    local = sobol_indices(
+        U,
+        W,
+        head,
+        class_id,
+        n_designs=n_designs,
+        design=design,
+        estimator=estimator,
+        batch_size=batch_size,
+        random_state=random_state,
+    )
+    return local.mean(dim=0)

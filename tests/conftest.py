@@ -1,0 +1,31 @@
+"""Shared fixtures and the named tolerance table (design.md habit 3)."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Named tolerances: every numeric comparison in the suite refers to one of these.
+TOL = {
+    "grad_f64": 1e-9,  # factored gradient vs autograd on the materialised objective (float64)
+    "objective_f64": 1e-10,  # factored vs materialised objective value (relative, float64)
+    "objective_f32": 1e-5,  # same in float32 (relative)
+    "monotone": 1e-12,  # allowed objective increase per iteration (relative, float64 rounding)
+    "sklearn_ratio": 1.05,  # our NMF objective / sklearn's at most this
+    "adam_parity": 1e-6,  # authors' Adam loop vs our re-implementation, per step (float64)
+    "transform_consistency": 1e-2,  # fit_transform vs fit().transform, relative Frobenius
+    "split_logits": 1e-4,  # head(pool(features(x))) vs model(x), max abs on logits (float32)
+    "sobol_craft": 1e-5,  # our Sobol vs Craft-xai's on identical masks
+    "metric_naive": 1e-6,  # vectorised metric vs naive loop
+}
+
+
+@pytest.fixture
+def tol() -> dict[str, float]:
+    return TOL
