@@ -15,7 +15,15 @@ import torch
 from .._validation import as_float_tensor, check_float, check_int
 from ._head import Head
 from .losses import kl_rows
-from .solvers import Problem, _materialised_loss, evaluate, make_problem, pg_block, u_step
+from .solvers import (
+    Problem,
+    _Curvature,
+    _materialised_loss,
+    evaluate,
+    make_problem,
+    pg_block,
+    u_step,
+)
 
 
 def _warm_start(A: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -38,13 +46,15 @@ def solve_codes(
     prev = evaluate(prob, U, W).total
     it = 0
     step = 1.0
+    curv = _Curvature()
+    Z = None
     for it in range(1, max_iter + 1):
         if prob.factored:
             with torch.no_grad():
-                U = u_step(prob, U, W, None, max_inner=10)
+                U, Z, cur = u_step(prob, U, W, Z, 10, prev, curv)
         else:
             U, step = pg_block(lambda X: _materialised_loss(prob, X, W), U, step, 5)
-        cur = evaluate(prob, U, W).total
+            cur = evaluate(prob, U, W).total
         if prev <= 0 or (prev - cur) / prev < tol:
             break
         prev = cur

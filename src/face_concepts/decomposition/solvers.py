@@ -150,44 +150,116 @@ def _hals_sweeps(X: torch.Tensor, Q: torch.Tensor, R: torch.Tensor, max_inner: i
     return X
 
 
+def _recon_from(prob: Problem, cross: torch.Tensor, UtU: torch.Tensor, WWt: torch.Tensor) -> float:
+    """``mean (A − UW)²`` from ``⟨U, AWᵀ⟩`` (or ``⟨UᵀA, W⟩``) and the two Gram matrices."""
+    quad = float((UtU.double() * WWt.double()).sum())
+    return max(prob.sq_norm_A - 2.0 * float(cross) + quad, 0.0) * prob.alpha
+
+
+def _kl_of(prob: Problem, Z: torch.Tensor | None) -> float:
+    return float(kl_rows(prob.logP, Z).mean()) if Z is not None else 0.0
+
+
+@dataclass
+class _Curvature:
+    """Adaptive scale ``s ∈ (0, 1]`` of the KL curvature bound, one per block.
+
+    ``s = 1`` is Böhning's bound, which guarantees descent. Smaller ``s`` takes longer steps
+    where the softmax is far flatter than the bound (confident predictions); a step that raises
+    the objective is redone with a larger ``s`` (backtracking), so descent is kept.
+    """
+
+    s: float = 1.0
+
+    def next_try(self) -> bool:
+        if self.s >= 1.0:
+            return False
+        self.s = min(1.0, 4.0 * self.s)
+        return True
+
+    def relax(self) -> None:
+        self.s = max(0.5 * self.s, 1e-6)
+
+
 def u_step(
-    prob: Problem, U: torch.Tensor, W: torch.Tensor, Z: torch.Tensor | None, max_inner: int
-) -> torch.Tensor:
-    """One MM-HALS update of ``U`` with ``W`` fixed (``Z``: current logits ``h(UW)`` or None)."""
+    prob: Problem,
+    U: torch.Tensor,
+    W: torch.Tensor,
+    Z: torch.Tensor | None,
+    max_inner: int,
+    f_cur: float = float("inf"),
+    curv: _Curvature | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """MM-HALS update of ``U`` with ``W`` fixed. Returns ``(U, logits h(UW) or None, objective)``.
+
+    ``Z``: current logits ``h(UW)`` (computed when None); ``f_cur``: current objective.
+    """
     a2 = 2.0 * prob.alpha
-    Q = a2 * (W @ W.T)
-    R = a2 * (prob.A @ W.T)
-    if prob.kl_weight > 0:
-        head = prob.head
-        M = W @ head.V.T
-        if Z is None:
-            Z = torch.addmm(head.b, U, M)
-        G = torch.softmax(Z, dim=1) - prob.logP.exp()
-        Mc = W @ prob.Vc.T
-        H = (0.5 * prob.beta) * (Mc @ Mc.T)
-        Q = Q + H
-        R = R - prob.beta * (G @ M.T) + U @ H
-    # Sweep on Uᵀ so that each concept's codes are a contiguous row.
-    return _hals_sweeps(U.T.contiguous(), Q, R.T.contiguous(), max_inner).T.contiguous()
+    WWt = W @ W.T
+    AWt = prob.A @ W.T
+    if prob.kl_weight == 0:
+        Un = _hals_sweeps(
+            U.T.contiguous(), a2 * WWt, a2 * AWt.T.contiguous(), max_inner
+        ).T.contiguous()
+        return Un, None, _recon_from(prob, (Un.double() * AWt.double()).sum(), Un.T @ Un, WWt)
+    head = prob.head
+    curv = curv or _Curvature()
+    M = W @ head.V.T
+    if Z is None:
+        Z = torch.addmm(head.b, U, M)
+    G = torch.softmax(Z, dim=1) - prob.logP.exp()
+    Mc = W @ prob.Vc.T
+    Hk = (0.5 * prob.beta) * (Mc @ Mc.T)
+    R0 = a2 * AWt - prob.beta * (G @ M.T)
+    UH = U @ Hk
+    while True:
+        # Sweep on Uᵀ so that each concept's codes are a contiguous row.
+        Rt = (R0 + curv.s * UH).T.contiguous()
+        Un = _hals_sweeps(U.T.contiguous(), a2 * WWt + curv.s * Hk, Rt, max_inner).T.contiguous()
+        Zn = torch.addmm(head.b, Un, M)
+        f_new = _recon_from(
+            prob, (Un.double() * AWt.double()).sum(), Un.T @ Un, WWt
+        ) + prob.kl_weight * _kl_of(prob, Zn)
+        if f_new <= f_cur or not curv.next_try():
+            break
+    curv.relax()
+    return Un, Zn, f_new
 
 
 def w_step(
-    prob: Problem, U: torch.Tensor, W: torch.Tensor, max_inner: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One MM-HALS update of ``W`` with ``U`` fixed. Returns ``(W, UᵀA)``."""
+    prob: Problem,
+    U: torch.Tensor,
+    W: torch.Tensor,
+    Z: torch.Tensor | None,
+    max_inner: int,
+    f_cur: float = float("inf"),
+    curv: _Curvature | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, float, torch.Tensor]:
+    """MM-HALS update of ``W`` with ``U`` fixed. Returns ``(W, logits or None, objective, UᵀA)``."""
     a2 = 2.0 * prob.alpha
     UtU = U.T @ U
     UtA = U.T @ prob.A
-    Q = a2 * UtU
-    R = a2 * UtA
-    if prob.kl_weight > 0:
-        head = prob.head
+    if prob.kl_weight == 0:
+        Wn = _hals_sweeps(W.clone(), a2 * UtU, a2 * UtA, max_inner)
+        return Wn, None, _recon_from(prob, (UtA.double() * Wn.double()).sum(), UtU, Wn @ Wn.T), UtA
+    head = prob.head
+    curv = curv or _Curvature()
+    if Z is None:
         Z = torch.addmm(head.b, U, W @ head.V.T)
-        G = torch.softmax(Z, dim=1) - prob.logP.exp()
-        c = 0.5 * prob.beta * prob.Vc_sq_norm
-        Q = Q + c * UtU
-        R = R - prob.beta * ((U.T @ G) @ head.V) + c * (UtU @ W)
-    return _hals_sweeps(W, Q, R, max_inner), UtA
+    G = torch.softmax(Z, dim=1) - prob.logP.exp()
+    c0 = 0.5 * prob.beta * prob.Vc_sq_norm
+    R0 = a2 * UtA - prob.beta * ((U.T @ G) @ head.V)
+    UtUW = UtU @ W
+    while True:
+        Wn = _hals_sweeps(W.clone(), (a2 + curv.s * c0) * UtU, R0 + (curv.s * c0) * UtUW, max_inner)
+        Zn = torch.addmm(head.b, U, Wn @ head.V.T)
+        f_new = _recon_from(
+            prob, (UtA.double() * Wn.double()).sum(), UtU, Wn @ Wn.T
+        ) + prob.kl_weight * _kl_of(prob, Zn)
+        if f_new <= f_cur or not curv.next_try():
+            break
+    curv.relax()
+    return Wn, Zn, f_new, UtA
 
 
 def _finish(history: dict, t: int, max_iter: int, converged: bool, name: str) -> None:
@@ -200,6 +272,44 @@ def _finish(history: dict, t: int, max_iter: int, converged: bool, name: str) ->
         )
 
 
+def _terms_at(
+    prob: Problem, U: torch.Tensor, W: torch.Tensor, UtA: torch.Tensor | None = None
+) -> tuple[Terms, torch.Tensor | None]:
+    """Factored objective at ``(U, W)`` and the logits ``Z`` (reused by the next U step)."""
+    Z = prob.head.code_logits(U, W) if prob.kl_weight > 0 else None
+    kl = float(kl_rows(prob.logP, Z).mean()) if Z is not None else 0.0
+    UtA = U.T @ prob.A if UtA is None else UtA
+    return factored_objective(
+        prob.sq_norm_A, UtA, U.T @ U, W, prob.n, prob.p, kl, prob.kl_weight
+    ), Z
+
+
+class _Extrapolation:
+    """Safeguarded extrapolation between iterations (Ang & Gillis, 2019, "HALS-e").
+
+    After an MM-HALS iteration moved ``X_prev → X``, try ``max(0, X + β (X − X_prev))``; keep it
+    only if the objective is lower, so monotonicity is preserved. β grows after a success and
+    shrinks (with a lower cap) after a failure.
+    """
+
+    def __init__(
+        self, beta: float = 0.5, gamma: float = 1.05, gamma_bar: float = 1.01, eta: float = 1.5
+    ) -> None:
+        self.beta, self.beta_bar = beta, 1.0
+        self.gamma, self.gamma_bar, self.eta = gamma, gamma_bar, eta
+
+    def propose(self, X: torch.Tensor, X_prev: torch.Tensor) -> torch.Tensor:
+        return (X + self.beta * (X - X_prev)).clamp_(min=0)
+
+    def update(self, accepted: bool) -> None:
+        if accepted:
+            self.beta = min(self.beta_bar, self.gamma * self.beta)
+            self.beta_bar = min(1.0, self.gamma_bar * self.beta_bar)
+        else:
+            self.beta_bar = self.beta
+            self.beta = self.beta / self.eta
+
+
 def solve_hals(
     prob: Problem,
     U: torch.Tensor,
@@ -208,24 +318,32 @@ def solve_hals(
     max_iter: int = 1000,
     tol: float = 1e-5,
     max_inner: int = 10,
+    extrapolate: bool = True,
     callback: Callable[[int, Terms], None] | None = None,
 ) -> SolverResult:
     """Alternating majorise-minimise HALS (affine heads or λ = 0). See the module docstring."""
     if not prob.factored:
         raise ValueError("solver='hals' needs an affine head (or kl_weight=0); use solver='pgd'")
     res = SolverResult(U=U, W=W, n_iter=0, converged=False)
+    ex = _Extrapolation()
+    cu, cw = _Curvature(), _Curvature()
     with torch.no_grad():
-        prev = evaluate(prob, U, W)
+        prev, Z = _terms_at(prob, U, W)
         _record(res.history, prev)
-        Z = None
         for t in range(1, max_iter + 1):
-            U = u_step(prob, U, W, Z, max_inner)
-            W, UtA = w_step(prob, U, W, max_inner)
-            Z = prob.head.code_logits(U, W) if prob.kl_weight > 0 else None
-            kl = float(kl_rows(prob.logP, Z).mean()) if Z is not None else 0.0
+            U_old, W_old = U, W
+            U, Z, f_u = u_step(prob, U, W, Z, max_inner, prev.total, cu)
+            W, Z, _, UtA = w_step(prob, U, W, Z, max_inner, f_u, cw)
             cur = factored_objective(
-                prob.sq_norm_A, UtA, U.T @ U, W, prob.n, prob.p, kl, prob.kl_weight
+                prob.sq_norm_A, UtA, U.T @ U, W, prob.n, prob.p, _kl_of(prob, Z), prob.kl_weight
             )
+            if extrapolate and t > 1:
+                Ue, We = ex.propose(U, U_old), ex.propose(W, W_old)
+                trial, Ze = _terms_at(prob, Ue, We)
+                accepted = trial.total < cur.total
+                if accepted:
+                    U, W, cur, Z = Ue, We, trial, Ze
+                ex.update(accepted)
             _record(res.history, cur)
             res.n_iter = t
             if callback is not None:

@@ -1,0 +1,393 @@
+"""Crash-safe file writing and checksums shared by saved runs, caches, metrics and figures.
+
+Every writer goes through a temporary file in the destination's own directory that is flushed
+and ``fsync``-ed before ``os.replace`` moves it into place, so a reader sees the old file or the
+new one and never half of one (``os.replace`` is atomic within a file system, which is why the
+temporary file must live next to its destination rather than in ``/tmp``). A failed write
+removes its temporary file and raises an :class:`OSError` whose message names the path and says
+what went wrong in words (disk full, permission denied, ...).
+
+Examples
+--------
+>>> import tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> _ = atomic_write_json(d / "metrics.json", {"acc": 0.9})
+>>> (d / "metrics.json").read_text().startswith("{")
+True
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+__all__ = [
+    "atomic_save_safetensors",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_pair",
+    "backup_path",
+    "describe_os_error",
+    "fsync_directory",
+    "json_bytes",
+    "publish",
+    "remove_quietly",
+    "safetensors_bytes",
+    "sha256_bytes",
+    "tensor_sha256",
+    "write_temporary",
+]
+
+# Reasons a user can act on, keyed by errno; anything else falls back to the system's wording.
+_REASONS = {
+    errno.ENOSPC: "no space left on device; free some space or choose another output directory",
+    errno.EDQUOT: "disk quota exceeded; free some space or choose another output directory",
+    errno.EACCES: "permission denied; choose a writable output directory",
+    errno.EPERM: "operation not permitted; choose a writable output directory",
+    errno.EROFS: "read-only file system; choose a writable output directory",
+}
+
+
+def describe_os_error(exc: OSError, path: str | os.PathLike[str], action: str = "write") -> OSError:
+    """Return a new :class:`OSError` saying ``cannot {action} {path}: {reason}``.
+
+    The errno is kept, so ``OSError(errno.EACCES, ...)`` still arrives as ``PermissionError``
+    and callers (the CLI) can branch on it.
+    """
+    reason = _REASONS.get(exc.errno, exc.strerror or str(exc))
+    message = f"cannot {action} {os.fspath(path)}: {reason}"
+    if exc.errno is None:
+        return OSError(message)
+    return OSError(exc.errno, message)
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """Hex sha256 of a tensor's raw bytes in C order (dtype and shape are recorded separately)."""
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    # A uint8 view works for every dtype, including bfloat16 that numpy cannot represent.
+    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def _jsonable(obj: Any, where: str) -> Any:
+    """Plain-Python copy of ``obj`` for :mod:`json`; raise ``TypeError`` naming the key path."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    if isinstance(obj, Mapping):
+        out = {}
+        for key, value in obj.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where} has a non-string key {key!r}; JSON keys must be str")
+            out[key] = _jsonable(value, f"{where}[{key!r}]")
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return obj.item()
+    item = getattr(obj, "item", None)  # numpy scalars
+    if callable(item) and getattr(obj, "ndim", None) == 0:
+        return _jsonable(item(), where)
+    raise TypeError(
+        f"{where} is not JSON-serialisable: {type(obj).__name__} {obj!r:.80}; "
+        "store tensors in the tensor file and only plain values in metadata"
+    )
+
+
+def json_bytes(obj: Any, *, name: str = "metadata", indent: int | None = 2) -> bytes:
+    """Serialise ``obj`` to UTF-8 JSON, converting numpy/torch scalars, tuples and paths.
+
+    Keys are sorted; ``indent=None`` gives the compact canonical form used for checksums.
+    Non-finite floats are written as ``NaN``/``Infinity`` (Python's json reads them back) rather
+    than failing a save, because a degenerate metric should not cost a user their run.
+
+    Raises
+    ------
+    TypeError
+        Naming the key path of the first value that cannot be represented.
+
+    Examples
+    --------
+    >>> json_bytes({"b": (1, 2), "a": 0.5}, indent=None)
+    b'{"a":0.5,"b":[1,2]}'
+    """
+    plain = _jsonable(obj, name)
+    if indent is None:  # canonical form, stable for hashing
+        return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return (json.dumps(plain, indent=indent, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def _write_all(handle: BinaryIO, data: bytes) -> None:
+    """Write, flush and fsync: the data is on disk before any rename can publish it."""
+    handle.write(data)
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def remove_quietly(path: str | os.PathLike[str]) -> None:
+    """Delete ``path`` if it exists; cleanup must never hide the error that caused it."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def write_temporary(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to a new fsync-ed temporary file next to ``path`` and return its path.
+
+    The caller publishes it with ``os.replace``. The parent directory is created if needed. On
+    failure nothing is left behind and an :class:`OSError` naming ``path`` is raised.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise describe_os_error(exc, path.parent, "create directory") from exc
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        # "xb": never clobber a file we did not create; mode 0o666 & ~umask like any new file.
+        handle = open(tmp, "xb")
+    except OSError as exc:
+        raise describe_os_error(exc, path) from exc
+    try:
+        with handle:
+            _write_all(handle, data)
+    except OSError as exc:
+        remove_quietly(tmp)
+        raise describe_os_error(exc, path) from exc
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    return tmp
+
+
+def fsync_directory(directory: str | os.PathLike[str]) -> None:
+    """Make a rename inside ``directory`` durable; a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def publish(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """``os.replace(tmp, path)``; on failure remove ``tmp`` and raise an OSError naming ``path``."""
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        remove_quietly(tmp)
+        raise describe_os_error(exc, path) from exc
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, ``os.replace``).
+
+    Parameters
+    ----------
+    path : path-like
+        Destination; its parent directory is created if missing.
+    data : bytes
+        The complete new content.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    OSError
+        Naming ``path`` and the reason (e.g. disk full); the old file, if any, is untouched.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = atomic_write_bytes(pathlib.Path(tempfile.mkdtemp()) / "a.bin", b"abc")
+    >>> p.read_bytes()
+    b'abc'
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes, got {type(data).__name__}")
+    path = Path(path)
+    publish(write_temporary(path, bytes(data)), path)
+    fsync_directory(path.parent)
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically; see :func:`json_bytes` and
+    :func:`atomic_write_bytes`.
+
+    Serialisation happens before anything touches the disk, so an unserialisable value raises
+    ``TypeError`` and leaves the old file as it was.
+
+    Examples
+    --------
+    >>> import json, tempfile, pathlib
+    >>> p = atomic_write_json(pathlib.Path(tempfile.mkdtemp()) / "m.json", {"kl": 0.5})
+    >>> json.loads(p.read_text())
+    {'kl': 0.5}
+    """
+    return atomic_write_bytes(path, json_bytes(obj, name=Path(path).name, indent=indent))
+
+
+def safetensors_bytes(
+    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> bytes:
+    """Serialise tensors (detached, on CPU, contiguous, unshared) with safetensors."""
+    from safetensors.torch import save  # local: keep `import face_concepts` light
+
+    if not isinstance(tensors, Mapping):
+        raise TypeError(f"tensors must be a mapping of str to Tensor, got {type(tensors).__name__}")
+    plain: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        if not isinstance(name, str) or not isinstance(t, torch.Tensor):
+            raise TypeError(
+                f"tensors must map str to torch.Tensor, got {name!r}: {type(t).__name__}"
+            )
+        # clone: safetensors refuses tensors that share storage (views of one buffer).
+        plain[name] = t.detach().cpu().contiguous().clone()
+    if metadata is not None:
+        bad = {k: v for k, v in metadata.items() if not (isinstance(k, str) and isinstance(v, str))}
+        if bad:
+            raise TypeError(f"safetensors metadata must map str to str, got {bad!r:.120}")
+        metadata = dict(metadata)
+    return save(plain, metadata=metadata)
+
+
+def atomic_save_safetensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Save ``tensors`` to a ``.safetensors`` file atomically (no pickle anywhere).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, torch
+    >>> from safetensors.torch import load_file
+    >>> p = atomic_save_safetensors(pathlib.Path(tempfile.mkdtemp()) / "t.safetensors",
+    ...                             {"W": torch.ones(2, 3)})
+    >>> load_file(p)["W"].shape
+    torch.Size([2, 3])
+    """
+    return atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
+
+
+# ---------------------------------------------------------------------- two files, one commit
+def backup_path(data_path: str | os.PathLike[str]) -> Path:
+    """Where :func:`atomic_write_pair` keeps the previous data file while it commits."""
+    data_path = Path(data_path)
+    return data_path.with_name(f".{data_path.name}.prev")
+
+
+def atomic_write_pair(
+    data_path: str | os.PathLike[str],
+    data: bytes,
+    index_path: str | os.PathLike[str],
+    index: bytes,
+    *,
+    sha_key: str = "file_sha256",
+) -> None:
+    """Replace a data file and the JSON index describing it so that the index is the commit.
+
+    ``index`` must be a JSON object whose ``sha_key`` is the sha256 of ``data``. Both are
+    written to fsync-ed temporary files first; then the data file is renamed into place (the
+    previous one kept as :func:`backup_path`), then the index. If the index rename fails the
+    previous data file is put back, so the previous pair still loads; if the process dies
+    between the renames, the backup is the file the old index describes (readers may fall back
+    to it, and the next write restores it before starting). No temporary file is left behind.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, hashlib, json
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> idx = json.dumps({"file_sha256": hashlib.sha256(b"x").hexdigest()}).encode()
+    >>> atomic_write_pair(d / "a.bin", b"x", d / "a.json", idx)
+    >>> sorted(p.name for p in d.iterdir())
+    ['a.bin', 'a.json']
+    """
+    data_path, index_path = Path(data_path), Path(index_path)
+    backup = backup_path(data_path)
+    tmp_data = write_temporary(data_path, data)  # creates the directory if needed
+    try:
+        _settle_backup(data_path, index_path, sha_key)
+        tmp_index = write_temporary(index_path, index)
+    except BaseException:
+        remove_quietly(tmp_data)
+        raise
+    had_old = data_path.exists()
+    try:
+        if had_old:
+            _link_or_copy(data_path, backup)
+        publish(tmp_data, data_path)
+        fsync_directory(data_path.parent)  # the data rename must be durable before the index's
+    except BaseException:
+        for leftover in (tmp_data, tmp_index, backup):
+            remove_quietly(leftover)
+        raise
+    try:
+        publish(tmp_index, index_path)
+    except BaseException:
+        # The old index describes the old data file: put it back (or drop the orphan).
+        try:
+            if had_old:
+                os.replace(backup, data_path)
+            else:
+                remove_quietly(data_path)
+        except OSError:
+            pass  # the backup stays, and readers fall back to it
+        raise
+    remove_quietly(backup)
+    fsync_directory(data_path.parent)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Keep the current data file under ``dst`` (a hard link costs no copy)."""
+    remove_quietly(dst)
+    try:
+        os.link(src, dst)
+    except OSError:  # file systems without hard links
+        publish(write_temporary(dst, src.read_bytes()), dst)
+
+
+def _settle_backup(data_path: Path, index_path: Path, sha_key: str) -> None:
+    """Finish what a write that died between its two renames left behind."""
+    backup = backup_path(data_path)
+    if not backup.exists():
+        return
+    try:
+        recorded = json.loads(index_path.read_bytes())[sha_key]
+        current = sha256_bytes(data_path.read_bytes()) if data_path.exists() else None
+        restore = sha256_bytes(backup.read_bytes()) == recorded and current != recorded
+    except (OSError, ValueError, KeyError, TypeError):
+        restore = False
+    if restore:
+        os.replace(backup, data_path)
+    else:
+        remove_quietly(backup)
