@@ -22,6 +22,7 @@ from .solvers import (
     evaluate,
     make_problem,
     pg_block,
+    small_problem_threads,
     u_step,
 )
 
@@ -123,7 +124,8 @@ def encode(
             if U0 is None
             else as_float_tensor(U0, "U0", dtype=A.dtype, device=A.device)[s : s + bs].clone()
         )
-        U, _ = solve_codes(prob, W, U, max_iter=max_iter, tol=tol)
+        with small_problem_threads(prob, W.shape[0]):
+            U, _ = solve_codes(prob, W, U, max_iter=max_iter, tol=tol)
         out.append(U)
     return torch.cat(out, dim=0)
 

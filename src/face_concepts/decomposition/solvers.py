@@ -46,6 +46,9 @@ class Problem:
     head: Head | None
     kl_weight: float
     logP: torch.Tensor | None = None
+    P: torch.Tensor | None = None
+    P64: torch.Tensor | None = None
+    neg_entropy: torch.Tensor | None = None  # Σ_c P log P per row (constant of the KL), float64
     sq_norm_A: float = 0.0
     Vc_sq_norm: float = 0.0
     Vc: torch.Tensor | None = None
@@ -84,6 +87,9 @@ def make_problem(
             with torch.no_grad():
                 logP = torch.log_softmax(head.logits(A), dim=1)
         prob.logP = logP
+        prob.P = logP.exp()
+        prob.P64 = logP.double().exp()
+        prob.neg_entropy = (prob.P64 * logP.double()).sum(dim=1)
         if head.is_affine:
             prob.Vc = head.V - head.V.mean(dim=0, keepdim=True)
             prob.Vc_sq_norm = float(torch.linalg.matrix_norm(prob.Vc.double(), ord=2)) ** 2
@@ -157,7 +163,15 @@ def _recon_from(prob: Problem, cross: torch.Tensor, UtU: torch.Tensor, WWt: torc
 
 
 def _kl_of(prob: Problem, Z: torch.Tensor | None) -> float:
-    return float(kl_rows(prob.logP, Z).mean()) if Z is not None else 0.0
+    """Mean ``KL(P ‖ softmax Z)`` = mean(Σ P log P − ⟨P, Z⟩ + logsumexp Z), P precomputed."""
+    if Z is None:
+        return 0.0
+    # In float64: the three terms are of the size of the logits while their sum (the KL) can
+    # be tiny, and float32 rounding here would be noise in the stopping rule.
+    Zd = Z.double()
+    return float(
+        (prob.neg_entropy - (prob.P64 * Zd).sum(dim=1) + torch.logsumexp(Zd, dim=1)).mean()
+    )
 
 
 @dataclass
@@ -207,7 +221,7 @@ def u_step(
     M = W @ head.V.T
     if Z is None:
         Z = torch.addmm(head.b, U, M)
-    G = torch.softmax(Z, dim=1) - prob.logP.exp()
+    G = torch.softmax(Z, dim=1) - prob.P
     Mc = W @ prob.Vc.T
     Hk = (0.5 * prob.beta) * (Mc @ Mc.T)
     R0 = a2 * AWt - prob.beta * (G @ M.T)
@@ -246,7 +260,7 @@ def w_step(
     curv = curv or _Curvature()
     if Z is None:
         Z = torch.addmm(head.b, U, W @ head.V.T)
-    G = torch.softmax(Z, dim=1) - prob.logP.exp()
+    G = torch.softmax(Z, dim=1) - prob.P
     c0 = 0.5 * prob.beta * prob.Vc_sq_norm
     R0 = a2 * UtA - prob.beta * ((U.T @ G) @ head.V)
     UtUW = UtU @ W
@@ -277,7 +291,7 @@ def _terms_at(
 ) -> tuple[Terms, torch.Tensor | None]:
     """Factored objective at ``(U, W)`` and the logits ``Z`` (reused by the next U step)."""
     Z = prob.head.code_logits(U, W) if prob.kl_weight > 0 else None
-    kl = float(kl_rows(prob.logP, Z).mean()) if Z is not None else 0.0
+    kl = _kl_of(prob, Z)
     UtA = U.T @ prob.A if UtA is None else UtA
     return factored_objective(
         prob.sq_norm_A, UtA, U.T @ U, W, prob.n, prob.p, kl, prob.kl_weight
@@ -480,6 +494,26 @@ def solve_adam(
     _finish(res.history, res.n_iter, max_iter, res.converged, "adam")
     res.U, res.W = U.detach(), W.detach()
     return res
+
+
+class small_problem_threads:
+    """Run tiny problems on one thread: their many small kernels lose more to thread
+    synchronisation (badly so on a busy machine) than they gain. Restores the setting on exit.
+    """
+
+    WORK_THRESHOLD = 3e7  # n · (p + C) · r below this counts as small
+
+    def __init__(self, prob: Problem, r: int) -> None:
+        C = prob.head.V.shape[0] if (prob.head is not None and prob.head.is_affine) else 0
+        self.small = prob.A.device.type == "cpu" and prob.n * (prob.p + C) * r < self.WORK_THRESHOLD
+        self.saved = torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        if self.small:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.saved)
 
 
 SOLVERS: dict[str, Callable[..., SolverResult]] = {

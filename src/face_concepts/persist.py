@@ -1,0 +1,109 @@
+"""Save and load a fitted :class:`~face_concepts.pipeline.ConceptExplainer` as a run directory.
+
+A run holds a :class:`~face_concepts.bank.ConceptBank` (tensors in safetensors, metadata in
+JSON; no pickle anywhere): the concept bank ``W``, global and local importance, image codes and
+activations, the top crops per concept, and metadata with the model description (id,
+fingerprint, layer, preprocessing), every setting, the fit's loss history and metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .bank import ConceptBank
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def save_explainer(explainer: Any, path: Any, *, metrics: dict[str, Any] | None = None) -> Path:
+    explainer._check_fitted()
+    tensors = {
+        "W": explainer.concept_bank_,
+        "importance": explainer.importance_,
+        "importance_local": explainer.local_importance_,
+        "codes": explainer.image_codes_,
+        "image_activations": explainer.image_activations_,
+    }
+    if explainer.crops_ is not None:
+        idx, crops = explainer.top_crops()
+        tensors["top_crop_index"] = idx
+        tensors["crops"] = _to_uint8(crops)
+        tensors["top_crop_codes"] = explainer.row_codes_[idx.reshape(-1)]
+    split = explainer.split
+    info = dict(explainer.fit_info_)
+    metadata = {
+        "model": split.description()
+        if hasattr(split, "description")
+        else {"name": type(split).__name__},
+        "class_id": explainer.class_id_,
+        "class_name": explainer.class_name(),
+        "config": explainer.config(),
+        "patch_settings": getattr(explainer, "patch_settings_", None),
+        "n_images": explainer.n_images_,
+        "n_skipped": getattr(explainer, "n_skipped_", 0),
+        "fit": {k: v for k, v in info.items() if k != "history"},
+        "loss_history": info.get("history"),
+        "metrics": metrics or {},
+    }
+    out = Path(path)
+    ConceptBank(tensors, metadata).save(out)
+    return out
+
+
+def load_explainer(cls: type, path: Any, split: Any = None) -> Any:
+    from .models import load_model
+
+    bank = ConceptBank.load(path)
+    meta = bank.metadata
+    model_meta = meta.get("model", {})
+    if split is None:
+        name = model_meta.get("model")
+        if not name:
+            raise ValueError(f"the run at {path} records no model id; pass split= explicitly")
+        split = load_model(name, layer=model_meta.get("layer"))
+    fp = getattr(split, "fingerprint", None)
+    if model_meta.get("fingerprint") and fp and fp != model_meta["fingerprint"]:
+        raise ValueError(
+            f"the run at {path} was made with model fingerprint {model_meta['fingerprint']} "
+            f"(layer {model_meta.get('layer')}), but the given model has fingerprint {fp} "
+            f"(layer {getattr(split, 'layer', None)})"
+        )
+    cfg = meta["config"]
+    enc = cfg["encoder"]["kl_weight"]
+    ex = cls(
+        split,
+        cfg["method"],
+        n_concepts=cfg["n_concepts"],
+        kl_weight=cfg["kl_weight"],
+        patch_size=cfg["patch_size"],
+        stride=cfg["stride"],
+        resize_patches=cfg["resize_patches"],
+        encoder_kl_weight=enc,
+        n_designs=cfg["n_designs"],
+        filter_correct=cfg["filter_correct"],
+        batch_size=cfg["batch_size"],
+        max_iter=cfg["max_iter"],
+        tol=cfg["tol"],
+        random_state=cfg["random_state"],
+    )
+    t = bank.tensors
+    ex.concept_bank_ = t["W"]
+    ex.importance_ = t["importance"]
+    ex.local_importance_ = t["importance_local"]
+    ex.image_codes_ = t["codes"]
+    ex.image_activations_ = t["image_activations"]
+    ex.class_id_ = meta["class_id"]
+    ex.n_images_ = meta["n_images"]
+    ex.fit_info_ = {**meta.get("fit", {}), "history": meta.get("loss_history")}
+    ex.patch_settings_ = meta.get("patch_settings")
+    ex.crops_ = None
+    ex.saved_crops_ = t.get("crops")
+    ex.saved_top_crop_index_ = t.get("top_crop_index")
+    ex.saved_top_crop_codes_ = t.get("top_crop_codes")
+    ex.metadata_ = meta
+    return ex
