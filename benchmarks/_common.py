@@ -11,11 +11,14 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import sys
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 
 import torch
 import torchvision
+from sklearn.exceptions import ConvergenceWarning
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "face_concepts_bench")
 
@@ -97,7 +100,9 @@ def _extract(model: torch.nn.Module, n_per_image: int, patch: int, seed: int) ->
     return torch.cat(out).contiguous()
 
 
-def mobilenet_crop_activations(n_per_image: int = 77, patch: int = 64, seed: int = 0) -> Activations:
+def mobilenet_crop_activations(
+    n_per_image: int = 77, patch: int = 64, seed: int = 0
+) -> Activations:
     """``A`` of ``n_per_image`` random native ``patch``-px crops of each bundled real photo.
 
     Cached in ``~/.cache/face_concepts_bench`` (keyed by the three arguments).
@@ -119,3 +124,69 @@ def mobilenet_crop_activations(n_per_image: int = 77, patch: int = 64, seed: int
         "centre crop 224, ImageNet mean/std), spatially mean-pooled"
     )
     return Activations(A=A, head=model.classifier, description=desc)
+
+
+def timed(fn):
+    """``(fn(), wall seconds)``."""
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def log(msg: str) -> None:
+    """Progress line on stderr (results go to stdout / the markdown file)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Trace:
+    """Objective after each iteration with wall/CPU seconds since the solver was called."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    obj: list[float] = field(default_factory=list)
+    capped: bool = False
+    U: torch.Tensor | None = None
+    W: torch.Tensor | None = None
+
+    def reach(self, target: float, upto: int | None = None) -> int | None:
+        """Index of the first iteration with objective ≤ target (within the first ``upto``)."""
+        for i, v in enumerate(self.obj[:upto]):
+            if v <= target:
+                return i
+        return None
+
+
+class _TimeUp(Exception):
+    """Raised by the callback to end a run at its time cap."""
+
+
+def traced(name: str, prob, U, W, cap_s: float, **kw) -> Trace:
+    """Run engine solver ``name`` with a recording callback; stop it after ``cap_s`` seconds.
+
+    The callback is called once per iteration with the objective after it (for ``adam``: the
+    loss its loop computed at that step). ``kw`` goes to the solver (``max_iter``, ``tol``).
+    """
+    from face_concepts.decomposition.solvers import SOLVERS
+
+    tr = Trace()
+    t0, c0 = time.perf_counter(), time.process_time()
+
+    def callback(t, terms):
+        tr.wall.append(time.perf_counter() - t0)
+        tr.cpu.append(time.process_time() - c0)
+        tr.obj.append(terms.total)
+        if tr.wall[-1] > cap_s:
+            # Keep the solver's current iterate (read from its frame) for a continuation run.
+            loc = sys._getframe(1).f_locals
+            tr.U, tr.W = loc["U"].detach().clone(), loc["W"].detach().clone()
+            raise _TimeUp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        try:
+            res = SOLVERS[name](prob, U.clone(), W.clone(), callback=callback, **kw)
+            tr.U, tr.W = res.U, res.W
+        except _TimeUp:
+            tr.capped = True
+    return tr

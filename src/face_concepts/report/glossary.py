@@ -1,0 +1,121 @@
+"""One-line explanations of the metrics (method.md §6), shared by the atlas and the CLI tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# (display name, better direction, one-line explanation) per MetricReport key, in report order.
+METRIC_HELP: dict[str, tuple[str, str, str]] = {
+    "acc": (
+        "Acc",
+        "↑",
+        "share of images still given the class when the model sees the concepts' reconstruction "
+        "U·W instead of its own activations",
+    ),
+    "agreement": (
+        "Agreement",
+        "↑",
+        "share of images whose top-1 prediction is the same on the reconstruction as on the "
+        "original activations",
+    ),
+    "kl": (
+        "D_KL",
+        "↓",
+        "mean KL divergence between the model's predicted distribution on the original and on "
+        "the reconstructed activations",
+    ),
+    "mse": ("MSE", "↓", "mean squared error of the reconstruction U·W of the activations"),
+    "rel_l2": (
+        "rel-ℓ2",
+        "↓",
+        "reconstruction error relative to the size of the activations (scale-free)",
+    ),
+    "c_deletion": (
+        "C-Del",
+        "↑",
+        "how fast accuracy drops when the most important concepts are removed first "
+        "(area over the deletion curve, /(r+1))",
+    ),
+    "c_deletion_paper": (
+        "C-Del (paper)",
+        "↑",
+        "the same deletion score with the authors' /(r+2) normalisation, for comparison with "
+        "published numbers",
+    ),
+    "c_insertion": (
+        "C-Ins",
+        "↑",
+        "how fast accuracy recovers when only the most important concepts are kept "
+        "(normalised area under the insertion curve)",
+    ),
+    "c_mu_fidelity": (
+        "C-μFidelity",
+        "↑",
+        "correlation between the importance of random concept subsets and the drop of the "
+        "class logit when they are removed",
+    ),
+    "c_gini": (
+        "C-Gini",
+        "↑",
+        "how concentrated the importance is on few concepts (0: all equal, near 1: one concept)",
+    ),
+    "density": (
+        "U-density",
+        "↓",
+        "mean fraction of non-zero concept codes per image (lower: each image uses fewer concepts)",
+    ),
+    "hoyer": ("Hoyer", "↑", "Hoyer sparsity of the concept codes (1: one concept per image)"),
+    "stability": (
+        "C-Stab",
+        "↑",
+        "mean cosine between concepts matched across refits on 5 folds of the images "
+        "(n/a: not computed)",
+    ),
+}
+
+
+def format_value(value: Any) -> str:
+    """A metric value for tables: 3 significant decimals, ``n/a`` for missing ones.
+
+    Examples
+    --------
+    >>> format_value(0.12345), format_value(None)
+    ('0.123', 'n/a')
+    """
+    if value is None:
+        return "n/a"
+    try:
+        return f"{float(value):.3f}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """``(key, name, value, better, explanation)`` for each known metric present in ``metrics``.
+
+    Examples
+    --------
+    >>> metric_rows({"acc": 1.0, "unknown": 3})[0][:3]
+    ('acc', 'Acc', '1.000')
+    """
+    return [
+        (key, name, format_value(metrics[key]), better, text)
+        for key, (name, better, text) in METRIC_HELP.items()
+        if key in metrics
+    ]
+
+
+def metric_table(metrics: dict[str, Any], *, explain: bool = True) -> str:
+    """A plain-text table of the metrics, one per line, with their one-line explanations.
+
+    Examples
+    --------
+    >>> print(metric_table({"acc": 0.5}, explain=False))
+    metric       value   better
+    Acc          0.500   ↑
+    """
+    lines = [f"{'metric':<14} {'value':>6}   better" + ("   meaning" if explain else "")]
+    for _, name, value, better, text in metric_rows(metrics):
+        line = f"{name:<14} {value:>6}   {better}"
+        lines.append(line + (f"        {text}" if explain else ""))
+    return "\n".join(lines)

@@ -1,0 +1,254 @@
+"""The atlas as one self-contained HTML page (inline CSS, images as data URIs, no script).
+
+Structure (tests and readers rely on it): one ``<article class="run">`` per run, in it one
+``<section class="concept">`` per concept, by decreasing importance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from html import escape
+from typing import Any
+
+from face_concepts.report.analysis import RunView
+from face_concepts.report.glossary import METRIC_HELP, format_value
+from face_concepts.report.images import data_uri, figure_png
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2330;
+background:#f6f7f9;line-height:1.45}
+header,main,footer{max-width:1100px;margin:0 auto;padding:0 20px}
+header{padding-top:24px}h1{margin:0 0 6px}h2{margin-top:0}
+.lead{color:#404a5c;max-width:820px}
+nav ul{columns:2;padding-left:18px}
+article.run,section.panel{background:#fff;border:1px solid #dde1e8;border-radius:8px;
+padding:18px 22px;margin:22px 0}
+table{border-collapse:collapse;margin:8px 0;font-size:14px}
+th,td{border-bottom:1px solid #e4e7ec;padding:4px 10px;text-align:left;vertical-align:top}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+th{background:#f0f2f5}.help{color:#596275;font-size:13px}
+section.concept{border-top:1px solid #e4e7ec;padding:12px 0}
+section.concept h4{margin:4px 0}
+.strip{display:flex;flex-wrap:wrap;gap:6px;margin:6px 0}
+.strip img{border-radius:4px;border:1px solid #ccd1da}
+figure{margin:0}figcaption{font-size:12px;color:#596275;max-width:180px}
+img.chart{max-width:100%;height:auto}
+.bar{display:inline-block;height:10px;background:#3b74c9;border-radius:2px;vertical-align:middle}
+.note{background:#fff7e0;border-left:4px solid #e0b040;padding:6px 10px;margin:6px 0;font-size:14px}
+pre{background:#f3f4f7;padding:10px;overflow:auto;font-size:12px;max-height:420px}
+footer{color:#6b7385;font-size:12px;padding-bottom:30px}
+"""
+
+_INTRO = (
+    "A concept is a direction in the model's feature space that the decomposition found in the "
+    "training crops of one class. Each concept below shows the image crops that contain it most, "
+    "where it lies in example images (warm colours: strong), its importance (Sobol total index: "
+    "how much the class score depends on it) and its share of the prediction (its part of the "
+    "class logit, exact for a linear head). The metrics say how faithful the concepts are to the "
+    "model: can the model still recognise the class from the concepts alone, and does removing "
+    "the important concepts first destroy that?"
+)
+
+
+_CROPS_HELP = "Image crops with the largest code of this concept:"
+_HEAT_HELP = (
+    "Where the concept lies in the example images that use it most "
+    "(warm and opaque: strong; one colour scale per concept):"
+)
+
+
+def _img(data: bytes, alt: str, mime: str = "image/png", cls: str = "chart") -> str:
+    return f'<img class="{cls}" alt="{escape(alt)}" src="{data_uri(data, mime)}">'
+
+
+def _pct(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{100 * x:.1f} %"
+
+
+def _run_title(view: RunView) -> str:
+    cls = f"class {view.class_id}" + (f" “{view.class_name}”" if view.class_name else "")
+    model = view.metadata.get("model", {})
+    return f"{cls} · {view.method.upper()} · {model.get('model', '?')}"
+
+
+def _metrics_table(view: RunView) -> str:
+    splits = view.metrics
+    if not splits:
+        return '<p class="note">No metrics were saved with this run (run “evaluate --save”).</p>'
+    head = "".join(f"<th>{escape(s)} images</th>" for s in splits)
+    rows = []
+    for key, (name, better, text) in METRIC_HELP.items():
+        if not any(key in m for m in splits.values()):
+            continue
+        cells = "".join(f'<td class="num">{format_value(m.get(key))}</td>' for m in splits.values())
+        rows.append(
+            f"<tr><td><b>{escape(name)}</b> {better}</td>{cells}"
+            f'<td class="help">{escape(text)}</td></tr>'
+        )
+    counts = ", ".join(f"{escape(s)}: {m.get('n_images', '?')} images" for s, m in splits.items())
+    return (
+        f"<table><tr><th>metric</th>{head}<th>what it measures</th></tr>{''.join(rows)}</table>"
+        f'<p class="help">{counts}. ↑: higher is better, ↓: lower is better.</p>'
+    )
+
+
+def _importance_table(view: RunView) -> str:
+    top = max((c.importance for c in view.concepts), default=0.0) or 1.0
+    rows = []
+    for c in view.concepts:
+        width = max(0.0, 120 * c.importance / top)
+        rows.append(
+            f'<tr><td class="num">{c.rank}</td><td><a href="#{_concept_id(view, c.index)}">'
+            f"concept {c.index}</a></td>"
+            f'<td class="num">{c.importance:.3f}</td><td><span class="bar" style="width:{width:.0f}px">'
+            f'</span> {_pct(c.importance_share)}</td><td class="num">{format_value(c.contribution)}</td>'
+            f'<td class="num">{_pct(c.contribution_share)}</td></tr>'
+        )
+    return (
+        "<table><tr><th>rank</th><th>concept</th><th>importance</th><th>share of importance</th>"
+        "<th>contribution to class logit</th><th>share of prediction</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def _concept_id(view: RunView, index: int) -> str:
+    return f"{view.anchor}-concept-{index}"
+
+
+def _concept_section(view: RunView, c: Any) -> str:
+    crops = "".join(
+        _img(b, f"crop {i + 1} of concept {c.index}", "image/jpeg", "crop")
+        for i, b in enumerate(c.crops)
+    )
+    heat = "".join(
+        f"<figure>{_img(b, f'heatmap of concept {c.index} on {cap}', 'image/jpeg', 'heat')}"
+        f"<figcaption>{escape(cap)}</figcaption></figure>"
+        for cap, b in c.heatmaps
+    )
+    contribution = (
+        ""
+        if c.contribution is None
+        else f"; contribution to the class logit {c.contribution:.3g} "
+        f"(<b>{_pct(c.contribution_share)}</b> of the prediction)"
+    )
+    return (
+        f'<section class="concept" id="{_concept_id(view, c.index)}">'
+        f"<h4>#{c.rank} · concept {c.index}</h4>"
+        f"<p>importance {c.importance:.3f} (<b>{_pct(c.importance_share)}</b> of the total)"
+        f"{contribution}</p>"
+        + (f'<p class="help">{_CROPS_HELP}</p><div class="strip">{crops}</div>' if crops else "")
+        + (f'<p class="help">{_HEAT_HELP}</p><div class="strip">{heat}</div>' if heat else "")
+        + "</section>"
+    )
+
+
+def _config_block(view: RunView) -> str:
+    meta = view.metadata
+    keep = ("model", "class_id", "class_name", "config", "fit", "patch_settings", "n_images")
+    record = {k: meta[k] for k in keep if k in meta}
+    record.update({k: meta[k] for k in ("created", "versions") if k in meta})
+    if view.sidecar:
+        record["command"] = view.sidecar
+    text = json.dumps(record, indent=2, sort_keys=False, default=str)
+    return f"<details><summary>Run configuration</summary><pre>{escape(text)}</pre></details>"
+
+
+def _figure(view: RunView, key: str, caption: str) -> str:
+    if key not in view.figures:
+        return ""
+    return f"<h3>{escape(caption)}</h3>{_img(view.figures[key], caption)}"
+
+
+def _run_article(view: RunView) -> str:
+    meta = view.metadata
+    fit = meta.get("fit") or {}
+    facts = (
+        f"{meta.get('n_images', '?')} images, {len(view.concepts)} concepts, layer "
+        f"{escape(str((meta.get('model') or {}).get('layer')))}; solver "
+        f"{escape(str(fit.get('solver', '?')))}, {fit.get('n_iter', '?')} iterations"
+        + ("" if fit.get("converged", True) else " (stopped before converging)")
+    )
+    notes = "".join(f'<p class="note">{escape(n)}</p>' for n in view.notes)
+    concepts = "".join(_concept_section(view, c) for c in view.concepts)
+    return (
+        f'<article class="run" id="{view.anchor}"><h2>{escape(_run_title(view))}</h2>'
+        f'<p class="help">run <code>{escape(str(view.path))}</code> · {facts}</p>{notes}'
+        f"<h3>Metrics</h3>{_metrics_table(view)}"
+        f"<h3>Concepts by importance</h3>{_importance_table(view)}"
+        + _figure(view, "importance", "Importance")
+        + _figure(view, "overview_heatmaps", "Where the top concepts are in one example image")
+        + f"{concepts}"
+        + _figure(view, "curves", "Deletion and insertion curves")
+        + _figure(view, "loss", "Loss history")
+        + _config_block(view)
+        + "</article>"
+    )
+
+
+def _comparisons(views: list[RunView]) -> str:
+    from face_concepts import viz
+
+    by_class: dict[Any, list[RunView]] = defaultdict(list)
+    for v in views:
+        if v.curves is not None:
+            by_class[v.class_id].append(v)
+    out = []
+    for cid, group in by_class.items():
+        if len({v.method for v in group}) < 2:
+            continue
+        results = {f"{v.method} ({v.name})": v.curves for v in group}
+        fig = viz.curves(results, class_name=group[0].class_name)
+        out.append(f"<h3>Class {escape(str(cid))}</h3>{_img(figure_png(fig), 'curves')}")
+    if not out:
+        return ""
+    return '<section class="panel"><h2>Methods compared</h2>' + "".join(out) + "</section>"
+
+
+def _overview(views: list[RunView]) -> str:
+    keys = ("acc", "kl", "c_deletion", "c_insertion", "c_gini")
+    head = "".join(f"<th>{METRIC_HELP[k][0]}</th>" for k in keys)
+    rows = []
+    for v in views:
+        m = v.metrics.get("fit") or next(iter(v.metrics.values()), {})
+        cells = "".join(f'<td class="num">{format_value(m.get(k))}</td>' for k in keys)
+        rows.append(
+            f'<tr><td><a href="#{v.anchor}">{escape(v.name)}</a></td>'
+            f"<td>{escape(str(v.class_id))} {escape(v.class_name or '')}</td>"
+            f"<td>{escape(v.method)}</td><td>{len(v.concepts)}</td>{cells}</tr>"
+        )
+    return (
+        '<section class="panel"><h2>Runs</h2><table><tr><th>run</th><th>class</th><th>method</th>'
+        f"<th>concepts</th>{head}</tr>{''.join(rows)}</table></section>"
+    )
+
+
+def render_atlas(views: list[RunView], *, title: str = "Concept atlas", generator: str = "") -> str:
+    """The HTML page of an atlas of one or more analysed runs.
+
+    Examples
+    --------
+    >>> "<!DOCTYPE html>" in render_atlas([])
+    True
+    """
+    for i, v in enumerate(views):
+        v.anchor = f"run-{i + 1}"
+    models = sorted({str((v.metadata.get("model") or {}).get("model")) for v in views})
+    sub = f"{len(views)} run(s) · model {', '.join(models)}" if views else "no runs"
+    body = "".join(_run_article(v) for v in views)
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<link rel="icon" href="data:,">'
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>"
+        f"<header><h1>{escape(title)}</h1><p><b>{escape(sub)}</b></p>"
+        f'<p class="lead">{escape(_INTRO)}</p></header><main>'
+        + (_overview(views) if views else "")
+        + _comparisons(views)
+        + body
+        + f"</main><footer>{escape(generator)}</footer></body></html>"
+    )
