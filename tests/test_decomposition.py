@@ -133,7 +133,7 @@ def test_adam_matches_authors_loop_step_for_step(tol):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         f.fit(A)
-    U, W, losses = _authors_loop(A, U0, W0, head, 1e-2, 40, tol=0.0)
+    _, W, losses = _authors_loop(A, U0, W0, head, 1e-2, 40, tol=0.0)
     assert f.init_ == "nndsvd-authors" and f.n_iter_ == 40
     np.testing.assert_allclose(f.loss_history_["total"], losses, rtol=tol["adam_parity"])
     torch.testing.assert_close(f.concept_bank_, W, rtol=tol["adam_parity"], atol=tol["adam_parity"])

@@ -106,3 +106,21 @@ def test_bad_inputs(split, views):
         ex.fit(views[0], class_id=5000)
     with pytest.raises(ValueError, match="method"):
         ConceptExplainer(split, "pca").fit(views[0], class_id=1)
+
+
+def test_activation_cache_is_reused(split, views, tmp_path, monkeypatch):
+    ex = ConceptExplainer(
+        split, n_concepts=3, max_iter=10, progress=False, cache_dir=tmp_path / "cache"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ex.fit(views[0][:2], class_id=285)
+        calls = []
+        original = split.features.forward
+        monkeypatch.setattr(split.features, "forward", lambda x: calls.append(1) or original(x))
+        ex2 = ConceptExplainer(
+            split, n_concepts=3, max_iter=10, progress=False, cache_dir=tmp_path / "cache"
+        )
+        ex2.fit(views[0][:2], class_id=285)
+    assert calls == []  # every activation came from the cache
+    torch.testing.assert_close(ex2.concept_bank_, ex.concept_bank_)

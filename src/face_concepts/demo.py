@@ -57,7 +57,9 @@ def choose_classes(split: Any, max_classes: int) -> list[tuple[int, list[torch.T
 def _views(photos: list[torch.Tensor], n: int, seed: int) -> torch.Tensor:
     x = torch.stack(photos)
     per = max(1, n // len(photos))
-    views, _, _ = random_patches(x, per, x.shape[-1], min_scale=0.5, max_scale=0.95, random_state=seed)
+    views, _, _ = random_patches(
+        x, per, x.shape[-1], min_scale=0.5, max_scale=0.95, random_state=seed
+    )
     return views
 
 
@@ -98,11 +100,11 @@ def run_demo(
     n_concepts: int = 8,
     kl_weight: float = 1.0,
     seed: int = 0,
-    n_views: int = 32,
-    n_heldout: int = 16,
+    n_views: int = 16,
+    n_heldout: int = 8,
     max_classes: int = 3,
     compare_nmf: bool = True,
-    max_iter: int | None = 200,
+    max_iter: int | None = 100,
 ) -> dict[str, Any]:
     """Run the demo; return a summary dict (also written to ``out_dir/summary.json``)."""
     start = time.perf_counter()
@@ -111,16 +113,27 @@ def run_demo(
     _log("face-concepts demo: MobileNetV2 (real ImageNet weights) on bundled real photos", progress)
     classes = choose_classes(split, max_classes)
     if not classes:
-        raise RuntimeError("no bundled photo is recognised by the model; are foolbox/scikit-image installed?")
+        raise RuntimeError(
+            "no bundled photo is recognised by the model; are foolbox/scikit-image installed?"
+        )
     summary: dict[str, Any] = {"model": split.description(), "classes": [], "out_dir": str(out)}
     for cid, photos in classes:
         name = split.categories[cid]
-        _log(f"\n== class {cid} ({name}): {len(photos)} photo(s), {n_views} views to fit, {n_heldout} held out", progress)
+        _log(
+            f"\n== class {cid} ({name}): {len(photos)} photo(s), {n_views} views to fit, {n_heldout} held out",
+            progress,
+        )
         fit_x, held_x = _views(photos, n_views, seed), _views(photos, n_heldout, seed + 1000)
         entry: dict[str, Any] = {"class_id": cid, "class_name": name, "n_photos": len(photos)}
         for method in ("face", "nmf") if compare_nmf else ("face",):
             ex = ConceptExplainer(
-                split, method, n_concepts=n_concepts, kl_weight=kl_weight, random_state=seed, max_iter=max_iter, progress=False
+                split,
+                method,
+                n_concepts=n_concepts,
+                kl_weight=kl_weight,
+                random_state=seed,
+                max_iter=max_iter,
+                progress=False,
             )
             t0 = time.perf_counter()
             with warnings.catch_warnings():
@@ -139,7 +152,9 @@ def run_demo(
                 "kl_weight": ex.effective_kl_weight,
                 "fit": {k: rep_fit.to_dict()[k] for k in KEYS},
                 "heldout": {k: rep_held.to_dict()[k] for k in KEYS},
-                "top_concepts": [int(i) for i in torch.argsort(ex.importance(), descending=True)[:3]],
+                "top_concepts": [
+                    int(i) for i in torch.argsort(ex.importance(), descending=True)[:3]
+                ],
                 "figures": files,
             }
             h = entry[method]["heldout"]

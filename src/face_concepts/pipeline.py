@@ -56,6 +56,9 @@ class ConceptExplainer:
         Where the factorisation runs (default: CPU, or the model's device).
     progress : bool
         Progress bars on stderr.
+    cache_dir : path or None
+        On-disk activation cache (safetensors shards, checksummed, resumable); reused by later
+        runs on the same model, layer, preprocessing, patch settings and images.
 
     Examples
     --------
@@ -83,6 +86,7 @@ class ConceptExplainer:
         random_state: int = 0,
         device: Any = None,
         progress: bool = True,
+        cache_dir: Any = None,
     ) -> None:
         self.split = split
         self.method = method
@@ -100,6 +104,7 @@ class ConceptExplainer:
         self.random_state = random_state
         self.device = device
         self.progress = progress
+        self.cache_dir = cache_dir
 
     # ------------------------------------------------------------------ configuration
     @property

@@ -49,7 +49,7 @@ def solve_codes(
     step = 1.0
     curv = _Curvature()
     Z = None
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (returned after the loop)
         if prob.factored:
             with torch.no_grad():
                 U, Z, cur = u_step(prob, U, W, Z, 10, prev, curv)

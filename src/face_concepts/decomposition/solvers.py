@@ -92,8 +92,33 @@ def make_problem(
         prob.neg_entropy = (prob.P64 * logP.double()).sum(dim=1)
         if head.is_affine:
             prob.Vc = head.V - head.V.mean(dim=0, keepdim=True)
-            prob.Vc_sq_norm = float(torch.linalg.matrix_norm(prob.Vc.double(), ord=2)) ** 2
     return prob
+
+
+_SPECTRAL_CACHE: list[tuple[torch.Tensor, float]] = []
+
+
+def centred_spectral_norm_sq(prob: Problem) -> float:
+    """``‖V_c‖₂²`` (needed by W steps only), cached per head weight tensor: an SVD of a
+    (C, p) matrix costs seconds and the same head is used by every fit and encode.
+    """
+    if prob.Vc_sq_norm > 0:
+        return prob.Vc_sq_norm
+    V = prob.head.V
+    for cached, value in _SPECTRAL_CACHE:  # compared by content: a stale hit would break the bound
+        if (
+            cached.shape == V.shape
+            and cached.dtype == V.dtype
+            and cached.device == V.device
+            and torch.equal(cached, V)
+        ):
+            prob.Vc_sq_norm = value
+            return value
+    value = float(torch.linalg.matrix_norm(prob.Vc.double(), ord=2)) ** 2
+    _SPECTRAL_CACHE.insert(0, (V.detach().clone(), value))
+    del _SPECTRAL_CACHE[4:]
+    prob.Vc_sq_norm = value
+    return value
 
 
 @dataclass
@@ -261,7 +286,7 @@ def w_step(
     if Z is None:
         Z = torch.addmm(head.b, U, W @ head.V.T)
     G = torch.softmax(Z, dim=1) - prob.P
-    c0 = 0.5 * prob.beta * prob.Vc_sq_norm
+    c0 = 0.5 * prob.beta * centred_spectral_norm_sq(prob)
     R0 = a2 * UtA - prob.beta * ((U.T @ G) @ head.V)
     UtUW = UtU @ W
     while True:
@@ -435,8 +460,8 @@ def solve_pgd(
     _record(res.history, prev)
     su, sw = 1.0, 1.0
     for t in range(1, max_iter + 1):
-        U, su = pg_block(lambda X: _materialised_loss(prob, X, W), U, su, inner_steps)
-        W, sw = pg_block(lambda X: _materialised_loss(prob, U, X), W, sw, inner_steps)
+        U, su = pg_block(lambda X, W=W: _materialised_loss(prob, X, W), U, su, inner_steps)
+        W, sw = pg_block(lambda X, U=U: _materialised_loss(prob, U, X), W, sw, inner_steps)
         cur = evaluate(prob, U, W)
         _record(res.history, cur)
         res.n_iter = t
