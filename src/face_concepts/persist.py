@@ -35,6 +35,10 @@ def save_explainer(explainer: Any, path: Any, *, metrics: dict[str, Any] | None 
         tensors["crops"] = _to_uint8(crops)
         tensors["top_crop_codes"] = explainer.row_codes_[idx.reshape(-1)]
     split = explainer.split
+    examples = getattr(explainer, "example_images_", None)
+    pre = getattr(split, "preprocess", None)
+    if examples is not None and pre is not None:
+        tensors["example_images"] = _to_uint8(pre.denormalize(examples))
     info = dict(explainer.fit_info_)
     metadata = {
         "model": split.description()
@@ -46,6 +50,7 @@ def save_explainer(explainer: Any, path: Any, *, metrics: dict[str, Any] | None 
         "patch_settings": getattr(explainer, "patch_settings_", None),
         "n_images": explainer.n_images_,
         "n_skipped": getattr(explainer, "n_skipped_", 0),
+        "images": [str(Path(p).resolve()) for p in getattr(explainer, "image_paths_", [])],
         "fit": {k: v for k, v in info.items() if k != "history"},
         "loss_history": info.get("history"),
         "metrics": metrics or {},

@@ -216,6 +216,7 @@ class ConceptExplainer:
         )
         x, imageset = self._as_batch(images)
         self.n_skipped_ = len(imageset.skipped) if imageset is not None else 0
+        self.image_paths_ = [str(p) for p in imageset.paths if p] if imageset is not None else []
         if self.filter_correct:
             x = self._filter_correct(x)
         A_img = self._pooled(x)
@@ -235,6 +236,7 @@ class ConceptExplainer:
         self.row_codes_, self.row_index_, self.crops_ = U.cpu(), index, crops
         self.fit_info_ = info
         self.n_images_ = int(x.shape[0])
+        self.example_images_ = x[:8].clone()  # for heatmaps in reports
         self.image_activations_ = A_img
         self.image_codes_ = self.encode_activations(A_img)
         self.local_importance_ = self._local_importance(self.image_codes_)

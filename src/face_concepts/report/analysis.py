@@ -52,6 +52,7 @@ class RunView:
     notes: list[str] = field(default_factory=list)
     curves: tuple[list[float], list[float]] | None = None
     anchor: str = "run"
+    curves_split: str = ""
 
     @property
     def method(self) -> str:
@@ -109,14 +110,16 @@ def _concepts(tensors: dict[str, torch.Tensor]) -> list[ConceptView]:
     return views
 
 
-def _chart_figures(view: RunView, tensors: dict[str, torch.Tensor]) -> None:
+def _chart_figures(view: RunView) -> None:
+    # Importance is drawn as HTML bars in the concept table: one matplotlib figure less per run.
     from face_concepts import viz
 
-    view.figures["importance"] = figure_png(
-        viz.importance_bar(tensors["importance"], class_name=view.class_name)
+    metrics = view.metrics
+    view.curves_split = next(
+        (k for k in ("heldout", "fit") if k in metrics), next(iter(metrics), "")
     )
-    fit = view.metrics.get("fit") or next(iter(view.metrics.values()), {})
-    dele, ins = fit.get("deletion_curve"), fit.get("insertion_curve")
+    chosen = metrics.get(view.curves_split, {})
+    dele, ins = chosen.get("deletion_curve"), chosen.get("insertion_curve")
     if dele and ins:
         view.curves = (list(dele), list(ins))
         fig = viz.curves({view.method: view.curves}, class_name=view.class_name)
@@ -226,7 +229,7 @@ def analyse_run(
     view = RunView(path, name or path.name, meta, read_sidecar(path), _concepts(tensors))
     if "crops" not in tensors:
         view.notes.append("no crops: this method factorises spatial positions, not image crops")
-    _chart_figures(view, tensors)
+    _chart_figures(view)
     try:
         explainer = load_run(path, weights=weights, cache=cache)
     except Exception as exc:  # the atlas still shows what the run holds

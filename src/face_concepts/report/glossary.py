@@ -111,8 +111,8 @@ def metric_table(metrics: dict[str, Any], *, explain: bool = True) -> str:
     Examples
     --------
     >>> print(metric_table({"acc": 0.5}, explain=False))
-    metric       value   better
-    Acc          0.500   ↑
+    metric          value   better
+    Acc             0.500   ↑
     """
     lines = [f"{'metric':<14} {'value':>6}   better" + ("   meaning" if explain else "")]
     for _, name, value, better, text in metric_rows(metrics):

@@ -180,10 +180,9 @@ def _run_article(view: RunView) -> str:
         f'<p class="help">run <code>{escape(str(view.path))}</code> · {facts}</p>{notes}'
         f"<h3>Metrics</h3>{_metrics_table(view)}"
         f"<h3>Concepts by importance</h3>{_importance_table(view)}"
-        + _figure(view, "importance", "Importance")
         + _figure(view, "overview_heatmaps", "Where the top concepts are in one example image")
         + f"{concepts}"
-        + _figure(view, "curves", "Deletion and insertion curves")
+        + _figure(view, "curves", f"Deletion and insertion curves ({view.curves_split} images)")
         + _figure(view, "loss", "Loss history")
         + _config_block(view)
         + "</article>"
@@ -203,7 +202,11 @@ def _comparisons(views: list[RunView]) -> str:
             continue
         results = {f"{v.method} ({v.name})": v.curves for v in group}
         fig = viz.curves(results, class_name=group[0].class_name)
-        out.append(f"<h3>Class {escape(str(cid))}</h3>{_img(figure_png(fig), 'curves')}")
+        splits = ", ".join(sorted({v.curves_split for v in group}))
+        out.append(
+            f"<h3>Class {escape(str(cid))} ({escape(splits)} images)</h3>"
+            + _img(figure_png(fig), "curves")
+        )
     if not out:
         return ""
     return '<section class="panel"><h2>Methods compared</h2>' + "".join(out) + "</section>"
@@ -214,16 +217,21 @@ def _overview(views: list[RunView]) -> str:
     head = "".join(f"<th>{METRIC_HELP[k][0]}</th>" for k in keys)
     rows = []
     for v in views:
-        m = v.metrics.get("fit") or next(iter(v.metrics.values()), {})
+        # Held-out images say more than the fitting ones; fall back to what the run holds.
+        split = next((k for k in ("heldout", "fit") if k in v.metrics), next(iter(v.metrics), ""))
+        m = v.metrics.get(split, {})
         cells = "".join(f'<td class="num">{format_value(m.get(k))}</td>' for k in keys)
         rows.append(
             f'<tr><td><a href="#{v.anchor}">{escape(v.name)}</a></td>'
             f"<td>{escape(str(v.class_id))} {escape(v.class_name or '')}</td>"
-            f"<td>{escape(v.method)}</td><td>{len(v.concepts)}</td>{cells}</tr>"
+            f"<td>{escape(v.method)}</td><td>{len(v.concepts)}</td>"
+            f"<td>{escape(split or 'n/a')}</td>{cells}</tr>"
         )
     return (
         '<section class="panel"><h2>Runs</h2><table><tr><th>run</th><th>class</th><th>method</th>'
-        f"<th>concepts</th>{head}</tr>{''.join(rows)}</table></section>"
+        f"<th>concepts</th><th>images</th>{head}</tr>{''.join(rows)}</table>"
+        '<p class="help">Metrics on the held-out images where the run has them, else on the '
+        "fitting images; each run's section below explains every metric.</p></section>"
     )
 
 
