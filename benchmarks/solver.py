@@ -22,7 +22,7 @@ against the measured rate of plain matmuls in the same run.
 Times are wall-clock seconds from the solver call (setup: init SVD and target ``P``, reported
 separately); CPU seconds are recorded too, because other jobs share the machine.
 
-    python benchmarks/solver.py [--out benchmarks/results/solver.md] [--adam-caps 600,90,90]
+    python benchmarks/solver.py [--out benchmarks/results/solver.md] [--adam-caps 480,90,90]
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def lambda_table(d: dict) -> list[str]:
         )  # fmt: skip
     else:
         d["default"] = row("**hals (nndsvda), default settings**", hals,
-                           note=f" (no stop within the {hals.wall[-1]:.0f} s cap)")  # fmt: skip
+                           note=f" (had not stopped at the {hals.wall[-1]:.0f} s cap)")  # fmt: skip
     row("hals (nndsvda), long run tol 0", hals, note=" (capped)" if hals.capped else "")
     row("hals (nndsvd-authors), tol 0", hals_a, note=" (capped)" if hals_a.capped else "")
     out.append(
@@ -191,7 +191,7 @@ def lambda_table(d: dict) -> list[str]:
 def sklearn_section(A, inits: dict, cap: float) -> tuple[list[str], dict]:
     """λ = 0: scikit-learn NMF (cd) against our NMF / hals."""
     A_np = A.numpy()
-    sk = SkNMF(R, init="nndsvda", solver="cd")
+    sk = SkNMF(R, init="nndsvda", solver="cd", random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         Usk, t_sk = timed(lambda: sk.fit_transform(A_np))
@@ -209,7 +209,12 @@ def sklearn_section(A, inits: dict, cap: float) -> tuple[list[str], dict]:
         warnings.simplefilter("ignore", ConvergenceWarning)
         _, t_nmf = timed(lambda: est.fit(A))
     if j is None:
-        reach = f"does **not** reach it within the {tr.wall[-1]:.0f} s cap (best {min(tr.obj):.6g})"
+        why = (
+            f"within the {tr.wall[-1]:.0f} s cap"
+            if tr.capped
+            else f"before it stops decreasing ({len(tr.obj)} iterations)"
+        )
+        reach = f"does **not** reach it {why} (best {min(tr.obj):.6g})"
     else:
         reach = (
             f"reaches it after {tr.wall[j]:.2f} s of solver ({j + 1} iterations; "
@@ -230,7 +235,7 @@ def sklearn_section(A, inits: dict, cap: float) -> tuple[list[str], dict]:
     lines = [
         "### λ = 0: scikit-learn NMF",
         "",
-        f"- scikit-learn {sklearn.__version__} `NMF(25, init='nndsvda', solver='cd')` (defaults "
+        f"- scikit-learn {sklearn.__version__} `NMF(25, init='nndsvda', solver='cd', random_state=0)` (its randomized SVD init is seeded; defaults "
         f"tol 1e-4, max_iter 200) on `A.numpy()` (float32; numpy's BLAS, 2 cores): {t_sk:.2f} s "
         f"including its init, {sk.n_iter_} iterations, objective in our scaling (mean squared "
         f"error) {obj_sk:.6g}",
@@ -311,31 +316,58 @@ def adam_gflops_rows(runs: list[dict], sq: float) -> list[str]:
     return lines
 
 
+def _speed_line(d: dict, label: str, i_adam: int | None, j: int | None) -> str:
+    """One "≥ 100× sooner" verdict; also the ratio with the setup of each side included."""
+    lam, adam, hals = d["lam"], d["adam"], d["hals"]
+    head = f"- λ = {lam:g}, {label} ≥ 100× sooner"
+    if i_adam is None:
+        return (f"{head}: **not measured** — adam did not stop by its rule within "
+                f"{len(adam.obj)} steps ({adam.wall[-1]:.0f} s, time cap)")  # fmt: skip
+    if label == "(b)" and i_adam + 1 < ADAM_STEPS:
+        head += f" (b = adam's objective after {i_adam + 1} steps at its time cap, not 1,500)"
+    if j is None:
+        where = "default run" if d["ds"] is not None else f"{hals.wall[-1]:.0f} s cap"
+        return f"{head}: **missed** — not reached within the {where}"
+    r = adam.wall[i_adam] / hals.wall[j]
+    sa = d["t_prob"] + d["t_init"]["adam"]
+    sh = d["t_prob"] + d["t_init"]["hals"]
+    rs = (sa + adam.wall[i_adam]) / (sh + hals.wall[j])
+    return (f"{head}: {r:.0f}× ({adam.wall[i_adam]:.1f} s vs {hals.wall[j]:.2f} s) -> "
+            f"**{'met' if r >= 100 else 'missed'}** for the solvers; with each side's setup "
+            f"(init SVD + target P) counted: {rs:.0f}× ({sa + adam.wall[i_adam]:.1f} s vs "
+            f"{sh + hals.wall[j]:.1f} s) -> {'met' if rs >= 100 else 'missed'}")  # fmt: skip
+
+
+def _quality_line(d: dict) -> str:
+    """Default-settings final objective within 1 % of the best objective found."""
+    lam, best, ds, hals = d["lam"], d["best"], d["ds"], d["hals"]
+    head = f"- λ = {lam:g}, default final objective within 1 % of the best ({best:.6g})"
+    if d["face"] is not None:
+        gap = 100 * (d["face"][2] - best) / best
+        src = "`FACE(...).fit` with defaults, `objective_`"
+    elif ds is not None:
+        gap = 100 * (hals.obj[ds[0]] - best) / best
+        src = "the default stop on the hals trace"
+    else:
+        # hals never increases the objective, so the default run ends at or below its value
+        # at the cap: a gap ≤ 1 % there is a valid "met"; a larger one is not decided.
+        gap = 100 * (hals.obj[-1] - best) / best
+        if gap <= 1:
+            return (
+                f"{head}: ≤ {gap:+.2f} % (bound: its value at the cap; monotone solver) -> **met**"
+            )
+        return (f"{head}: **missed within the time cap** — the default run had not stopped after "
+                f"{len(hals.obj)} iterations ({hals.wall[-1]:.0f} s) and was at {gap:+.2f} %")  # fmt: skip
+    return f"{head}: {gap:+.2f} % ({src}) -> **{'met' if gap <= 1 else 'missed'}**"
+
+
 def targets_section(runs: list[dict], sk: dict) -> list[str]:
     out = ["## Targets", ""]
     for d in runs:
-        lam, adam = d["lam"], d["adam"]
-        ja, jb, fo = d["default"]
-        hals = d["hals"]
-        for label, i_adam, j in (("(a)", d["i_a"], ja), ("(b)", d["i_b"], jb)):
-            if i_adam is None:
-                out.append(f"- λ = {lam:g}, {label} ≥ 100× sooner: **not measured** — adam did "
-                           f"not stop by its rule within {len(adam.obj)} steps ({adam.wall[-1]:.0f} s)")  # fmt: skip
-                continue
-            capped = label == "(b)" and d["i_b"] + 1 < ADAM_STEPS
-            what = f"after {d['i_b'] + 1} steps (time cap, not 1,500)" if capped else ""
-            if j is None:
-                out.append(f"- λ = {lam:g}, {label} {what} ≥ 100× sooner: **missed** — the default "
-                           "run stops before reaching it")  # fmt: skip
-                continue
-            r = adam.wall[i_adam] / hals.wall[j]
-            out.append(
-                f"- λ = {lam:g}, {label} {what} ≥ 100× sooner: {r:.0f}× "
-                f"({adam.wall[i_adam]:.1f} s vs {hals.wall[j]:.2f} s) -> **{'met' if r >= 100 else 'missed'}**"
-            )  # fmt: skip
-        gap = 100 * (fo - d["best"]) / d["best"]
-        out.append(f"- λ = {lam:g}, default final objective within 1 % of the best: {gap:+.2f} % "
-                   f"-> **{'met' if gap <= 1 else 'missed'}**")  # fmt: skip
+        ja, jb, _ = d["default"]
+        out.append(_speed_line(d, "(a)", d["i_a"], ja))
+        out.append(_speed_line(d, "(b)", d["i_b"], jb))
+        out.append(_quality_line(d))
     if sk["t_ours"] is None:
         out.append(
             "- λ = 0, scikit-learn's final objective ≥ 2× sooner: **missed** — the default run "
@@ -351,9 +383,9 @@ def targets_section(runs: list[dict], sk: dict) -> list[str]:
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/solver.md")
-    ap.add_argument("--adam-caps", default="600,90,90",
+    ap.add_argument("--adam-caps", default="480,90,90",
                     help="time cap (s) of the 1,500-step adam run, per λ in 1e-5,1,100")  # fmt: skip
-    ap.add_argument("--hals-cap", type=float, default=100.0, help="long hals run cap (s)")
+    ap.add_argument("--hals-cap", type=float, default=150.0, help="long hals run cap (s)")
     ap.add_argument("--aux-cap", type=float, default=30.0, help="cap (s) of the diagnostic runs")
     ap.add_argument("--e2e", default="1e-5", help="λ values at which FACE.fit runs end to end")
     return ap.parse_args(argv)
@@ -398,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- adam: lr 5e-4, authors' init, 1,500 steps or time caps {args.adam_caps} s per λ; "
         f"hals long run capped at {args.hals_cap:g} s; diagnostic runs at {args.aux_cap:g} s",
         "- times: wall seconds from the solver call to the first iteration at or below the "
-        "target (CPU seconds of this process in brackets); setup (init SVD, target P) excluded "
+        "target (to 1e-5 relative; CPU seconds of this process in brackets); setup (init SVD, target P) excluded "
         "and listed per λ; ratio = adam's time / this solver's time. For adam, the loss at step t "
         "is the one its loop computes before step t's update, timed at the end of step t",
         "- the default-settings row is read off the long hals run (same iterates; the default "

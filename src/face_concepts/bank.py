@@ -255,7 +255,7 @@ class ConceptBank:
         metadata = dict(self.metadata)
         metadata["versions"] = _versions()
         metadata.setdefault(
-            "created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            "created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         )
         # Normalise through JSON now, so what we hash is exactly what load() will read back.
         metadata = json.loads(json_bytes(metadata))

@@ -168,9 +168,21 @@ class ConceptExplainer:
             )
         return preprocess_images(imageset, pre), imageset
 
-    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+    def _cache(self) -> Any:
+        if self.cache_dir is None:
+            return None
+        from .activations import ActivationCache
+
+        return ActivationCache(self.cache_dir)
+
+    def _pooled(self, x: torch.Tensor, patch: dict[str, Any] | None = None) -> torch.Tensor:
         return extract_activations(
-            self.split, x, batch_size=self.batch_size, progress=self.progress
+            self.split,
+            x,
+            batch_size=self.batch_size,
+            progress=self.progress,
+            cache=self._cache(),
+            cache_key_extra={"patch": patch} if patch else None,
         )
 
     def _head(self) -> Any:
@@ -198,7 +210,7 @@ class ConceptExplainer:
                 self.split, inputs, batch_size=self.batch_size, progress=self.progress
             )
         else:
-            A = self._pooled(crops)
+            A = self._pooled(crops, patch=self.patch_settings_)
         return A, patches.image_index, crops
 
     def _input_size(self) -> int:

@@ -1,0 +1,44 @@
+"""Run a benchmark config and optionally publish its CSV, tables and figures.
+
+Usage::
+
+    python benchmarks/reproduce.py benchmarks/configs/imagenet_mobilenet.toml \
+        --publish benchmarks/results --prefix reproduction
+
+Cells finished by an earlier (interrupted) run are reused; see face_concepts.benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from face_concepts.benchmark import run_benchmark
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="TOML config (benchmarks/configs/*.toml)")
+    parser.add_argument("--out", default=None, help="output folder (default: the config's out_dir)")
+    parser.add_argument("--publish", default=None, help="copy results.csv/.md and figures here")
+    parser.add_argument("--prefix", default="reproduction", help="file name prefix when publishing")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    result = run_benchmark(args.config, out_dir=args.out, progress=not args.no_progress)
+    if args.publish:
+        dest = Path(args.publish)
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(result["csv"], dest / f"{args.prefix}.csv")
+        shutil.copyfile(result["markdown"], dest / f"{args.prefix}_tables.md")
+        for fig in result["figures"]:
+            shutil.copyfile(fig, dest / f"{args.prefix}_{Path(fig).name}")
+    json.dump(result, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
