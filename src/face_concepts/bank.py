@@ -254,9 +254,7 @@ class ConceptBank:
             raise NotADirectoryError(f"path must be a run directory, but {run} is a file")
         metadata = dict(self.metadata)
         metadata["versions"] = _versions()
-        metadata.setdefault(
-            "created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        )
+        metadata.setdefault("created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
         # Normalise through JSON now, so what we hash is exactly what load() will read back.
         metadata = json.loads(json_bytes(metadata))
         header = {"format": _FORMAT, "format_version": str(FORMAT_VERSION)}
