@@ -102,7 +102,7 @@ def run_demo(
     seed: int = 0,
     n_views: int = 16,
     n_heldout: int = 8,
-    max_classes: int = 2,
+    max_classes: int = 3,
     compare_nmf: bool = True,
     max_iter: int | None = 100,
 ) -> dict[str, Any]:
