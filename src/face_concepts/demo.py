@@ -39,17 +39,18 @@ def choose_classes(split: Any, max_classes: int) -> list[tuple[int, list[torch.T
     A photo counts for a class when the model's top-1 prediction is that class and agrees with
     the photo's label where one is known (foolbox file names carry the ImageNet label).
     """
+    photos = bundled_photos()
+    xs = torch.stack([split.preprocess(load_images([ph.path]).images[0]) for ph in photos])
+    # One batched forward instead of 43 single-image ones (the scan runs on every demo start).
+    with torch.inference_mode():
+        probs = torch.cat([torch.softmax(split.logits(c), dim=1) for c in xs.split(16)])
     groups: dict[int, list[tuple[float, torch.Tensor]]] = defaultdict(list)
-    for photo in bundled_photos():
-        imgs = load_images([photo.path]).images
-        x = split.preprocess(imgs[0])[None]
-        with torch.inference_mode():
-            prob = torch.softmax(split.logits(x), dim=1)[0]
+    for photo, x, prob in zip(photos, xs, probs):
         conf, pred = float(prob.max()), int(prob.argmax())
         if photo.label_hint is not None and pred != photo.label_hint:
             continue
         if conf >= 0.5:
-            groups[pred].append((conf, x[0]))
+            groups[pred].append((conf, x))
     ranked = sorted(groups.items(), key=lambda kv: (-len(kv[1]), -max(c for c, _ in kv[1])))
     return [(cid, [x for _, x in items]) for cid, items in ranked[:max_classes]]
 
