@@ -27,6 +27,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from face_concepts.cli_atlas import add_atlas_parser, cmd_atlas
+
 try:  # Python ≥ 3.11; older ones read config files when tomli is installed
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover
@@ -67,7 +69,7 @@ OPTIONS: dict[str, tuple[type, Any]] = {
     "save": (bool, False),
 }
 PATH_KEYS = ("weights", "images", "heldout", "out")
-COMMANDS = ("demo", "fit", "evaluate", "report", "explain", "benchmark")
+COMMANDS = ("demo", "fit", "evaluate", "report", "explain", "benchmark", "atlas")
 
 
 class UsageError(Exception):
@@ -151,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(p, spec=False)
 
     p = sub.add_parser("benchmark", help="methods × models × classes table")
+    add_atlas_parser(sub)
     for child in sub.choices.values():
         _common(child)
     return parser
@@ -428,6 +431,7 @@ HANDLERS = {
     "report": cmd_report,
     "explain": cmd_explain,
     "benchmark": cmd_benchmark,
+    "atlas": cmd_atlas,
 }
 
 

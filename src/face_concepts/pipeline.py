@@ -220,7 +220,25 @@ class ConceptExplainer:
     # ------------------------------------------------------------------ fitting
     def fit(self, images: Any, class_id: int) -> ConceptExplainer:
         """Extract concepts of ``class_id`` from ``images`` (paths, folder, PIL images or tensor)."""
-        spec = self.spec
+        prepared = self._prepare_fit(images, class_id)
+        dev = resolve_device(self.device)
+        U, W, info = factorize(
+            self.spec,
+            prepared["rows"].to(dev),
+            self._head(),
+            n_concepts=prepared["n_concepts"],
+            kl_weight=self.effective_kl_weight,
+            random_state=self.random_state,
+            max_iter=self.max_iter,
+            tol=self.tol,
+        )
+        return self._adopt_fit(prepared, U, W, info)
+
+    # The two halves of ``fit``, also used by ``multiclass.SharedConceptExplainer``, which
+    # factorises the rows of several classes at once and then adopts the shared bank per class.
+    def _prepare_fit(self, images: Any, class_id: int) -> dict[str, Any]:
+        """Images → the rows to factorise (and what ``_adopt_fit`` needs besides the factors)."""
+        self.spec  # noqa: B018 -- an unknown method fails before any image is read
         r = check_int(self.n_concepts, "n_concepts", minimum=1)
         n_classes = getattr(self.split, "n_classes", None)
         self.class_id_ = check_int(
@@ -233,19 +251,23 @@ class ConceptExplainer:
             x = self._filter_correct(x)
         A_img = self._pooled(x)
         rows, index, crops = self._rows(x)
-        dev = resolve_device(self.device)
-        U, W, info = factorize(
-            spec,
-            rows.to(dev),
-            self._head(),
-            n_concepts=r,
-            kl_weight=self.effective_kl_weight,
-            random_state=self.random_state,
-            max_iter=self.max_iter,
-            tol=self.tol,
-        )
+        return {
+            "x": x,
+            "A_img": A_img,
+            "rows": rows,
+            "index": index,
+            "crops": crops,
+            "n_concepts": r,
+        }
+
+    def _adopt_fit(
+        self, prepared: dict[str, Any], U: torch.Tensor, W: torch.Tensor, info: dict[str, Any]
+    ) -> ConceptExplainer:
+        """Take ``W`` (and the rows' codes ``U``) as this explainer's fit; encode, rank."""
+        x, A_img, rows = prepared["x"], prepared["A_img"], prepared["rows"]
         self.concept_bank_ = W.cpu()
-        self.row_codes_, self.row_index_, self.crops_ = U.cpu(), index, crops
+        self.row_codes_, self.row_index_ = U.cpu(), prepared["index"]
+        self.crops_ = prepared["crops"]
         self.fit_info_ = info
         self.n_images_ = int(x.shape[0])
         self.example_images_ = x[:8].clone()  # for heatmaps in reports

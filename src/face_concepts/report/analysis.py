@@ -37,6 +37,8 @@ class ConceptView:
     contribution_share: float | None = None
     crops: list[bytes] = field(default_factory=list)
     heatmaps: list[tuple[str, bytes]] = field(default_factory=list)
+    crop_captions: list[str] = field(default_factory=list)
+    class_importance: list[float] = field(default_factory=list)  # shared banks: per class
 
 
 @dataclass
@@ -53,6 +55,14 @@ class RunView:
     curves: tuple[list[float], list[float]] | None = None
     anchor: str = "run"
     curves_split: str = ""
+    # Shared banks: one entry per class ({class_id, class_name, n_images, run, metrics}) and the
+    # importance of every concept for every class, (n_classes, n_concepts).
+    classes: list[dict[str, Any]] = field(default_factory=list)
+    class_importance: list[list[float]] = field(default_factory=list)
+
+    @property
+    def shared(self) -> bool:
+        return bool(self.classes)
 
     @property
     def method(self) -> str:
@@ -224,6 +234,13 @@ def analyse_run(
     path = Path(run)
     bank = load_bank(path)
     meta, tensors = bank.metadata, bank.tensors
+    if meta.get("shared"):
+        from face_concepts.report.shared import analyse_shared_run
+
+        return analyse_shared_run(
+            path, bank, images=images, weights=weights, cache=cache, n_examples=n_examples,
+            max_images=max_images, name=name,
+        )  # fmt: skip
     if "importance" not in tensors:
         raise ValueError(f"the run at {str(path)!r} has no concept importance; is it a fitted run?")
     view = RunView(path, name or path.name, meta, read_sidecar(path), _concepts(tensors))

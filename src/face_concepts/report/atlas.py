@@ -30,6 +30,7 @@ def build_report(
     n_examples: int = 3,
     progress: bool = False,
     title: str | None = None,
+    cache: ModelCache | None = None,
 ) -> Path:
     """Write the concept atlas of the run(s) in ``run_dir``.
 
@@ -51,6 +52,8 @@ def build_report(
         A progress bar over runs on stderr.
     title : str, optional
         Page title (default "Concept atlas — <class names>").
+    cache : ModelCache, optional
+        Models already loaded (e.g. by the command that fitted the runs).
 
     Returns
     -------
@@ -64,7 +67,7 @@ def build_report(
     """
     root = Path(run_dir)
     runs = find_runs(root)
-    cache = ModelCache(device=device)
+    cache = cache if cache is not None else ModelCache(device=device)
     views: list[RunView] = []
     for run in _progress(runs, progress):
         view = analyse_run(
@@ -90,7 +93,11 @@ def _progress(runs: list[Path], show: bool) -> Any:
 
 
 def _title(views: list[RunView]) -> str:
-    names = [v.class_name or f"class {v.class_id}" for v in views]
+    names = [
+        c.get("class_name") or f"class {c.get('class_id')}"
+        for v in views
+        for c in (v.classes or [{"class_id": v.class_id, "class_name": v.class_name}])
+    ]
     unique = list(dict.fromkeys(names))
     shown = ", ".join(unique[:4]) + (f" and {len(unique) - 4} more" if len(unique) > 4 else "")
     return f"Concept atlas — {shown}" if shown else "Concept atlas"

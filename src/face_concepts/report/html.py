@@ -15,6 +15,11 @@ from typing import Any
 from face_concepts.report.analysis import RunView
 from face_concepts.report.glossary import METRIC_HELP, format_value
 from face_concepts.report.images import data_uri, figure_png
+from face_concepts.report.shared import (
+    class_importance_table,
+    class_metrics_table,
+    shared_concept_line,
+)
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2330;
@@ -70,6 +75,12 @@ def _pct(x: float | None) -> str:
 
 
 def _run_title(view: RunView) -> str:
+    if view.shared:
+        model = view.metadata.get("model", {})
+        return (
+            f"concepts shared by {len(view.classes)} classes · {view.method.upper()} · "
+            f"{model.get('model', '?')}"
+        )
     cls = f"class {view.class_id}" + (f" “{view.class_name}”" if view.class_name else "")
     model = view.metadata.get("model", {})
     return f"{cls} · {view.method.upper()} · {model.get('model', '?')}"
@@ -122,7 +133,7 @@ def _concept_id(view: RunView, index: int) -> str:
 
 def _concept_section(view: RunView, c: Any) -> str:
     crops = "".join(
-        _img(b, f"crop {i + 1} of concept {c.index}", "image/jpeg", "crop")
+        _img(b, f"crop {i + 1} of concept {c.index}{_crop_class(c, i)}", "image/jpeg", "crop")
         for i, b in enumerate(c.crops)
     )
     heat = "".join(
@@ -141,15 +152,21 @@ def _concept_section(view: RunView, c: Any) -> str:
         f"<h4>#{c.rank} · concept {c.index}</h4>"
         f"<p>importance {c.importance:.3f} (<b>{_pct(c.importance_share)}</b> of the total)"
         f"{contribution}</p>"
+        + (shared_concept_line(view, c) if view.shared else "")
         + (f'<p class="help">{_CROPS_HELP}</p><div class="strip">{crops}</div>' if crops else "")
         + (f'<p class="help">{_HEAT_HELP}</p><div class="strip">{heat}</div>' if heat else "")
         + "</section>"
     )
 
 
+def _crop_class(c: Any, i: int) -> str:
+    return f" (class {c.crop_captions[i]})" if i < len(c.crop_captions) else ""
+
+
 def _config_block(view: RunView) -> str:
     meta = view.metadata
     keep = ("model", "class_id", "class_name", "config", "fit", "patch_settings", "n_images")
+    keep += ("classes",) if view.shared else ()
     record = {k: meta[k] for k in keep if k in meta}
     record.update({k: meta[k] for k in ("created", "versions") if k in meta})
     if view.sidecar:
@@ -175,6 +192,8 @@ def _run_article(view: RunView) -> str:
     )
     notes = "".join(f'<p class="note">{escape(n)}</p>' for n in view.notes)
     concepts = "".join(_concept_section(view, c) for c in view.concepts)
+    if view.shared:
+        return _shared_article(view, facts, notes, concepts)
     return (
         f'<article class="run" id="{view.anchor}"><h2>{escape(_run_title(view))}</h2>'
         f'<p class="help">run <code>{escape(str(view.path))}</code> · {facts}</p>{notes}'
@@ -183,6 +202,27 @@ def _run_article(view: RunView) -> str:
         + _figure(view, "overview_heatmaps", "Where the top concepts are in one example image")
         + f"{concepts}"
         + _figure(view, "curves", f"Deletion and insertion curves ({view.curves_split} images)")
+        + _figure(view, "loss", "Loss history")
+        + _config_block(view)
+        + "</article>"
+    )
+
+
+def _shared_article(view: RunView, facts: str, notes: str, concepts: str) -> str:
+    title = "Importance of each shared concept for each class"
+    return (
+        f'<article class="run shared" id="{view.anchor}"><h2>{escape(_run_title(view))}</h2>'
+        f'<p class="help">run <code>{escape(str(view.path))}</code> · {facts}</p>{notes}'
+        f"<h3>Metrics per class</h3>{class_metrics_table(view)}"
+        f"<h3>{title}</h3>"
+        + _img(view.figures["class_importance"], title)
+        + class_importance_table(view)
+        + f"<h3>Concepts by mean importance over classes</h3>{_importance_table(view)}"
+        + _figure(view, "overview_heatmaps", "Where the top concepts are in one example image")
+        + concepts
+        + _figure(
+            view, "curves", f"Deletion and insertion curves per class ({view.curves_split} images)"
+        )
         + _figure(view, "loss", "Loss history")
         + _config_block(view)
         + "</article>"
@@ -217,16 +257,23 @@ def _overview(views: list[RunView]) -> str:
     head = "".join(f"<th>{METRIC_HELP[k][0]}</th>" for k in keys)
     rows = []
     for v in views:
-        # Held-out images say more than the fitting ones; fall back to what the run holds.
-        split = next((k for k in ("heldout", "fit") if k in v.metrics), next(iter(v.metrics), ""))
-        m = v.metrics.get(split, {})
-        cells = "".join(f'<td class="num">{format_value(m.get(k))}</td>' for k in keys)
-        rows.append(
-            f'<tr><td><a href="#{v.anchor}">{escape(v.name)}</a></td>'
-            f"<td>{escape(str(v.class_id))} {escape(v.class_name or '')}</td>"
-            f"<td>{escape(v.method)}</td><td>{len(v.concepts)}</td>"
-            f"<td>{escape(split or 'n/a')}</td>{cells}</tr>"
-        )
+        # A shared bank gives one row per class (its metrics are per class).
+        entries = v.classes or [
+            {"class_id": v.class_id, "class_name": v.class_name, "metrics": v.metrics}
+        ]
+        method = f"{v.method} (shared)" if v.shared else v.method
+        for e in entries:
+            metrics = {k: m for k, m in (e.get("metrics") or {}).items() if isinstance(m, dict)}
+            # Held-out images say more than the fitting ones; fall back to what the run holds.
+            split = next((k for k in ("heldout", "fit") if k in metrics), next(iter(metrics), ""))
+            m = metrics.get(split, {})
+            cells = "".join(f'<td class="num">{format_value(m.get(k))}</td>' for k in keys)
+            rows.append(
+                f'<tr><td><a href="#{v.anchor}">{escape(v.name)}</a></td>'
+                f"<td>{escape(str(e.get('class_id')))} {escape(e.get('class_name') or '')}</td>"
+                f"<td>{escape(method)}</td><td>{len(v.concepts)}</td>"
+                f"<td>{escape(split or 'n/a')}</td>{cells}</tr>"
+            )
     return (
         '<section class="panel"><h2>Runs</h2><table><tr><th>run</th><th>class</th><th>method</th>'
         f"<th>concepts</th><th>images</th>{head}</tr>{''.join(rows)}</table>"

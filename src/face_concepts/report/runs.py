@@ -43,11 +43,21 @@ def find_runs(path: str | Path) -> list[Path]:
     if ConceptBank.exists(root):
         return [root]
     runs = sorted({p.parent for p in root.rglob(JSON_FILE) if ConceptBank.exists(p.parent)})
+    # The per-class runs inside a shared bank are shown by the shared bank's own section.
+    runs = [r for r in runs if not is_shared_member(r)]
     if not runs:
         raise FileNotFoundError(
             f"{str(root)!r} holds no saved run (no {JSON_FILE} in it or its subfolders)"
         )
     return runs
+
+
+def is_shared_member(run: str | Path) -> bool:
+    """Whether ``run`` is one class's run inside a shared bank (``SHARED/classes/<class>/``)."""
+    from face_concepts.multiclass import CLASSES_DIR
+
+    parent = Path(run).parent
+    return parent.name == CLASSES_DIR and ConceptBank.exists(parent.parent)
 
 
 def read_sidecar(run: str | Path) -> dict[str, Any]:
@@ -93,6 +103,12 @@ class ModelCache:
         self.device = device
         self._splits: dict[tuple[Any, ...], Any] = {}
 
+    def put(
+        self, split: Any, spec: str, weights: str | None = None, layer: str | None = None
+    ) -> None:
+        """Use an already loaded ``split`` for ``(spec, weights, layer)`` (no second load)."""
+        self._splits[(spec, weights, layer, str(self.device))] = split
+
     def get(self, spec: str, weights: str | None = None, layer: str | None = None) -> Any:
         from face_concepts.models import load_model
 
@@ -127,6 +143,14 @@ def load_run(
     from face_concepts.pipeline import ConceptExplainer
 
     metadata = run_metadata(run)
+    if metadata.get("shared"):
+        from face_concepts.multiclass import CLASSES_DIR
+
+        ids = [c.get("class_id") for c in metadata.get("classes", [])]
+        raise ValueError(
+            f"the run at {str(run)!r} is a concept bank shared by classes {ids}; give one class's "
+            f"run from {str(Path(run) / CLASSES_DIR)!r} instead"
+        )
     spec, recorded, layer = run_model_spec(run, metadata)
     cache = cache or ModelCache(device=device)
     split = cache.get(spec, weights or recorded, layer)
