@@ -24,6 +24,7 @@ import json
 import os
 import secrets
 from collections.abc import Mapping
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -35,6 +36,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_pair",
     "backup_path",
+    "clear_stale_temporaries",
     "describe_os_error",
     "fsync_directory",
     "json_bytes",
@@ -160,7 +162,8 @@ def write_temporary(path: str | os.PathLike[str], data: bytes) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise describe_os_error(exc, path.parent, "create directory") from exc
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    # The pid lets a later writer recognise (and delete) what a killed writer left behind.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
     try:
         # "xb": never clobber a file we did not create; mode 0o666 & ~umask like any new file.
         handle = open(tmp, "xb")
@@ -176,6 +179,47 @@ def write_temporary(path: str | os.PathLike[str], data: bytes) -> Path:
         remove_quietly(tmp)
         raise
     return tmp
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else
+        return True
+    return True
+
+
+def clear_stale_temporaries(
+    directory: str | os.PathLike[str], name: str | None = None
+) -> list[Path]:
+    """Delete temporary files in ``directory`` left by writers that died (killed mid-write).
+
+    Only temporaries whose writer process no longer exists are removed, so a concurrent writer
+    on this machine keeps its own; ``name`` limits the cleanup to one destination file's
+    temporaries. Returns the deleted paths.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / ".a.json.999999999-ab.tmp").write_bytes(b"half")
+    >>> [p.name for p in clear_stale_temporaries(d)]
+    ['.a.json.999999999-ab.tmp']
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    pattern = ".*.tmp" if name is None else f".{glob_escape(name)}.*.tmp"
+    removed = []
+    for tmp in directory.glob(pattern):
+        # ".{name}.{pid}-{token}.tmp", see write_temporary
+        pid = tmp.name[: -len(".tmp")].rsplit(".", 1)[-1].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            remove_quietly(tmp)
+            removed.append(tmp)
+    return removed
 
 
 def fsync_directory(directory: str | os.PathLike[str]) -> None:
@@ -334,6 +378,8 @@ def atomic_write_pair(
     """
     data_path, index_path = Path(data_path), Path(index_path)
     backup = backup_path(data_path)
+    for path in (data_path, index_path, backup):  # what a killed save left behind
+        clear_stale_temporaries(path.parent, path.name)
     tmp_data = write_temporary(data_path, data)  # creates the directory if needed
     try:
         _settle_backup(data_path, index_path, sha_key)

@@ -106,3 +106,27 @@ def as_float_tensor(
                 f"but its minimum is {mn:.4g}; use a post-ReLU layer"
             )
     return t
+
+
+def dead_concepts(U: torch.Tensor, W: torch.Tensor, *, rtol: float = 1e-9) -> list[int]:
+    """Indices of concepts that contribute nothing to the reconstruction ``U W``.
+
+    Concept ``k`` is dead when ``max_i U[i, k] · ‖W[k]‖`` is at most ``rtol`` times the largest
+    such value over all concepts: its code is zero on every sample or its direction is zero, so
+    it explains nothing and its importance is zero. This happens when ``n_concepts`` exceeds
+    the number of patterns the data holds.
+
+    Examples
+    --------
+    >>> U = torch.tensor([[1.0, 0.0], [2.0, 0.0]])
+    >>> dead_concepts(U, torch.ones(2, 3))
+    [1]
+    """
+    U, W = U.detach().double(), W.detach().double()
+    if U.ndim != 2 or W.ndim != 2 or U.shape[1] != W.shape[0]:
+        raise ValueError(
+            f"U (n, r) and W (r, p) must agree in r, got {tuple(U.shape)} and {tuple(W.shape)}"
+        )
+    size = U.amax(dim=0).clamp(min=0) * torch.linalg.vector_norm(W, dim=1)
+    top = float(size.max()) if size.numel() else 0.0
+    return [int(k) for k in torch.nonzero(size <= rtol * top).reshape(-1)]

@@ -31,6 +31,7 @@ from safetensors.torch import save as st_save
 from tqdm.auto import tqdm
 
 from face_concepts._device import resolve_device
+from face_concepts._io import atomic_write_bytes, clear_stale_temporaries
 from face_concepts._validation import check_int
 
 __all__ = ["FORMAT_VERSION", "ActivationCache", "content_hash", "extract_activations"]
@@ -208,7 +209,7 @@ class ActivationCache:
         return self._fresh(key)
 
     def _write_manifest(self, key: str, manifest: dict[str, Any]) -> None:
-        _atomic_write(
+        atomic_write_bytes(
             self.path(key) / _MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode()
         )
 
@@ -238,8 +239,39 @@ class ActivationCache:
     def _write_shard(self, key: str, index: int, t: torch.Tensor) -> dict[str, Any]:
         name = f"shard_{index:06d}.safetensors"
         data = st_save({"activations": t.contiguous()})
-        _atomic_write(self.path(key) / name, data)
+        # temporary file + fsync + os.replace: a killed run leaves whole shards or none
+        atomic_write_bytes(self.path(key) / name, data)
         return {"file": name, "rows": int(t.shape[0]), "sha256": hashlib.sha256(data).hexdigest()}
+
+    def iter_shards(self, key: str) -> Iterator[torch.Tensor]:
+        """Yield the shards of a complete entry in order, each checked against its sha256.
+
+        Read-only (for streaming fits, e.g. ``FACE(batch_size=...)``): one shard is in memory at a
+        time; a missing/incomplete entry or a shard that fails verification raises ValueError
+        (nothing is recomputed or deleted here).
+        """
+        path = self.path(key) / _MANIFEST
+        try:
+            manifest = json.loads(path.read_text())
+            shards = manifest["shards"]
+            ok = manifest.get("format_version") == FORMAT_VERSION and manifest.get("complete")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"activation cache entry {key!r} is missing or unreadable: {exc}"
+            ) from exc
+        if not ok:
+            raise ValueError(f"activation cache entry {key!r} is incomplete or of another format")
+        for i in range(len(shards)):
+            info = shards.get(str(i)) or {}
+            file = self.path(key) / str(info.get("file", ""))
+            try:
+                data = file.read_bytes()
+                if hashlib.sha256(data).hexdigest() != info.get("sha256"):
+                    raise ValueError("checksum mismatch")
+                t = st_load(data)["activations"]
+            except Exception as exc:  # any failure means the shard cannot be trusted
+                raise ValueError(f"activation cache shard {file} cannot be used: {exc}") from exc
+            yield t
 
     def _load_all(self, key: str, manifest: dict[str, Any]) -> dict[int, torch.Tensor | None]:
         shards = manifest["shards"]
@@ -250,6 +282,8 @@ class ActivationCache:
     ) -> torch.Tensor:
         """Return the entry for ``key``, computing (and storing) only the shards it lacks."""
         manifest = self._read_manifest(key)
+        # Temporary files of a killed writer are never read; drop them so they do not pile up.
+        clear_stale_temporaries(self.path(key))
         loaded = self._load_all(key, manifest) if manifest.get("complete") else {}
         if loaded and all(t is not None for t in loaded.values()):
             hit = torch.cat([loaded[i] for i in range(len(loaded))])
@@ -280,17 +314,19 @@ class ActivationCache:
         return torch.cat(out)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half of one
-
-
 # ----------------------------------------------------------------------------- extraction
+def _check_finite(out: torch.Tensor, split: Any) -> torch.Tensor:
+    """Refuse NaN/inf activations here, before they are cached or factorised."""
+    if not bool(torch.isfinite(out).all()):
+        bad = int((~torch.isfinite(out)).sum())
+        raise ValueError(
+            f"the activations of layer {getattr(split, 'layer', None)!r} contain {bad} NaN or "
+            f"infinite value(s) out of {out.numel()}: the model overflowed or its weights are "
+            "broken (half precision is a common cause; run the model in float32)"
+        )
+    return out
+
+
 def extract_activations(
     split: Any,
     inputs: Inputs,
@@ -346,7 +382,7 @@ def extract_activations(
         outs = []
         for b in _rechunk([chunk], batch_size):
             with torch.inference_mode():
-                outs.append(fn(b.to(dev)).float().cpu())
+                outs.append(_check_finite(fn(b.to(dev)).float().cpu(), split))
             bar.update(b.shape[0])
         # concatenated outside inference mode: a normal tensor, usable later under autograd
         return torch.cat(outs)

@@ -8,16 +8,34 @@ fingerprint, layer, preprocessing), every setting, the fit's loss history and me
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ._validation import dead_concepts
 from .bank import ConceptBank
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _dead(explainer: Any) -> list[int]:
+    """Concepts unused on the fit's rows, warned about once, so that a saved run says so."""
+    rows = getattr(explainer, "row_codes_", None)
+    codes = rows if rows is not None else explainer.image_codes_
+    dead = dead_concepts(codes, explainer.concept_bank_)
+    if dead:
+        warnings.warn(
+            f"{len(dead)} of {explainer.concept_bank_.shape[0]} concepts are dead (zero on "
+            f"every training patch): {dead}; their importance is 0. The data holds fewer "
+            "patterns than n_concepts: refit with a smaller n_concepts or more images",
+            UserWarning,
+            stacklevel=3,
+        )
+    return dead
 
 
 def save_explainer(explainer: Any, path: Any, *, metrics: dict[str, Any] | None = None) -> Path:
@@ -40,6 +58,7 @@ def save_explainer(explainer: Any, path: Any, *, metrics: dict[str, Any] | None 
     if examples is not None and pre is not None:
         tensors["example_images"] = _to_uint8(pre.denormalize(examples))
     info = dict(explainer.fit_info_)
+    dead = _dead(explainer)
     metadata = {
         "model": split.description()
         if hasattr(split, "description")
@@ -54,6 +73,7 @@ def save_explainer(explainer: Any, path: Any, *, metrics: dict[str, Any] | None 
         "fit": {k: v for k, v in info.items() if k != "history"},
         "loss_history": info.get("history"),
         "metrics": metrics or {},
+        "dead_concepts": dead,
     }
     out = Path(path)
     ConceptBank(tensors, metadata).save(out)

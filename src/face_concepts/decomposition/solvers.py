@@ -426,7 +426,7 @@ def pg_block(
         with torch.enable_grad():
             fx = f(Xg)
             (g,) = torch.autograd.grad(fx, Xg)
-        fx = float(fx)
+        fx = float(fx.detach())
         accepted = False
         with torch.no_grad():
             for _ in range(40):
