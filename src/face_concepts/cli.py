@@ -249,6 +249,26 @@ def _images_arg(value: Any, flag: str) -> Any:
     )
 
 
+def _check_writable(out: Path) -> None:
+    """Prove a file can be written where ``out`` will be, without creating ``out`` itself.
+
+    The nearest existing ancestor must be a directory that accepts a (deleted) probe file;
+    an OSError names the path, so a typo fails in seconds rather than after the fit.
+    """
+    import tempfile
+
+    base = out
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    try:
+        if not base.is_dir():
+            raise NotADirectoryError(20, "not a directory", str(base))
+        with tempfile.NamedTemporaryFile(dir=base, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise OSError(f"cannot write to --out {out}: {exc.strerror or exc} ({base})") from None
+
+
 def cmd_fit(s: SimpleNamespace) -> int:
     from face_concepts import ConceptExplainer, load_model
     from face_concepts.methods import get_method
@@ -259,6 +279,7 @@ def cmd_fit(s: SimpleNamespace) -> int:
     get_method(s.method)  # fail on a typo before loading anything
     images = _images_arg(s.images, "--images")
     heldout = _images_arg(s.heldout, "--heldout") if s.heldout is not None else None
+    _check_writable(Path(s.out))  # before the fit, not after minutes of work
     _say(s, f"loading model {s.model} ...")
     split = load_model(s.model, s.weights, device=s.device, layer=s.layer)
     explainer = ConceptExplainer(
