@@ -1,4 +1,4 @@
-"""The ``face-concepts`` command line: demo, fit, evaluate, report, explain, benchmark.
+"""The ``face-concepts`` command line: demo, fit, evaluate, report, explain, benchmark, atlas.
 
 Results go to stdout (``--json``: one JSON document), progress and messages to stderr. Exit
 codes: 0 success, 1 runtime error (one line ``face-concepts: error: …``; the traceback only with
