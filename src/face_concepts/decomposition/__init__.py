@@ -11,6 +11,10 @@ Notation (used everywhere in the project, following the paper):
 Objective (method.md §2, the authors' code scaling so that their λ values transfer)::
 
     L(U, W) = mean_ij (A − U W)²_ij + λ · (1/n) Σ_i KL(P_i ‖ Q_i)
+
+``FACE(..., batch_size=B)`` fits the same objective by mini-batches streamed from a tensor or a
+re-iterable source (``CachedActivations(cache, key)``) in memory independent of n; the method is
+described in :mod:`face_concepts.decomposition.minibatch`.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from .encoder import encode
 from .estimators import FACE, NMF
 from .init import initialize, nndsvd
 from .losses import face_objective, objective_and_grads
+from .minibatch import CachedActivations
 from .solvers import SOLVERS
 
 __all__ = [
     "FACE",
     "NMF",
     "SOLVERS",
+    "CachedActivations",
     "encode",
     "face_objective",
     "initialize",

@@ -14,6 +14,7 @@ from sklearn.base import BaseEstimator
 
 from .._device import resolve_device
 from .._validation import as_float_tensor, check_choice, check_float, check_int
+from . import minibatch as mb
 from ._head import Head
 from .encoder import encode, solve_codes
 from .init import INITS, initialize
@@ -50,7 +51,15 @@ class FACE(BaseEstimator):
     device : str or torch.device, optional
         Where to compute; default: the device of ``A``.
     verbose : bool
-        Print the objective every 10 iterations.
+        Print the objective every 10 iterations (every epoch with ``batch_size``).
+    batch_size : int or None
+        None (default): full-batch fit. An int: mini-batch / streaming fit
+        (:mod:`~face_concepts.decomposition.minibatch`) — ``A`` may then also be a re-iterable
+        source of (m, p) batches (e.g. ``CachedActivations(cache, key)``), memory does not grow
+        with n, ``max_iter``/``tol`` count epochs (defaults 50 and 1e-4). Needs an affine head
+        when ``kl_weight > 0``.
+    forget_factor : float
+        Mini-batch only: decay of the running statistics over one epoch (in [0, 1]).
 
     Attributes
     ----------
@@ -87,6 +96,8 @@ class FACE(BaseEstimator):
         random_state: Any = None,
         device: Any = None,
         verbose: bool = False,
+        batch_size: int | None = None,
+        forget_factor: float = 0.7,
     ) -> None:
         self.head = head
         self.n_concepts = n_concepts
@@ -98,12 +109,20 @@ class FACE(BaseEstimator):
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
+        self.batch_size = batch_size
+        self.forget_factor = forget_factor
 
     # -- validation -------------------------------------------------------------------------
     def _validate(self, A: Any) -> tuple[torch.Tensor, Head | None, str, int, float]:
         dev = resolve_device(self.device, like=A if isinstance(A, torch.Tensor) else None)
         A = as_float_tensor(A, "A", non_negative=True, device=dev)
         n, p = A.shape
+        if not bool(A.any()):
+            # Every factorisation of 0 is W = 0: a silent, useless bank. Say why instead.
+            raise ValueError(
+                f"A is all zeros ({n} x {p}): the layer is inactive on these inputs (dead "
+                "ReLUs, wrong layer or blank images); choose another layer or other images"
+            )
         r = check_int(self.n_concepts, "n_concepts", minimum=1)
         if r > min(n, p):
             raise ValueError(
@@ -142,7 +161,13 @@ class FACE(BaseEstimator):
 
     # -- fitting ----------------------------------------------------------------------------
     def fit(self, A: Any, y: Any = None, *, U0: Any = None, W0: Any = None) -> FACE:
-        """Fit the concept bank on activations ``A`` (n, p) ≥ 0. ``U0``/``W0`` for init="custom"."""
+        """Fit the concept bank on activations ``A`` (n, p) ≥ 0. ``U0``/``W0`` for init="custom".
+
+        With ``batch_size``, ``A`` may be a re-iterable source of batches and only ``W0`` is used.
+        """
+        if self.batch_size is not None:
+            self._fit_minibatch(A, W0, keep_codes=False)
+            return self
         self._fit(A, U0=U0, W0=W0)
         return self
 
@@ -183,6 +208,7 @@ class FACE(BaseEstimator):
         self.init_ = init
         self.n_features_in_ = A.shape[1]
         self.objective_ = evaluate(prob, U, res.W).total
+        self._online = None
         return U
 
     def fit_transform(
@@ -190,9 +216,67 @@ class FACE(BaseEstimator):
     ) -> torch.Tensor:
         """Fit, then return the codes of ``A``: the solver's codes polished by the single encoder.
 
-        ``objective_`` is the objective at exactly these codes and ``concept_bank_``.
+        ``objective_`` is the objective at exactly these codes and ``concept_bank_``. With
+        ``batch_size`` the codes are the single encoder's, batch by batch (an (n, r) tensor).
         """
+        if self.batch_size is not None:
+            return self._fit_minibatch(A, W0, keep_codes=True)
         return self._fit(A, U0=U0, W0=W0)
+
+    # -- mini-batch -------------------------------------------------------------------------
+    def _online_start(self, A0: Any, W0: Any = None, *, from_bank: bool = False) -> mb.OnlineState:
+        dev = resolve_device(self.device, like=A0 if isinstance(A0, torch.Tensor) else None)
+        A0 = as_float_tensor(A0, "A", non_negative=True, device=dev)
+        head, r, lam, init = mb.validate(self, A0)
+        init = "custom" if from_bank else init
+        options = {
+            "random_state": self.random_state,
+            "forget_factor": mb.check_forget_factor(self.forget_factor),
+            "W0": W0,
+        }
+        self.init_, self.solver_ = init, "minibatch"
+        return mb.start(A0, r, head, lam, init, options)
+
+    def _fit_minibatch(self, A: Any, W0: Any, keep_codes: bool) -> torch.Tensor | None:
+        source = mb.check_source(A)
+        batch_size = mb.check_batch_size(self.batch_size)
+        state = self._online_start(mb.first_batch(source, batch_size), W0)
+        settings = {
+            "max_iter": check_int(
+                mb.default_setting(self.max_iter, "max_iter"), "max_iter", minimum=1
+            ),
+            "tol": check_float(mb.default_setting(self.tol, "tol"), "tol", minimum=0.0),
+            "verbose": self.verbose,
+            "keep_codes": keep_codes,
+        }
+        res = mb.fit_stream(state, source, batch_size, settings, self.head)
+        self._online = state
+        self.concept_bank_ = res.W
+        self.n_iter_, self.converged_, self.loss_history_ = res.n_epochs, res.converged, res.history
+        self.n_features_in_ = res.W.shape[1]
+        self.objective_ = res.objective.total
+        return res.U
+
+    def partial_fit(self, A: Any, y: Any = None, *, W0: Any = None) -> FACE:
+        """One mini-batch MM update of the bank on the batch ``A`` (m, p); the first call initialises.
+
+        Continues from a previous ``fit``/``partial_fit``. Sets ``batch_objective_`` (the batch's
+        objective at its codes before the update); ``objective_`` is not computed here.
+        """
+        state = getattr(self, "_online", None)
+        if state is None:
+            from_bank = hasattr(self, "concept_bank_")  # continue from a full-batch fit
+            W0 = self.concept_bank_ if from_bank else W0
+            state = self._online = self._online_start(A, W0, from_bank=from_bank)
+        A = as_float_tensor(A, "A", non_negative=True, device=state.W.device, dtype=state.W.dtype)
+        if A.shape[1] != state.W.shape[1]:
+            raise ValueError(f"A has {A.shape[1]} features, expected {state.W.shape[1]}")
+        self.batch_objective_ = mb.step(state, A).total
+        self.concept_bank_ = state.W
+        self.n_features_in_ = state.W.shape[1]
+        self.n_iter_ = getattr(self, "n_iter_", 0) + 1
+        self.__dict__.pop("objective_", None)
+        return self
 
     # -- encoding ---------------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -267,6 +351,8 @@ class NMF(FACE):
         random_state: Any = None,
         device: Any = None,
         verbose: bool = False,
+        batch_size: int | None = None,
+        forget_factor: float = 0.7,
     ) -> None:
         super().__init__(
             None,
@@ -279,6 +365,8 @@ class NMF(FACE):
             random_state=random_state,
             device=device,
             verbose=verbose,
+            batch_size=batch_size,
+            forget_factor=forget_factor,
         )
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:

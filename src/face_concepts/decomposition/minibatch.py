@@ -1,0 +1,538 @@
+"""Mini-batch (streaming) FACE: memory independent of the number of rows ``n``.
+
+Algorithm — a stochastic majorise–minimise scheme (Mairal et al. 2010, online dictionary
+learning / online NMF) extended to the KL term. Per row the objective of method.md §2 is
+``ℓ_i(W) = (1/p)‖a_i − u_i W‖² + λ KL(P_i ‖ softmax(z_i))`` with ``z_i = u_i W Vᵀ + b`` for an
+affine head, and ``L = (1/n) Σ_i ℓ_i``. For each mini-batch ``A_b``:
+
+1. **codes**: ``U_b`` from the encoder's solver with the current ``W`` (same λ; a capped number
+   of iterations, see ``CODE_MAX_ITER``/``CODE_TOL``).
+2. **majorise** each row's KL at the current logits ``z⁰_i`` with Böhning's bound
+   ``∇² logsumexp ≼ B = ½(I − 11ᵀ/C)``::
+
+       KL(z) ≤ KL(z⁰) + g_iᵀ(z − z⁰) + ½ (z − z⁰)ᵀ B (z − z⁰),   g_i = softmax(z⁰_i) − P_i.
+
+   With ``d = z − b = u_i W Vᵀ`` the W-dependent part is ``½ dᵀBd + (g_i − B d⁰_i)ᵀ d``. Summed
+   over rows (the reconstruction term is exact)::
+
+       Q(W) = (1/p)(⟨S_uu, WWᵀ⟩ − 2⟨S_ua, W⟩) + λ (½ ⟨S_uu, W K Wᵀ⟩ + ⟨S_ux V, W⟩)
+
+   with the running statistics ``S_uu = Σ u_iᵀu_i`` (r×r), ``S_ua = Σ u_iᵀa_i`` (r×p),
+   ``S_ux = Σ u_iᵀ(g_i − B d⁰_i)`` (r×C; ``B x = ½(x − mean(x))``) and the fixed
+   ``K = Vᵀ B V = ½ V_cᵀV_c`` (p×p, ``V_c`` = class-centred ``V``). The factor ``1/n`` of L does
+   not move the minimiser and is dropped. All statistics are O(r(p + C)) memory.
+3. **forget**: in the first pass (and in ``partial_fit``, which knows no passes) the statistics
+   are multiplied by ``ρ = forget_factor^{m/n_seen}`` before adding the batch (m rows in the
+   batch, ``n_seen`` rows seen so far including it): Mairal-style decaying forgetting that needs
+   no ``n``. From the second pass on, each batch instead *replaces its share of the previous
+   pass*: ``S ← S − (m/n_epoch)·S_prev + S_b`` with ``S_prev`` the statistics frozen at the end
+   of the previous pass (an O(r(p + C)) copy). At the end of every pass ``S`` is then exactly the
+   sum of that pass's batch statistics, so stale codes and expansion points never linger, and
+   with one batch per pass the method is exact alternating MM on L (full-batch behaviour).
+4. **update W** by minimising ``Q`` over ``W ≥ 0``. Böhning's curvature ``B`` is far steeper
+   than the softmax's when predictions are confident, which makes the exact majoriser very
+   timid; as in the full-batch solver, the curvature is scaled to ``s·B`` with ``s ∈ (0, 1]``
+   adaptive: ``Q_s`` keeps the sums ``S_ug = Σ u_iᵀg_i`` and ``S_ud = Σ u_iᵀ B d⁰_i`` apart so
+   that ``s`` can change after they were accumulated, and a W update is redone with a larger
+   ``s`` (×4, up to 1 = the true majoriser) when it would raise the objective of the current
+   batch at its codes; ``s`` halves after each update. ``Q_s`` itself is minimised by a few MM
+   steps, each linearising the ``K`` term at the current ``W`` and bounding its curvature by
+   ``κ = λ_max(K) = ½‖V_c‖₂²`` (scaled adaptively, backtracked on ``Q_s``, evaluated exactly in
+   O(r p²)), then HALS sweeps on the resulting r×r quadratic. A concept whose row of ``W``
+   becomes zero is re-initialised from a random row of the batch (``RuntimeWarning``).
+
+Passes (epochs) repeat until the relative change of the epoch objective (the mean, over the
+pass, of each batch's objective at its codes before the W update — an online estimate) is below
+``tol`` or ``max_iter`` passes. ``objective_`` is then the true §2 objective on all rows with the
+final ``W`` and codes from the single encoder (``encode``, capped at ``FINAL_CODE_MAX_ITER``
+iterations per batch), computed batch by batch. Only affine heads (or λ = 0) are supported:
+the statistics above need ``h(x) = x Vᵀ + b``; other heads are refused with a ValueError (fit
+them with ``batch_size=None``). Batches are taken in the source's order: shuffle rows that are
+sorted (e.g. by image) beforehand.
+
+Guarantees and status: with ``s = 1`` every W update lowers ``Q`` (an upper bound of the loss
+of the rows behind the statistics, at their codes); with ``s < 1`` the update is kept only if
+the current batch's objective does not rise. There is no per-row state, so each visit of a
+batch re-solves its codes from the clamped least-squares start, which dominates the cost at
+λ > 0. Measured on MobileNetV2 features at λ = 1 (``benchmarks/results/scale.md``): memory flat
+in n; small batches (many W updates per epoch) matter — batch_size 512, 2 epochs: +5 % over a
+100-iteration full-batch fit at n = 10⁴ in a fifth of its time; batch_size 8192: +110 %.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from .._random import make_generator
+from .._validation import as_float_tensor, check_choice, check_float, check_int
+from ._head import Head
+from .encoder import _warm_start, encode, solve_codes
+from .init import INITS, initialize
+from .losses import Terms
+from .solvers import (
+    Problem,
+    _Curvature,
+    _hals_sweeps,
+    centred_spectral_norm_sq,
+    evaluate,
+    make_problem,
+    small_problem_threads,
+)
+
+CODE_MAX_ITER = 15  # encoder iterations per batch during the fit (warm start: clamped LS)
+CODE_TOL = 1e-4  # their relative-decrease stop
+# The objective pass: the encoder's solver with this cap per batch. The encoder's own defaults
+# (500 iterations, tol 1e-7) cost ~30× more per row on a 1000-class head; the cap only makes
+# objective_ an upper bound of the value at fully converged codes.
+FINAL_CODE_MAX_ITER = 50
+FINAL_CODE_TOL = 1e-6
+TRUST_START = 1.0 / 64  # first s of the curvature s·B (backtracked up to 1 when needed)
+W_STEPS = 5  # MM steps on the surrogate per batch
+HALS_INNER = 10  # HALS sweeps per MM step
+DEFAULTS = {"max_iter": 50, "tol": 1e-4, "forget_factor": 0.7}
+
+
+# ----------------------------------------------------------------------------- statistics
+@dataclass
+class Statistics:
+    """Running sums in float64: ``S_uu`` (r×r), ``S_ua`` (r×p) and, when λ > 0, the two parts
+    of ``S_ux``: ``S_ug = Σ u_iᵀ g_i`` and ``S_ud = Σ u_iᵀ (B d⁰_i)`` (r×C each).
+    """
+
+    UtU: torch.Tensor
+    UtA: torch.Tensor
+    UtG: torch.Tensor | None = None
+    UtD: torch.Tensor | None = None
+    rows: float = 0.0  # effective (decayed) number of rows behind the sums
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.UtU, self.UtA, self.UtG, self.UtD) if t is not None]
+
+    def decay(self, rho: float) -> None:
+        for t in self.tensors():
+            t.mul_(rho)
+        self.rows *= rho
+
+    def add(self, other: Statistics, weight: float = 1.0) -> None:
+        for t, o in zip(self.tensors(), other.tensors(), strict=True):
+            t.add_(o, alpha=weight)
+        self.rows += weight * other.rows
+
+    def copy(self) -> Statistics:
+        c = [None if t is None else t.clone() for t in (self.UtU, self.UtA, self.UtG, self.UtD)]
+        return Statistics(*c, rows=self.rows)
+
+
+def kl_linear_terms(
+    U: torch.Tensor, Z0: torch.Tensor, b: torch.Tensor, P: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Σ u_iᵀ g_i, Σ u_iᵀ B d⁰_i)`` (r×C each): ``g = softmax(Z0) − P``, ``d⁰ = Z0 − b``."""
+    D = Z0 - b
+    return U.T @ (torch.softmax(Z0, dim=1) - P), U.T @ (0.5 * (D - D.mean(dim=1, keepdim=True)))
+
+
+def batch_statistics(
+    A: torch.Tensor, U: torch.Tensor, W: torch.Tensor, head: Head | None, P: torch.Tensor | None
+) -> Statistics:
+    """Statistics of one batch with the KL expanded at the logits of ``(U, W)``.
+
+    ``P`` = softmax(h(A)) (None when λ = 0). Summing the statistics of batches gives those of
+    their concatenation.
+    """
+    st = Statistics((U.T @ U).double(), (U.T @ A).double(), rows=float(A.shape[0]))
+    if P is not None:
+        UtG, UtD = kl_linear_terms(U, head.code_logits(U, W), head.b, P)
+        st.UtG, st.UtD = UtG.double(), UtD.double()
+    return st
+
+
+def kl_bound(Z: torch.Tensor, Z0: torch.Tensor, logP: torch.Tensor, s: float = 1.0) -> torch.Tensor:
+    """Per-row quadratic model of ``KL(P ‖ softmax Z)`` at ``Z0`` with curvature ``s·B``.
+
+    With ``s = 1`` (Böhning's bound) it is an upper bound, equal to the KL at ``Z0``.
+    """
+    P = logP.exp()
+    kl0 = (P * (logP - torch.log_softmax(Z0, dim=1))).sum(dim=1)
+    D = Z - Z0
+    g = torch.softmax(Z0, dim=1) - P
+    BD = 0.5 * (D - D.mean(dim=1, keepdim=True))
+    return kl0 + (g * D).sum(dim=1) + 0.5 * s * (D * BD).sum(dim=1)
+
+
+@dataclass
+class Surrogate:
+    """``Q_s(W) = (1/p)(⟨S_uu, WWᵀ⟩ − 2⟨S_ua, W⟩) + λ(⟨S_ug V, W⟩ + s(½⟨S_uu, WKWᵀ⟩ − ⟨S_ud V, W⟩))``.
+
+    ``s = 1`` is the Böhning majoriser of the module docstring (up to a W-independent constant);
+    ``s < 1`` trusts a flatter softmax (step 4).
+    """
+
+    st: Statistics
+    V: torch.Tensor | None
+    K: torch.Tensor | None
+    lam: float
+    s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.lam > 0:
+            self.MG = self.st.UtG @ self.V.double()
+            self.MD = self.st.UtD @ self.V.double()
+
+    def linear(self) -> torch.Tensor:
+        """The KL part's linear coefficient ``S_ug V − s S_ud V`` (r×p, float64)."""
+        return self.MG - self.s * self.MD
+
+    def value(self, W: torch.Tensor) -> float:
+        Wd = W.double()
+        p = W.shape[1]
+        value = (
+            float((self.st.UtU * (Wd @ Wd.T)).sum()) - 2.0 * float((self.st.UtA * Wd).sum())
+        ) / p
+        if self.lam > 0:
+            quad = float((self.st.UtU * (Wd @ self.K.double() @ Wd.T)).sum())
+            value += self.lam * (0.5 * self.s * quad + float((self.linear() * Wd).sum()))
+        return value
+
+
+def minimise_surrogate(
+    W: torch.Tensor, Q: Surrogate, kappa: float, curv: _Curvature, steps: int = W_STEPS
+) -> torch.Tensor:
+    """A few monotone MM-HALS steps on ``Q_s`` over ``W ≥ 0`` (module docstring, step 4)."""
+    dt = W.dtype
+    S, Sa = Q.st.UtU.to(dt), Q.st.UtA.to(dt)
+    a2 = 2.0 / W.shape[1]
+    if Q.lam == 0:
+        return _hals_sweeps(W.clone(), a2 * S, a2 * Sa, HALS_INNER * steps)
+    lam, M, K = Q.lam, Q.linear().to(dt), Q.K
+    f = Q.value(W)
+    for _ in range(steps):
+        SW = S @ W
+        R0 = a2 * Sa - lam * (M + Q.s * (SW @ K))
+        while True:
+            c = lam * Q.s * curv.s * kappa
+            Wn = _hals_sweeps(W.clone(), (a2 + c) * S, R0 + c * SW, HALS_INNER)
+            fn = Q.value(Wn)
+            if fn <= f or not curv.next_try():
+                break
+        curv.relax()
+        if fn > f:
+            break
+        done = f - fn <= 1e-6 * abs(f)
+        W, f = Wn, fn
+        if done:
+            break
+    return W
+
+
+def forget_rate(rows: int, n_seen: int, forget_factor: float) -> float:
+    """First-pass decay of the statistics before adding a batch of ``rows`` rows (docstring, 3)."""
+    return forget_factor ** (rows / n_seen)
+
+
+# ----------------------------------------------------------------------------- batch sources
+def rechunk(source: Any, batch_size: int, p: int | None = None) -> Iterator[torch.Tensor]:
+    """Batches of exactly ``batch_size`` rows (the last may be shorter) from a tensor or an
+    iterable of (m, p) tensors; only ``batch_size`` + one source item are held at a time.
+    """
+    if isinstance(source, torch.Tensor) or not isinstance(source, Iterable):
+        source = [as_float_tensor(source, "A", non_negative=True)]
+    pending: list[torch.Tensor] = []
+    held = 0
+    for item in source:
+        t = as_float_tensor(item, "A batch", non_negative=True)
+        if p is not None and t.shape[1] != p:
+            raise ValueError(f"A batch has {t.shape[1]} features, expected {p}")
+        while t.shape[0] > 0:
+            take = min(batch_size - held, t.shape[0])
+            pending.append(t[:take])
+            held += take
+            t = t[take:]
+            if held == batch_size:
+                yield pending[0] if len(pending) == 1 else torch.cat(pending)
+                pending, held = [], 0
+    if held:
+        yield pending[0] if len(pending) == 1 else torch.cat(pending)
+
+
+def check_source(source: Any) -> Any:
+    """A tensor/array, or a re-iterable of batches (a one-shot iterator cannot be read twice)."""
+    if isinstance(source, Iterator):
+        raise TypeError(
+            "A must be a tensor (n, p) or a re-iterable source of batches (a list, a "
+            "CachedActivations, an object whose __iter__ starts a new pass); got a one-shot "
+            "iterator, which cannot be read once per epoch — use partial_fit for it"
+        )
+    return source
+
+
+class CachedActivations:
+    """Re-iterable source over a complete :class:`ActivationCache` entry, shard by shard.
+
+    Each pass re-reads the shards from disk (each verified against its checksum), so memory
+    holds one shard at a time.
+
+    Examples
+    --------
+    >>> # FACE(head, 25, batch_size=4096).fit(CachedActivations(cache, key))  # doctest: +SKIP
+    """
+
+    def __init__(self, cache: Any, key: str) -> None:
+        self.cache = cache
+        self.key = key
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter(self.cache.iter_shards(self.key))
+
+
+# ----------------------------------------------------------------------------- the driver
+@dataclass
+class OnlineState:
+    """Everything the stream updates: ``W``, the statistics and the bookkeeping."""
+
+    W: torch.Tensor
+    stats: Statistics
+    head: Head | None
+    lam: float
+    forget_factor: float
+    generator: torch.Generator
+    K: torch.Tensor | None = None
+    kappa: float = 0.0
+    n_seen: int = 0
+    n_epoch: int | None = None
+    previous: Statistics | None = None  # statistics at the end of the previous pass
+    curv: _Curvature = field(default_factory=_Curvature)  # inner isotropic bound of K
+    trust: _Curvature = field(default_factory=lambda: _Curvature(TRUST_START))  # s of s·B
+
+
+def start(
+    A0: torch.Tensor, r: int, head: Head | None, lam: float, init: str, options: dict[str, Any]
+) -> OnlineState:
+    """Initialise ``W`` from the first batch ``A0`` (``options``: random_state, forget_factor, W0)."""
+    if A0.shape[0] < r:
+        raise ValueError(
+            f"batch_size gives a first batch of {A0.shape[0]} rows, fewer than n_concepts={r}; "
+            "use batch_size >= n_concepts"
+        )
+    W0 = options.get("W0")
+    if W0 is not None and init != "custom":
+        raise ValueError("W0 is only used with init='custom'")
+    if init == "custom":
+        if W0 is None:
+            raise ValueError("init='custom' with batch_size needs W0 passed to fit")
+        W0 = as_float_tensor(W0, "W0", non_negative=True, dtype=A0.dtype, device=A0.device)
+        if W0.shape != (r, A0.shape[1]):
+            raise ValueError(f"W0 must have shape {(r, A0.shape[1])}, got {tuple(W0.shape)}")
+        W = W0.clone()
+    else:
+        _, W = initialize(A0, r, init, random_state=options.get("random_state"))
+    p = A0.shape[1]
+    C = head.V.shape[0] if lam > 0 else 0
+    z = {"dtype": torch.float64, "device": A0.device}
+    stats = Statistics(torch.zeros(r, r, **z), torch.zeros(r, p, **z))
+    if lam > 0:
+        stats.UtG, stats.UtD = torch.zeros(r, C, **z), torch.zeros(r, C, **z)
+    state = OnlineState(
+        W, stats, head, lam, options["forget_factor"], make_generator(options.get("random_state"))
+    )
+    if lam > 0:
+        prob = make_problem(A0[:2], head, lam)
+        Vc = prob.Vc
+        state.K = 0.5 * (Vc.T @ Vc)
+        state.kappa = 0.5 * centred_spectral_norm_sq(prob)
+    return state
+
+
+def _revive_dead(state: OnlineState, A: torch.Tensor) -> None:
+    dead = (state.W.sum(dim=1) <= 0).nonzero().flatten().tolist()
+    for k in dead:
+        i = int(torch.randint(A.shape[0], (1,), generator=state.generator))
+        state.W[k] = A[i]
+        warnings.warn(
+            f"concept {k} died (its row of W became zero); re-initialised from a random batch row",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def step(state: OnlineState, A: torch.Tensor) -> Terms:
+    """One MM update on batch ``A``; returns the batch objective at its codes before the update."""
+    W = state.W
+    guard = small_problem_threads(Problem(A=A, head=state.head, kl_weight=state.lam), W.shape[0])
+    with torch.no_grad(), guard:
+        prob = make_problem(A, state.head, state.lam)
+        U, _ = solve_codes(prob, W, _warm_start(A, W), max_iter=CODE_MAX_ITER, tol=CODE_TOL)
+        terms = evaluate(prob, U, W)
+        batch = batch_statistics(A, U, W, state.head, prob.P)
+        state.n_seen += A.shape[0]
+        if state.previous is None:
+            state.stats.decay(forget_rate(A.shape[0], state.n_seen, state.forget_factor))
+        else:  # replace this batch's share of the previous pass (module docstring, step 3)
+            state.stats.add(state.previous, -A.shape[0] / state.n_epoch)
+        state.stats.add(batch)
+        state.W = _update_w(state, prob, U, terms.total)
+        _revive_dead(state, A)
+    return terms
+
+
+def _update_w(state: OnlineState, prob: Problem, U: torch.Tensor, f0: float) -> torch.Tensor:
+    """Minimise ``Q_s``; ``s`` backtracks towards 1 while the batch objective would rise."""
+    V = state.head.V if state.lam > 0 else None
+    while True:
+        Q = Surrogate(state.stats, V, state.K, state.lam, state.trust.s)
+        W = minimise_surrogate(state.W, Q, state.kappa, state.curv)
+        if state.lam == 0 or evaluate(prob, U, W).total <= f0 or not state.trust.next_try():
+            break
+    state.trust.relax()
+    return W
+
+
+@dataclass
+class StreamResult:
+    """What a mini-batch fit hands to the estimator."""
+
+    W: torch.Tensor
+    n_epochs: int
+    converged: bool
+    history: dict[str, list[float]]
+    objective: Terms
+    U: torch.Tensor | None = None
+
+
+def run_epochs(
+    state: OnlineState, source: Any, batch_size: int, max_iter: int, tol: float, verbose: bool
+) -> tuple[int, bool, dict[str, list[float]]]:
+    """Passes over ``source`` until the epoch objective's relative change is below ``tol``."""
+    history: dict[str, list[float]] = {"total": [], "recon": [], "kl": []}
+    prev, converged, epoch = None, False, 0
+    p = state.W.shape[1]
+    for epoch in range(1, max_iter + 1):
+        sums, rows = [0.0, 0.0, 0.0], 0
+        for A in rechunk(source, batch_size, p):
+            A = A.to(device=state.W.device, dtype=state.W.dtype)
+            t = step(state, A)
+            m = A.shape[0]
+            sums = [sums[0] + m * t.total, sums[1] + m * t.recon, sums[2] + m * t.kl]
+            rows += m
+        state.n_epoch, state.previous = rows, state.stats.copy()
+        cur = sums[0] / rows
+        for name, s in zip(("total", "recon", "kl"), sums, strict=True):
+            history[name].append(s / rows)
+        if verbose:
+            print(f"epoch {epoch}: objective (online estimate) {cur:.6g}")
+        if prev is not None and abs(prev - cur) <= tol * abs(prev):
+            converged = True
+            break
+        prev = cur
+    return epoch, converged, history
+
+
+def streaming_objective(
+    source: Any, batch_size: int, W: torch.Tensor, head: Any, lam: float, keep_codes: bool = False
+) -> tuple[Terms, torch.Tensor | None]:
+    """The §2 objective on all rows with ``W`` and the single encoder's codes, batch by batch."""
+    sums, rows, codes = [0.0, 0.0], 0, []
+    p = W.shape[1]
+    h = Head(head, dtype=W.dtype, device=W.device) if lam > 0 else None
+    for A in rechunk(source, batch_size, p):
+        A = A.to(device=W.device, dtype=W.dtype)
+        U = encode(A, W, head, kl_weight=lam, max_iter=FINAL_CODE_MAX_ITER, tol=FINAL_CODE_TOL)
+        t = evaluate(make_problem(A, h, lam), U, W)
+        m = A.shape[0]
+        sums = [sums[0] + m * t.recon, sums[1] + m * t.kl]
+        rows += m
+        if keep_codes:
+            codes.append(U)
+    recon, kl = sums[0] / rows, sums[1] / rows
+    return Terms(recon + lam * kl, recon, kl), (torch.cat(codes) if keep_codes else None)
+
+
+def first_batch(source: Any, batch_size: int) -> torch.Tensor:
+    """The first batch of a pass (used to validate and initialise)."""
+    for A in rechunk(source, batch_size):
+        return A
+    raise ValueError("A is empty: the source yielded no rows")
+
+
+def fit_stream(
+    state: OnlineState, source: Any, batch_size: int, settings: dict[str, Any], head: Any
+) -> StreamResult:
+    """Epochs, then the exact streaming objective (codes kept when ``settings['keep_codes']``)."""
+    n_epochs, converged, history = run_epochs(
+        state, source, batch_size, settings["max_iter"], settings["tol"], settings["verbose"]
+    )
+    if not converged and settings["max_iter"] > 1:
+        warnings.warn(
+            f"mini-batch FACE stopped at max_iter={settings['max_iter']} epochs before the epoch "
+            "objective changed by less than tol",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    obj, U = streaming_objective(
+        source, batch_size, state.W, head, state.lam, settings.get("keep_codes", False)
+    )
+    return StreamResult(state.W, n_epochs, converged, history, obj, U)
+
+
+def default_setting(value: Any, name: str) -> Any:
+    """Mini-batch default for ``max_iter`` (epochs), ``tol`` or ``forget_factor`` when None."""
+    return DEFAULTS[name] if value is None else value
+
+
+# ----------------------------------------------------------------------------- validation
+def validate(est: Any, A0: torch.Tensor) -> tuple[Head | None, int, float, str]:
+    """Check an estimator's settings against the first batch; returns (head, r, λ, init)."""
+    p = A0.shape[1]
+    r = check_int(est.n_concepts, "n_concepts", minimum=1, maximum=p)
+    lam = check_float(est.kl_weight, "kl_weight", minimum=0.0)
+    if est.solver not in ("auto", "hals"):
+        raise ValueError(
+            f"solver={est.solver!r} cannot be used with batch_size (the mini-batch W update is "
+            "MM-HALS on running statistics); use solver='auto' or batch_size=None"
+        )
+    init = check_choice(est.init, "init", ("auto", *INITS))
+    head = None
+    if lam > 0:
+        if est.head is None:
+            raise ValueError(
+                "head is required when kl_weight > 0 (use NMF for plain factorisation)"
+            )
+        head = Head(est.head, dtype=A0.dtype, device=A0.device)
+        head.check(p)
+        if not head.is_affine:
+            raise ValueError(
+                "batch_size needs an affine head (nn.Linear, or Dropout + Linear in eval mode) "
+                "when kl_weight > 0: its running statistics use h(x) = x Vᵀ + b. Fit this head "
+                "with batch_size=None (solver 'pgd')"
+            )
+    return head, r, lam, "nndsvda" if init == "auto" else init
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """``batch_size`` as a positive int (ValueError/TypeError naming it otherwise)."""
+    return check_int(batch_size, "batch_size", minimum=1)
+
+
+def check_forget_factor(value: Any) -> float:
+    """``forget_factor`` in [0, 1]."""
+    return check_float(value, "forget_factor", minimum=0.0, maximum=1.0)
+
+
+__all__ = [
+    "CachedActivations",
+    "Statistics",
+    "Surrogate",
+    "batch_statistics",
+    "fit_stream",
+    "forget_rate",
+    "kl_bound",
+    "kl_linear_terms",
+    "minimise_surrogate",
+    "rechunk",
+    "step",
+]
