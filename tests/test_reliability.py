@@ -426,3 +426,20 @@ def test_unknown_layer_on_the_command_line_suggests_close_names(capsys, images, 
     argv += ["--images", str(images), "--class-id", "1", "--out", str(tmp_path / "r"), "-q"]
     code, _, err = run_cli(capsys, *argv)
     assert_one_line_error(code, err, 1, "'featurs'", "close names", "'features'")
+
+
+def test_fit_warns_and_records_a_concept_that_died():
+    # A zero code column with a zero row of W is a fixed point of every solver step (its
+    # curvature is zero), so concept 2 stays dead: an exact, constructed case.
+    g = torch.Generator().manual_seed(0)
+    A = torch.rand(30, 6, generator=g)
+    U0, W0 = torch.rand(30, 3, generator=g), torch.rand(3, 6, generator=g)
+    U0[:, 2], W0[2] = 0.0, 0.0
+    est = FACE(None, 3, kl_weight=0.0, init="custom", max_iter=20, random_state=0)
+    with pytest.warns(RuntimeWarning, match=r"1 of 3 concepts died .*\[2\]"):
+        est.fit(A, U0=U0, W0=W0)
+    assert est.dead_concepts_ == [2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        healthy = FACE(None, 3, kl_weight=0.0, max_iter=20, random_state=0).fit(A)
+    assert healthy.dead_concepts_ == []

@@ -6,6 +6,7 @@ fitted attributes end in ``_``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 from sklearn.base import BaseEstimator
 
 from .._device import resolve_device
-from .._validation import as_float_tensor, check_choice, check_float, check_int
+from .._validation import as_float_tensor, check_choice, check_float, check_int, dead_concepts
 from . import minibatch as mb
 from ._head import Head
 from .encoder import encode, solve_codes
@@ -73,6 +74,9 @@ class FACE(BaseEstimator):
     converged_ : bool
     solver_ : str
         The solver actually used.
+    dead_concepts_ : list of int
+        Concepts that reconstruct nothing after a full-batch fit (zero codes on every row or a
+        zero row of W); a RuntimeWarning names them.
 
     Examples
     --------
@@ -208,6 +212,15 @@ class FACE(BaseEstimator):
         self.init_ = init
         self.n_features_in_ = A.shape[1]
         self.objective_ = evaluate(prob, U, res.W).total
+        self.dead_concepts_ = dead_concepts(U, res.W)
+        if self.dead_concepts_:
+            warnings.warn(
+                f"{len(self.dead_concepts_)} of {r} concepts died during the fit (indices "
+                f"{self.dead_concepts_}): they reconstruct nothing and have zero importance; "
+                "a smaller n_concepts, or another init or random_state, would avoid them",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         self._online = None
         return U
 
