@@ -23,7 +23,7 @@ from torch import nn
 import face_concepts
 import face_concepts.models
 from face_concepts.bank import ConceptBank
-from face_concepts.cli import build_parser, main, read_config, resolve_settings
+from face_concepts.cli import UsageError, build_parser, main, read_config, resolve_settings
 from face_concepts.data.preprocess import Preprocess
 from face_concepts.metrics.report import METRIC_KEYS
 from face_concepts.models import ModelSplit
@@ -187,6 +187,23 @@ def test_read_config_lists_of_images(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('images = ["a.png", "/x/b.png"]\n')
     assert read_config(cfg, "fit")["images"] == [str(tmp_path / "a.png"), "/x/b.png"]
+
+
+def test_atlas_settings_from_config(tmp_path):
+    cfg = tmp_path / "atlas.toml"
+    cfg.write_text(
+        '[atlas]\nclasses = [915, 853]\nshared = true\nexecutor = "ray"\naddress = "auto"\n'
+        "workers = 2\ngpus_per_task = 0.5\nbundled = true\n"
+    )
+    s = _settings(["atlas", "--config", str(cfg), "--workers", "3"])
+    assert s.classes == "915,853"  # the flag's form, parsed by cli_atlas.parse_classes
+    assert (s.shared, s.executor, s.address, s.bundled) == (True, "ray", "auto", True)
+    assert s.workers == 3 and s.gpus_per_task == 0.5  # flag over file
+    assert _settings(["atlas"]).executor == "local"  # built-in default
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[atlas]\nclasses = ["a"]\n')
+    with pytest.raises(UsageError, match="classes must be a str"):
+        _settings(["atlas", "--config", str(bad)])
 
 
 # ----------------------------------------------------------------------------- runtime errors (exit 1)

@@ -67,6 +67,14 @@ OPTIONS: dict[str, tuple[type, Any]] = {
     "n_examples": (int, 3),
     "quick": (bool, False),
     "save": (bool, False),
+    # atlas (many classes; cli_atlas.py)
+    "classes": (str, None),
+    "bundled": (bool, False),
+    "shared": (bool, False),
+    "executor": (str, "local"),
+    "address": (str, None),
+    "workers": (int, None),
+    "gpus_per_task": (float, 0.0),
 }
 PATH_KEYS = ("weights", "images", "heldout", "out")
 COMMANDS = ("demo", "fit", "evaluate", "report", "explain", "benchmark", "atlas")
@@ -162,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------- settings
 def _coerce(key: str, value: Any, where: str) -> Any:
     kind = OPTIONS[key][0]
+    if key == "classes" and isinstance(value, list) and value:
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return ",".join(map(str, value))  # the flag's form: "285,207"
     if (
         key in ("images", "heldout")
         and isinstance(value, list)
