@@ -20,11 +20,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+import _tiny
 import face_concepts
 import face_concepts.models
 from face_concepts.bank import ConceptBank
 from face_concepts.cli import UsageError, build_parser, main, read_config, resolve_settings
-from face_concepts.data.preprocess import Preprocess
 from face_concepts.metrics.report import METRIC_KEYS
 from face_concepts.models import ModelSplit
 
@@ -44,32 +44,13 @@ EXPLAIN_KEYS |= {"run_dir", "figure"}
 
 # ----------------------------------------------------------------------------- helpers
 def tiny_split() -> ModelSplit:
-    """A 6-channel conv + linear classifier with seeded weights (3 classes, 16 px inputs)."""
-    g = torch.Generator().manual_seed(0)
-    conv, head = nn.Conv2d(3, 6, 3, padding=1), nn.Linear(6, 3)
-    with torch.no_grad():
-        for p in (*conv.parameters(), *head.parameters()):
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    features = nn.Sequential(conv, nn.ReLU())
-    model = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
-    return ModelSplit(
-        features, head, preprocess=Preprocess(resize_size=16, crop_size=16), name=TINY,
-        categories=["ant", "bee", "cat"], model=model,
-    )  # fmt: skip
+    return _tiny.tiny_split(TINY, seed=0)
 
 
 @pytest.fixture
 def tiny(monkeypatch):
     """Make ``load_model("test:tiny")`` return the tiny model everywhere the CLI looks it up."""
-    split = tiny_split()
-    real = face_concepts.models.load_model
-
-    def fake(spec, weights=None, **kwargs):
-        return split if spec == TINY else real(spec, weights, **kwargs)
-
-    monkeypatch.setattr(face_concepts.models, "load_model", fake)
-    monkeypatch.setattr(face_concepts, "load_model", fake)
-    return split
+    return _tiny.patch_load_model(monkeypatch, tiny_split())
 
 
 @pytest.fixture

@@ -17,8 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-import face_concepts
-import face_concepts.models
+import _tiny
 from face_concepts.bank import ConceptBank
 from face_concepts.cli import main
 from face_concepts.cli_atlas import _print
@@ -166,14 +165,7 @@ def test_shared_bank_is_identical_on_ray(split, jobs, tmp_path, ray_runtime):
 # ----------------------------------------------------------------------------- the CLI
 @pytest.fixture
 def tiny_model(monkeypatch, split):
-    real = face_concepts.models.load_model
-
-    def fake(spec, weights=None, **kwargs):
-        return split if spec == TINY else real(spec, weights, **kwargs)
-
-    monkeypatch.setattr(face_concepts.models, "load_model", fake)
-    monkeypatch.setattr(face_concepts, "load_model", fake)
-    return split
+    return _tiny.patch_load_model(monkeypatch, split)
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch import nn
 
+import _tiny
 from face_concepts import ConceptExplainer
 from face_concepts.bank import ConceptBank
-from face_concepts.data.preprocess import Preprocess
 from face_concepts.decomposition import FACE, encode
 from face_concepts.distributed import LocalExecutor
 from face_concepts.importance import sobol_indices
@@ -42,18 +42,7 @@ PRINTED_ABS = 5e-4
 
 
 def tiny_split() -> ModelSplit:
-    """Conv (3→6) + ReLU + linear head to 4 classes, seeded; 16-px inputs."""
-    g = torch.Generator().manual_seed(3)
-    conv, head = nn.Conv2d(3, 6, 3, padding=1), nn.Linear(6, 4)
-    with torch.no_grad():
-        for p in (*conv.parameters(), *head.parameters()):
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    features = nn.Sequential(conv, nn.ReLU())
-    model = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
-    return ModelSplit(
-        features, head, preprocess=Preprocess(resize_size=16, crop_size=16), name=TINY,
-        categories=["ant", "bee", "cat", "dog"], model=model,
-    )  # fmt: skip
+    return _tiny.tiny_split(TINY, seed=3, n_classes=4)
 
 
 def class_images(seed: int, n: int = 5) -> torch.Tensor:

@@ -24,9 +24,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-import face_concepts
+import _tiny
 import face_concepts._io as fio
-import face_concepts.models
 from face_concepts import ConceptExplainer
 from face_concepts._validation import dead_concepts
 from face_concepts.activations import ActivationCache, extract_activations
@@ -45,18 +44,7 @@ SMALL_TORCHVISION = "torchvision:squeezenet1_1"  # 1.2 M parameters: cheap to bu
 
 # ----------------------------------------------------------------------------- helpers
 def tiny_split(*, dtype: torch.dtype = torch.float32, scale: float = 0.5) -> ModelSplit:
-    """Seeded conv(3->6) + ReLU features, linear head to 3 classes, 16 px inputs."""
-    g = torch.Generator().manual_seed(1)
-    conv, head = nn.Conv2d(3, 6, 3, padding=1), nn.Linear(6, 3)
-    with torch.no_grad():
-        for p in (*conv.parameters(), *head.parameters()):
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-    features = nn.Sequential(conv, nn.ReLU()).to(dtype)
-    model = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
-    return ModelSplit(
-        features, head, preprocess=Preprocess(resize_size=16, crop_size=16), name=TINY,
-        categories=["ant", "bee", "cat"], model=model,
-    )  # fmt: skip
+    return _tiny.tiny_split(TINY, seed=1, dtype=dtype, scale=scale)
 
 
 def write_images(folder: Path, n: int = 6, size: int = 20) -> Path:
@@ -71,15 +59,7 @@ def write_images(folder: Path, n: int = 6, size: int = 20) -> Path:
 @pytest.fixture
 def tiny(monkeypatch):
     """``load_model("test:reliability")`` returns the tiny model wherever the CLI looks."""
-    split = tiny_split()
-    real = face_concepts.models.load_model
-
-    def fake(spec, weights=None, **kwargs):
-        return split if spec == TINY else real(spec, weights, **kwargs)
-
-    monkeypatch.setattr(face_concepts.models, "load_model", fake)
-    monkeypatch.setattr(face_concepts, "load_model", fake)
-    return split
+    return _tiny.patch_load_model(monkeypatch, tiny_split())
 
 
 @pytest.fixture

@@ -1,0 +1,53 @@
+"""The tiny seeded classifier shared by the CLI, report, reliability and many-class tests.
+
+Conv (3 → 6) + ReLU features, global mean pool, one linear head; 16-px inputs. Files import it
+as ``from _tiny import ...`` (pytest puts ``tests/`` on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+import face_concepts
+import face_concepts.models
+from face_concepts.data.preprocess import Preprocess
+from face_concepts.models import ModelSplit
+
+CATEGORIES = ["ant", "bee", "cat", "dog"]
+
+
+def tiny_split(
+    name: str,
+    *,
+    seed: int = 0,
+    n_classes: int = 3,
+    scale: float = 0.5,
+    dtype: torch.dtype = torch.float32,
+) -> ModelSplit:
+    """A seeded tiny model registered under ``name`` (a model spec such as ``"test:tiny"``)."""
+    g = torch.Generator().manual_seed(seed)
+    conv, head = nn.Conv2d(3, 6, 3, padding=1), nn.Linear(6, n_classes)
+    with torch.no_grad():
+        for p in (*conv.parameters(), *head.parameters()):
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    features = nn.Sequential(conv, nn.ReLU()).to(dtype)
+    model = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
+    return ModelSplit(
+        features, head, preprocess=Preprocess(resize_size=16, crop_size=16), name=name,
+        categories=CATEGORIES[:n_classes], model=model,
+    )  # fmt: skip
+
+
+def patch_load_model(monkeypatch: Any, split: ModelSplit) -> ModelSplit:
+    """Make ``load_model(split.name)`` return ``split`` wherever the CLI looks it up."""
+    real = face_concepts.models.load_model
+
+    def fake(spec, weights=None, **kwargs):
+        return split if spec == split.name else real(spec, weights, **kwargs)
+
+    monkeypatch.setattr(face_concepts.models, "load_model", fake)
+    monkeypatch.setattr(face_concepts, "load_model", fake)
+    return split
