@@ -21,15 +21,6 @@ IMAGENET_CONFIG = CONFIG_DIR / "imagenet_mobilenet.toml"
 STAT_TOL = 1e-12  # mean/std of a handful of floats against numpy
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The runner's many tiny solver steps run far slower with 2 threads on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_load_config_defaults_and_overrides():
     cfg = bm.load_config({"seeds": [4], "methods": ["nmf"]})
     assert cfg["seeds"] == [4] and cfg["methods"] == ["nmf"]

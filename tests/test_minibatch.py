@@ -29,16 +29,6 @@ CODE_CAP_GAP = 0.01
 EXACT_F64 = 1e-9
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These problems are tiny: thread synchronisation would cost more than it saves (20× slower
-    # on a busy 2-core machine).
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def planted(n=400, p=16, r=4, C=5, noise=0.3, seed=0):
     g = torch.Generator().manual_seed(seed)
     U = torch.rand(n, r, generator=g, dtype=torch.float64)
