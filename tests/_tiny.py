@@ -1,4 +1,4 @@
-"""The tiny seeded classifier shared by the CLI, report, reliability and many-class tests.
+"""Test helpers shared across files: the tiny seeded classifier and the real cat photo.
 
 Conv (3 → 6) + ReLU features, global mean pool, one linear head; 16-px inputs. Files import it
 as ``from _tiny import ...`` (pytest puts ``tests/`` on ``sys.path``).
@@ -6,8 +6,10 @@ as ``from _tiny import ...`` (pytest puts ``tests/`` on ``sys.path``).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
@@ -51,3 +53,13 @@ def patch_load_model(monkeypatch: Any, split: ModelSplit) -> ModelSplit:
     monkeypatch.setattr(face_concepts.models, "load_model", fake)
     monkeypatch.setattr(face_concepts, "load_model", fake)
     return split
+
+
+def chelsea() -> Path:
+    """scikit-image's real cat photo (ImageNet class 285 for MobileNetV2), or skip the test."""
+    from face_concepts.data import bundled_photos
+
+    for p in bundled_photos(["skimage"]):
+        if p.path.endswith("chelsea.png"):
+            return Path(p.path)
+    pytest.skip("scikit-image's chelsea.png is not installed")

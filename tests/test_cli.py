@@ -394,15 +394,6 @@ def test_demo_runs_the_demo_and_builds_the_atlas(capsys, monkeypatch, tiny, tiny
 
 
 # ----------------------------------------------------------------------------- real model (slow)
-def _chelsea() -> Path:
-    from face_concepts.data import bundled_photos
-
-    for p in bundled_photos(["skimage"]):
-        if p.path.endswith("chelsea.png"):
-            return Path(p.path)
-    pytest.skip("scikit-image's chelsea.png is not installed")
-
-
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
     """One real MobileNetV2 fit via the CLI: three views of the chelsea cat photo, class 285."""
@@ -410,7 +401,7 @@ def real_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("real")
     folder = root / "cats"
     folder.mkdir()
-    photo = Image.open(_chelsea()).convert("RGB")
+    photo = Image.open(_tiny.chelsea()).convert("RGB")
     photo.save(folder / "chelsea.png")
     photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "mirrored.png")
     w, h = photo.size

@@ -236,15 +236,6 @@ def test_report_command_json_and_missing_run(capsys, tiny, images, tmp_path):
 
 
 # ----------------------------------------------------------------------------- real model, browser
-def _chelsea() -> Path:
-    from face_concepts.data import bundled_photos
-
-    for p in bundled_photos(["skimage"]):
-        if p.path.endswith("chelsea.png"):
-            return Path(p.path)
-    pytest.skip("scikit-image's chelsea.png is not installed")
-
-
 @pytest.fixture(scope="module")
 def real_atlas(tmp_path_factory):
     """A real MobileNetV2 run (CLI, in-process) on two views of the chelsea cat, and its atlas."""
@@ -252,7 +243,7 @@ def real_atlas(tmp_path_factory):
     root = tmp_path_factory.mktemp("atlas")
     folder = root / "cats"
     folder.mkdir()
-    photo = Image.open(_chelsea()).convert("RGB")
+    photo = Image.open(_tiny.chelsea()).convert("RGB")
     photo.save(folder / "chelsea.png")
     photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "mirrored.png")
     run = root / "run"

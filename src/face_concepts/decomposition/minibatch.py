@@ -71,6 +71,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from .._random import make_generator
 from .._validation import as_float_tensor, check_choice, check_float, check_int
+from ..activations import _rechunk
 from ._head import Head
 from .encoder import _warm_start, encode, solve_codes
 from .init import INITS, initialize
@@ -242,22 +243,15 @@ def rechunk(source: Any, batch_size: int, p: int | None = None) -> Iterator[torc
     """
     if isinstance(source, torch.Tensor) or not isinstance(source, Iterable):
         source = [as_float_tensor(source, "A", non_negative=True)]
-    pending: list[torch.Tensor] = []
-    held = 0
-    for item in source:
-        t = as_float_tensor(item, "A batch", non_negative=True)
-        if p is not None and t.shape[1] != p:
-            raise ValueError(f"A batch has {t.shape[1]} features, expected {p}")
-        while t.shape[0] > 0:
-            take = min(batch_size - held, t.shape[0])
-            pending.append(t[:take])
-            held += take
-            t = t[take:]
-            if held == batch_size:
-                yield pending[0] if len(pending) == 1 else torch.cat(pending)
-                pending, held = [], 0
-    if held:
-        yield pending[0] if len(pending) == 1 else torch.cat(pending)
+
+    def checked() -> Iterator[torch.Tensor]:
+        for item in source:
+            t = as_float_tensor(item, "A batch", non_negative=True)
+            if p is not None and t.shape[1] != p:
+                raise ValueError(f"A batch has {t.shape[1]} features, expected {p}")
+            yield t
+
+    return _rechunk(checked(), batch_size)
 
 
 def check_source(source: Any) -> Any:
