@@ -15,6 +15,7 @@ import torch
 from .._validation import as_float_tensor, check_float, check_int
 from ._head import Head
 from .losses import kl_rows
+from .newton import solve_codes_newton
 from .solvers import (
     Problem,
     _Curvature,
@@ -43,8 +44,14 @@ def solve_codes(
     max_iter: int,
     tol: float,
 ) -> tuple[torch.Tensor, int]:
-    """Minimise the objective over U ≥ 0 with W fixed, starting at ``U``; returns (U, iterations)."""
+    """Minimise the objective over U ≥ 0 with W fixed, starting at ``U``; returns (U, iterations).
+
+    Affine head with λ > 0: projected Newton (``newton.py``); otherwise MM-HALS (λ = 0: exact
+    HALS sweeps of NNLS) or projected gradient (non-affine heads).
+    """
     prev = evaluate(prob, U, W).total
+    if prob.kl_weight > 0 and prob.factored:
+        return solve_codes_newton(prob, W, U, max_iter=max_iter, tol=tol, f0=prev)
     it = 0
     step = 1.0
     curv = _Curvature()
