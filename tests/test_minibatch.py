@@ -199,6 +199,24 @@ def test_streaming_from_activation_cache_equals_in_memory(tmp_path):
     assert mem.objective_ == disk.objective_
 
 
+def test_verbose_fit_shows_row_progress_with_the_known_total(tmp_path, capsys):
+    A, head = planted(n=150, p=8, r=3)
+    A = A.float()
+    cache = ActivationCache(tmp_path, shard_size=37)
+    cache.run("entry", A[:, :, None, None], lambda c: c.flatten(1), _NoBar())
+    source = mb.CachedActivations(cache, "entry")
+    assert len(source) == 150
+    assert mb.total_rows(A) == 150 and mb.total_rows([A[:40], A[40:]]) == 150
+    assert mb.total_rows(iter([A])) is None  # unknown without reading it
+    ctx = quiet()
+    FACE(head.float(), 3, kl_weight=1.0, batch_size=50, max_iter=2, verbose=True).fit(source)
+    ctx.__exit__(None, None, None)
+    out = capsys.readouterr()
+    assert "epoch 1: objective (online estimate)" in out.out
+    # tqdm bars on stderr: each epoch and the objective pass, with the total from the manifest
+    assert "epoch 2" in out.err and "objective pass" in out.err and "/150" in out.err
+
+
 def test_iter_shards_refuses_a_corrupt_shard(tmp_path):
     cache = ActivationCache(tmp_path, shard_size=4)
     cache.run("k", torch.rand(10, 3, 1, 1), lambda c: c.flatten(1), _NoBar())

@@ -63,20 +63,20 @@ batch re-solves its codes from the clamped least-squares start, which dominates 
 
 from __future__ import annotations
 
+import sys
 import warnings
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from sklearn.exceptions import ConvergenceWarning
+from tqdm.auto import tqdm
 
 from .._random import make_generator
-from .._validation import as_float_tensor, check_choice, check_float, check_int
-from ..activations import _rechunk
+from .._validation import as_float_tensor
 from ._head import Head
 from .encoder import _warm_start, encode, solve_codes
-from .init import INITS, initialize
+from .init import initialize
 from .losses import Terms
 from .solvers import (
     Problem,
@@ -86,6 +86,16 @@ from .solvers import (
     evaluate,
     make_problem,
     small_problem_threads,
+)
+from .streams import (  # noqa: F401 (re-exported: the estimators call them as mb.*)
+    CachedActivations,
+    check_batch_size,
+    check_forget_factor,
+    check_source,
+    first_batch,
+    rechunk,
+    total_rows,
+    validate,
 )
 
 CODE_MAX_ITER = 10  # Newton iterations per batch during the fit (start: clamped LS)
@@ -243,54 +253,6 @@ def forget_rate(rows: int, n_seen: int, forget_factor: float) -> float:
     return forget_factor ** (rows / n_seen)
 
 
-# ----------------------------------------------------------------------------- batch sources
-def rechunk(source: Any, batch_size: int, p: int | None = None) -> Iterator[torch.Tensor]:
-    """Batches of exactly ``batch_size`` rows (the last may be shorter) from a tensor or an
-    iterable of (m, p) tensors; only ``batch_size`` + one source item are held at a time.
-    """
-    if isinstance(source, torch.Tensor) or not isinstance(source, Iterable):
-        source = [as_float_tensor(source, "A", non_negative=True)]
-
-    def checked() -> Iterator[torch.Tensor]:
-        for item in source:
-            t = as_float_tensor(item, "A batch", non_negative=True)
-            if p is not None and t.shape[1] != p:
-                raise ValueError(f"A batch has {t.shape[1]} features, expected {p}")
-            yield t
-
-    return _rechunk(checked(), batch_size)
-
-
-def check_source(source: Any) -> Any:
-    """A tensor/array, or a re-iterable of batches (a one-shot iterator cannot be read twice)."""
-    if isinstance(source, Iterator):
-        raise TypeError(
-            "A must be a tensor (n, p) or a re-iterable source of batches (a list, a "
-            "CachedActivations, an object whose __iter__ starts a new pass); got a one-shot "
-            "iterator, which cannot be read once per epoch — use partial_fit for it"
-        )
-    return source
-
-
-class CachedActivations:
-    """Re-iterable source over a complete :class:`ActivationCache` entry, shard by shard.
-
-    Each pass re-reads the shards from disk (each verified against its checksum), so memory
-    holds one shard at a time.
-
-    Examples
-    --------
-    >>> # FACE(head, 25, batch_size=4096).fit(CachedActivations(cache, key))  # doctest: +SKIP
-    """
-
-    def __init__(self, cache: Any, key: str) -> None:
-        self.cache = cache
-        self.key = key
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return iter(self.cache.iter_shards(self.key))
-
-
 # ----------------------------------------------------------------------------- the driver
 @dataclass
 class OnlineState:
@@ -412,14 +374,19 @@ def run_epochs(
     history: dict[str, list[float]] = {"total": [], "recon": [], "kl": []}
     prev, converged, epoch = None, False, 0
     p = state.W.shape[1]
+    total = total_rows(source)
     for epoch in range(1, max_iter + 1):
         sums, rows = [0.0, 0.0, 0.0], 0
+        bar = _bar(total, f"epoch {epoch}", verbose)
         for A in rechunk(source, batch_size, p):
             A = A.to(device=state.W.device, dtype=state.W.dtype)
             t = step(state, A)
             m = A.shape[0]
             sums = [sums[0] + m * t.total, sums[1] + m * t.recon, sums[2] + m * t.kl]
             rows += m
+            bar.update(m)
+            bar.set_postfix(objective=f"{sums[0] / rows:.4g}", refresh=False)
+        bar.close()
         state.n_epoch, state.previous = rows, state.stats.copy()
         cur = sums[0] / rows
         for name, s in zip(("total", "recon", "kl"), sums, strict=True):
@@ -433,13 +400,26 @@ def run_epochs(
     return epoch, converged, history
 
 
+def _bar(total: int | None, desc: str, verbose: bool) -> Any:
+    """A tqdm bar over rows on stderr (shown when ``verbose``)."""
+    return tqdm(total=total, desc=desc, unit="row", unit_scale=True, leave=False,
+                file=sys.stderr, disable=not verbose)  # fmt: skip
+
+
 def streaming_objective(
-    source: Any, batch_size: int, W: torch.Tensor, head: Any, lam: float, keep_codes: bool = False
+    source: Any,
+    batch_size: int,
+    W: torch.Tensor,
+    head: Any,
+    lam: float,
+    keep_codes: bool = False,
+    verbose: bool = False,
 ) -> tuple[Terms, torch.Tensor | None]:
     """The §2 objective on all rows with ``W`` and the single encoder's codes, batch by batch."""
     sums, rows, codes = [0.0, 0.0], 0, []
     p = W.shape[1]
     h = Head(head, dtype=W.dtype, device=W.device) if lam > 0 else None
+    bar = _bar(total_rows(source), "objective pass", verbose)
     for A in rechunk(source, batch_size, p):
         A = A.to(device=W.device, dtype=W.dtype)
         U = encode(A, W, head, kl_weight=lam, max_iter=FINAL_CODE_MAX_ITER, tol=FINAL_CODE_TOL)
@@ -449,15 +429,10 @@ def streaming_objective(
         rows += m
         if keep_codes:
             codes.append(U)
+        bar.update(m)
+    bar.close()
     recon, kl = sums[0] / rows, sums[1] / rows
     return Terms(recon + lam * kl, recon, kl), (torch.cat(codes) if keep_codes else None)
-
-
-def first_batch(source: Any, batch_size: int) -> torch.Tensor:
-    """The first batch of a pass (used to validate and initialise)."""
-    for A in rechunk(source, batch_size):
-        return A
-    raise ValueError("A is empty: the source yielded no rows")
 
 
 def fit_stream(
@@ -475,7 +450,13 @@ def fit_stream(
             stacklevel=3,
         )
     obj, U = streaming_objective(
-        source, batch_size, state.W, head, state.lam, settings.get("keep_codes", False)
+        source,
+        batch_size,
+        state.W,
+        head,
+        state.lam,
+        settings.get("keep_codes", False),
+        settings["verbose"],
     )
     return StreamResult(state.W, n_epochs, converged, history, obj, U)
 
@@ -483,45 +464,6 @@ def fit_stream(
 def default_setting(value: Any, name: str) -> Any:
     """Mini-batch default for ``max_iter`` (epochs), ``tol`` or ``forget_factor`` when None."""
     return DEFAULTS[name] if value is None else value
-
-
-# ----------------------------------------------------------------------------- validation
-def validate(est: Any, A0: torch.Tensor) -> tuple[Head | None, int, float, str]:
-    """Check an estimator's settings against the first batch; returns (head, r, λ, init)."""
-    p = A0.shape[1]
-    r = check_int(est.n_concepts, "n_concepts", minimum=1, maximum=p)
-    lam = check_float(est.kl_weight, "kl_weight", minimum=0.0)
-    if est.solver not in ("auto", "hals"):
-        raise ValueError(
-            f"solver={est.solver!r} cannot be used with batch_size (the mini-batch W update is "
-            "MM-HALS on running statistics); use solver='auto' or batch_size=None"
-        )
-    init = check_choice(est.init, "init", ("auto", *INITS))
-    head = None
-    if lam > 0:
-        if est.head is None:
-            raise ValueError(
-                "head is required when kl_weight > 0 (use NMF for plain factorisation)"
-            )
-        head = Head(est.head, dtype=A0.dtype, device=A0.device)
-        head.check(p)
-        if not head.is_affine:
-            raise ValueError(
-                "batch_size needs an affine head (nn.Linear, or Dropout + Linear in eval mode) "
-                "when kl_weight > 0: its running statistics use h(x) = x Vᵀ + b. Fit this head "
-                "with batch_size=None (solver 'pgd')"
-            )
-    return head, r, lam, "nndsvda" if init == "auto" else init
-
-
-def check_batch_size(batch_size: Any) -> int:
-    """``batch_size`` as a positive int (ValueError/TypeError naming it otherwise)."""
-    return check_int(batch_size, "batch_size", minimum=1)
-
-
-def check_forget_factor(value: Any) -> float:
-    """``forget_factor`` in [0, 1]."""
-    return check_float(value, "forget_factor", minimum=0.0, maximum=1.0)
 
 
 __all__ = [
