@@ -63,7 +63,9 @@ def test_row_decrease_is_the_exact_difference(size):
     U = torch.rand(A.shape[0], W.shape[0], generator=g)
     Un = (U + size * torch.randn(U.shape, generator=g)).clamp(min=0)
     logS = torch.log_softmax(torch.addmm(head.b, U, pc.M), dim=1)
-    got = nt.row_decrease(pc, pc.AWt, prob.P, U, logS, Un)
+    S = logS.exp()
+    rows = nt.Rows(U, pc.AWt, prob.P, logS, S, S @ pc.M.T, prob.P @ pc.M.T)
+    got = nt.row_decrease(pc, rows, Un)
     ref = _row_objective(A, W, lin, 3.0, Un) - _row_objective(A, W, lin, 3.0, U)
     assert torch.isfinite(got).all()
     # relative to the size of the change itself (float32 inputs), not to f

@@ -51,6 +51,7 @@ class Precomputed:
     AWt: torch.Tensor  # (n, r)
     M: torch.Tensor  # (r, C) = W Vᵀ
     T: torch.Tensor  # (r(r+1)/2, C): products of pairs of rows of M
+    col_norm: float  # max_c ‖M[:, c]‖
     upper: torch.Tensor  # flat (row-major) positions of the pairs (k ≤ l) in an r×r matrix
     lower: torch.Tensor  # and of their transposes (l, k)
     a2: float  # 2/p
@@ -66,6 +67,7 @@ def precompute(prob: Problem, W: torch.Tensor) -> Precomputed:
         AWt=prob.A @ W.T,
         M=M,
         T=M[iu[0]] * M[iu[1]],
+        col_norm=float(M.norm(dim=0).max()),
         upper=iu[0] * r + iu[1],
         lower=iu[1] * r + iu[0],
         a2=2.0 / prob.p,
@@ -73,49 +75,57 @@ def precompute(prob: Problem, W: torch.Tensor) -> Precomputed:
     )
 
 
-def _lse_shift(logS: torch.Tensor, S: torch.Tensor, E: torch.Tensor) -> torch.Tensor:
-    """Per row ``log Σ_c s_c exp(E_c)`` for a softmax row ``s`` (``logS`` its log), accurate
-    when the result is tiny and safe when ``E`` is large where ``s`` underflowed.
+@dataclass
+class Rows:
+    """The iterate's per-row quantities that every line-search try reuses (a subset of rows
+    is taken with :meth:`take`)."""
+
+    U: torch.Tensor  # (n, r) codes
+    AWt: torch.Tensor  # (n, r) a Wᵀ
+    P: torch.Tensor  # (n, C) target probabilities
+    logS: torch.Tensor  # (n, C) log-softmax of the codes' logits
+    S: torch.Tensor  # (n, C) its exp
+    sM: torch.Tensor  # (n, r) S Mᵀ
+    pM: torch.Tensor  # (n, r) P Mᵀ
+
+    def take(self, sel: slice | torch.Tensor) -> Rows:
+        return Rows(*(getattr(self, f)[sel] for f in self.__dataclass_fields__))
+
+
+def _lse_shift(rows: Rows, E: torch.Tensor, m: torch.Tensor, safe: torch.Tensor) -> torch.Tensor:
+    """Per row ``log Σ_c s_c exp(E_c) − m`` with ``m = s·E``: accurate when tiny, and safe when
+    ``E`` is large where ``s`` underflowed. ``safe``: rows known to have ``E_c − m ≤ 30``.
     """
-    m = (S * E).sum(dim=1, keepdim=True)
-    D = E - m
-    top = D.max(dim=1).values
+    D = E - m[:, None]
     # With D ≤ 30 the float32-underflowed s_c (< 1e-38) contribute < 1e-25: the accurate form.
-    near = torch.log1p((S * torch.expm1(D.clamp(max=30.0))).sum(dim=1).clamp_(min=-1 + 1e-7))
-    if bool((top > 30.0).any()):  # large moves: log-space logsumexp, which never underflows
-        far = torch.logsumexp(logS + D, dim=1)
-        near = torch.where(top <= 30.0, near, far)
-    return m.squeeze(1) + near
+    top = None if bool(safe.all()) else D.amax(dim=1)
+    if top is None or bool((top <= 30.0).all()):
+        return torch.log1p((rows.S * torch.expm1(D)).sum(dim=1).clamp_(min=-1 + 1e-7))
+    near = torch.log1p((rows.S * torch.expm1(D.clamp(max=30.0))).sum(dim=1).clamp_(min=-1 + 1e-7))
+    far = torch.logsumexp(rows.logS + D, dim=1)  # log space: never underflows
+    return torch.where(top <= 30.0, near, far)
 
 
-def row_decrease(
-    pc: Precomputed,
-    AWt: torch.Tensor,
-    P: torch.Tensor,
-    U: torch.Tensor,
-    logS: torch.Tensor,
-    Un: torch.Tensor,
-) -> torch.Tensor:
-    """``f_i(Un) − f_i(U)`` per row, as an accurate difference (module docstring).
-
-    ``AWt``, ``P``, ``logS``: the rows' ``a Wᵀ``, target probabilities and log-softmax at ``U``.
-    """
-    D = Un - U
-    recon = (D * ((U + Un) @ pc.WWt - 2.0 * AWt)).sum(dim=1) * (0.5 * pc.a2)
+def row_decrease(pc: Precomputed, rows: Rows, Un: torch.Tensor) -> torch.Tensor:
+    """``f_i(Un) − f_i(U)`` per row, as an accurate difference (module docstring)."""
+    D = Un - rows.U
+    recon = (D * ((rows.U + Un) @ pc.WWt - 2.0 * rows.AWt)).sum(dim=1) * (0.5 * pc.a2)
     E = D @ pc.M
-    kl = _lse_shift(logS, logS.exp(), E) - (P * E).sum(dim=1)
+    m = (D * rows.sM).sum(dim=1)  # s·E without a pass over the C columns
+    bound = D.norm(dim=1) * pc.col_norm  # |E_c| ≤ ‖δ‖ max_c ‖M_c‖, so E_c − m ≤ 2·bound
+    kl = m + _lse_shift(rows, E, m, 2.0 * bound <= 30.0) - (D * rows.pM).sum(dim=1)
     return recon + pc.lam * kl
 
 
-def hessians(pc: Precomputed, S: torch.Tensor) -> torch.Tensor:
-    """Per-row Hessians ``(n, r, r)`` (module docstring) at softmax rows ``S``."""
+def hessians(pc: Precomputed, S: torch.Tensor, sM: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row Hessians ``(n, r, r)`` (module docstring) at softmax rows ``S`` (``sM = S Mᵀ``)."""
     n, r = S.shape[0], pc.WWt.shape[0]
     flat = S @ pc.T.T  # (n, r(r+1)/2): Σ_c s_c M_kc M_lc
     H = S.new_empty(n, r * r)
     H.index_copy_(1, pc.upper, flat)
     H.index_copy_(1, pc.lower, flat)
     H = H.view(n, r, r)
-    sM = S @ pc.M.T
+    sM = S @ pc.M.T if sM is None else sM
     H -= sM[:, :, None] * sM[:, None, :]
     H *= pc.lam
     H += pc.a2 * pc.WWt
@@ -150,14 +160,17 @@ def solve_codes_newton(
     f = f0
     it = 0
     step = torch.full((n, 1), 0.5, dtype=U.dtype, device=U.device)
+    pM = P @ pc.M.T
     for it in range(1, max_iter + 1):  # noqa: B007 (returned after the loop)
         Z = torch.addmm(b, U, pc.M)
         logS = torch.log_softmax(Z, dim=1)
         S = logS.exp()
-        g = pc.a2 * (U @ pc.WWt - pc.AWt) + pc.lam * ((S - P) @ pc.M.T)
+        sM = S @ pc.M.T
+        rows = Rows(U, pc.AWt, P, logS, S, sM, pM)
+        g = pc.a2 * (U @ pc.WWt - pc.AWt) + pc.lam * (sM - pM)
         eps = (U - (U - g).clamp(min=0)).norm(dim=1, keepdim=True).clamp(max=EPS_ACTIVE)
         free = ~((U <= eps) & (g > 0))
-        d = newton_direction(hessians(pc, S), g, free)
+        d = newton_direction(hessians(pc, S, sM), g, free)
         zero = torch.zeros((), dtype=U.dtype, device=U.device)
         gd_free = torch.where(free, g * d, zero).sum(dim=1)
         step = (2.0 * step).clamp_(max=1.0)  # each row starts from twice its last step
@@ -172,9 +185,10 @@ def solve_codes_newton(
                 break
             idx = todo.nonzero().squeeze(1)
             sel = slice(None) if len(idx) == n else idx  # a view, not a copy, for all rows
-            Ui, ti, fi, gi = U[sel], step[sel], free[sel], g[sel]
+            sub = rows if isinstance(sel, slice) else rows.take(sel)
+            Ui, ti, fi, gi = sub.U, step[sel], free[sel], g[sel]
             cand = (Ui - ti * d[sel]).clamp(min=0)
-            delta = row_decrease(pc, pc.AWt[sel], P[sel], Ui, logS[sel], cand)
+            delta = row_decrease(pc, sub, cand)
             # Bertsekas' Armijo rule along the projection arc: t·g_F·d_F + g_A·(u − u(t))_A.
             expected = ti.squeeze(1) * gd_free[sel] + torch.where(fi, zero, gi * (Ui - cand)).sum(
                 dim=1
@@ -194,4 +208,4 @@ def solve_codes_newton(
     return U, it
 
 
-__all__ = ["hessians", "precompute", "row_decrease", "solve_codes_newton"]
+__all__ = ["Rows", "hessians", "precompute", "row_decrease", "solve_codes_newton"]
