@@ -245,3 +245,48 @@ def test_key_depends_on_every_field(tmp_path):
         cache.key(**base, extra={"a": object()})
     with pytest.raises(ValueError, match="shard_size"):
         ActivationCache(tmp_path, shard_size=0)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_stream_writes_shards_without_holding_them_and_feeds_a_minibatch_fit(tmp_path):
+    from face_concepts.activations import CachedActivations
+    from face_concepts.decomposition import FACE
+
+    x = _x(23)
+    ref = _naive(_split(), x)
+    split = _split()
+    cache = ActivationCache(tmp_path, shard_size=5)
+    kept = []
+    real_run = cache.run
+
+    def run(*args, **kw):  # the streaming path must ask the cache not to keep the shards
+        kept.append(kw.get("keep", True))
+        return real_run(*args, **kw)
+
+    cache.run = run
+    src = extract_activations(split, x, batch_size=4, cache=cache, stream=True, progress=False)
+    assert isinstance(src, CachedActivations) and kept == [False]
+    assert len(src) == 23 and [t.shape[0] for t in src] == [5, 5, 5, 5, 3]
+    assert torch.allclose(torch.cat(list(src)), ref, atol=EXACT)
+    assert real_run(src.key, x, lambda c: 1 / 0, _NoBarStub(), keep=False) is None  # a hit
+    # the same entry in memory, and a mini-batch fit straight from the shards
+    again = extract_activations(split, x, cache=cache, progress=False)
+    assert split.features.rows == 23 and torch.equal(again, torch.cat(list(src)))
+    fit = FACE(split.head, 2, kl_weight=1.0, batch_size=8, max_iter=2).fit(src)
+    assert fit.concept_bank_.shape == (2, 5)
+
+
+def test_stream_needs_a_cache_and_a_re_iterable(tmp_path):
+    split, x = _split(), _x(6)
+    with pytest.raises(ValueError, match="needs a cache"):
+        extract_activations(split, x, stream=True, progress=False)
+    with pytest.raises(TypeError, match="one-shot iterator"):
+        extract_activations(
+            split, iter([x[:3], x[3:]]), cache=ActivationCache(tmp_path), stream=True,
+            progress=False,
+        )  # fmt: skip
+
+
+class _NoBarStub:
+    def update(self, n):
+        pass

@@ -34,7 +34,13 @@ from face_concepts._device import resolve_device
 from face_concepts._io import atomic_write_bytes, clear_stale_temporaries
 from face_concepts._validation import check_int
 
-__all__ = ["FORMAT_VERSION", "ActivationCache", "content_hash", "extract_activations"]
+__all__ = [
+    "FORMAT_VERSION",
+    "ActivationCache",
+    "CachedActivations",
+    "content_hash",
+    "extract_activations",
+]
 
 FORMAT_VERSION = 1
 _MANIFEST = "manifest.json"
@@ -278,12 +284,24 @@ class ActivationCache:
         return {i: self._load_shard(key, shards.get(str(i)), None) for i in range(len(shards))}
 
     def run(
-        self, key: str, inputs: Inputs, compute: Callable[[torch.Tensor], torch.Tensor], bar: Any
-    ) -> torch.Tensor:
-        """Return the entry for ``key``, computing (and storing) only the shards it lacks."""
+        self,
+        key: str,
+        inputs: Inputs,
+        compute: Callable[[torch.Tensor], torch.Tensor],
+        bar: Any,
+        keep: bool = True,
+    ) -> torch.Tensor | None:
+        """Return the entry for ``key``, computing (and storing) only the shards it lacks.
+
+        ``keep=False``: store the entry but hold at most one shard in memory, and return None
+        (a complete entry is then not re-read here: its shards are verified when streamed).
+        """
         manifest = self._read_manifest(key)
         # Temporary files of a killed writer are never read; drop them so they do not pile up.
         clear_stale_temporaries(self.path(key))
+        if not keep and manifest.get("complete"):
+            bar.update(int(manifest.get("n_samples") or 0))
+            return None
         loaded = self._load_all(key, manifest) if manifest.get("complete") else {}
         if loaded and all(t is not None for t in loaded.values()):
             hit = torch.cat([loaded[i] for i in range(len(loaded))])
@@ -291,7 +309,7 @@ class ActivationCache:
                 bar.update(hit.shape[0])
                 return hit
         manifest["complete"] = False
-        out = []
+        out, count, rows = [], 0, 0
         for index, chunk in enumerate(_rechunk(_batches(inputs), self.shard_size)):
             if index in loaded:
                 t = loaded[index]
@@ -305,13 +323,45 @@ class ActivationCache:
                 self._write_manifest(key, manifest)
             else:
                 bar.update(chunk.shape[0])
-            out.append(t)
-        if not out:
+            count += 1
+            rows += t.shape[0]
+            if keep:
+                out.append(t)
+        if not count:
             raise ValueError("inputs is empty")
-        manifest["shards"] = {str(i): manifest["shards"][str(i)] for i in range(len(out))}
-        manifest.update(complete=True, n_samples=sum(t.shape[0] for t in out))
+        manifest["shards"] = {str(i): manifest["shards"][str(i)] for i in range(count)}
+        manifest.update(complete=True, n_samples=rows)
         self._write_manifest(key, manifest)
-        return torch.cat(out)
+        return torch.cat(out) if keep else None
+
+
+class CachedActivations:
+    """Re-iterable source over a complete :class:`ActivationCache` entry, shard by shard.
+
+    Each pass re-reads the shards from disk (each verified against its checksum), so memory
+    holds one shard at a time.
+
+    ``extract_activations(..., cache=cache, stream=True)`` returns one.
+
+    Examples
+    --------
+    >>> # FACE(head, 25, batch_size=4096).fit(CachedActivations(cache, key))  # doctest: +SKIP
+    """
+
+    def __init__(self, cache: ActivationCache, key: str) -> None:
+        self.cache = cache
+        self.key = key
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter(self.cache.iter_shards(self.key))
+
+    def __len__(self) -> int:
+        """Number of rows of the entry (from its manifest; 0 when it cannot be read)."""
+        try:
+            manifest = json.loads((self.cache.path(self.key) / _MANIFEST).read_text())
+            return int(sum(int(s["rows"]) for s in manifest["shards"].values()))
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -338,7 +388,8 @@ def extract_activations(
     cache: ActivationCache | None = None,
     cache_key_extra: dict[str, Any] | None = None,
     data_hash: str | None = None,
-) -> torch.Tensor:
+    stream: bool = False,
+) -> torch.Tensor | CachedActivations:
     """Activations of preprocessed images: pooled (N, p), or (N, p, H, W) with ``spatial=True``.
 
     Parameters
@@ -362,6 +413,11 @@ def extract_activations(
         settings (e.g. ``{"patch": {"patch_size": 64, "stride": 51}}``).
     data_hash : str or None
         A known hash of the inputs (skips hashing them; the caller vouches for it).
+    stream : bool
+        With ``cache``: write the entry shard by shard without holding it, and return a
+        :class:`CachedActivations` over it (for ``FACE(batch_size=...).fit``) instead of the
+        tensor; memory then holds one shard. ``inputs`` must then be a tensor or a re-iterable
+        (e.g. a DataLoader): it is read twice, once to hash it and once to compute.
 
     Examples
     --------
@@ -387,7 +443,16 @@ def extract_activations(
         # concatenated outside inference mode: a normal tensor, usable later under autograd
         return torch.cat(outs)
 
-    if cache is not None and not isinstance(inputs, torch.Tensor) and iter(inputs) is inputs:
+    one_shot = not isinstance(inputs, torch.Tensor) and iter(inputs) is inputs
+    if stream and (cache is None or spatial):
+        raise ValueError("stream=True needs a cache (cache=ActivationCache(...)) and pooled rows")
+    if stream and one_shot and data_hash is None:
+        raise TypeError(
+            "stream=True reads inputs twice (hash, then compute): pass a tensor or a re-iterable "
+            "(a list, a DataLoader), or give data_hash; a one-shot iterator would have to be "
+            "held in memory"
+        )
+    if cache is not None and one_shot and not stream:
         inputs = list(inputs)  # a one-shot iterator is read twice (hash, then compute)
     bar = tqdm(
         total=_total(inputs), desc="activations", unit="img", file=sys.stderr, disable=not progress
@@ -408,6 +473,9 @@ def extract_activations(
             data_hash=data_hash or content_hash(inputs),
             extra={"spatial": bool(spatial), "transform": split.transform, "pool": pool, **extra},
         )
+        if stream:
+            cache.run(key, inputs, compute, bar, keep=False)
+            return CachedActivations(cache, key)
         return cache.run(key, inputs, compute, bar)
     finally:
         bar.close()

@@ -8,14 +8,13 @@ batch plus one source item.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 
 from .._validation import as_float_tensor, check_choice, check_float, check_int
-from ..activations import _rechunk
+from ..activations import CachedActivations, _rechunk
 from ._head import Head
 from .init import INITS
 
@@ -46,33 +45,6 @@ def check_source(source: Any) -> Any:
             "iterator, which cannot be read once per epoch — use partial_fit for it"
         )
     return source
-
-
-class CachedActivations:
-    """Re-iterable source over a complete :class:`ActivationCache` entry, shard by shard.
-
-    Each pass re-reads the shards from disk (each verified against its checksum), so memory
-    holds one shard at a time.
-
-    Examples
-    --------
-    >>> # FACE(head, 25, batch_size=4096).fit(CachedActivations(cache, key))  # doctest: +SKIP
-    """
-
-    def __init__(self, cache: Any, key: str) -> None:
-        self.cache = cache
-        self.key = key
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return iter(self.cache.iter_shards(self.key))
-
-    def __len__(self) -> int:
-        """Number of rows of the entry (from its manifest; 0 when it cannot be read)."""
-        try:
-            manifest = json.loads((self.cache.path(self.key) / "manifest.json").read_text())
-            return int(sum(int(s["rows"]) for s in manifest["shards"].values()))
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0
 
 
 def total_rows(source: Any) -> int | None:
