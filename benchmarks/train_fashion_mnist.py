@@ -88,6 +88,13 @@ def train(
     return model.eval()
 
 
+def _portable(path: Path) -> str:
+    """The path with the home folder written ``~`` (records must not name one machine's user)."""
+    home = str(Path.home())
+    text = str(Path(path).resolve())
+    return "~" + text[len(home) :] if text == home or text.startswith(home + os.sep) else text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=FASHION_MNIST_ROOT, help="folder with the IDX files")
@@ -126,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, out)
     record = {
-        "checkpoint": str(out),
+        "checkpoint": _portable(out),
         "sha256": sha256_file(out),
         "test_accuracy": round(acc, 4),
         "train_seconds": round(seconds, 1),
