@@ -33,10 +33,12 @@ line-search try; it converges in a handful of iterations where the majorise–mi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from .solvers import Problem
+if TYPE_CHECKING:  # solvers imports this module (its U-step); the type only is needed here
+    from .solvers import Problem
 
 EPS_ACTIVE = 1e-3  # cap of the ε of the ε-active set
 ARMIJO = 1e-4  # sufficient-decrease constant

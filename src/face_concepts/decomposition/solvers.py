@@ -1,6 +1,11 @@
 """Solvers for ``min_{U, W ≥ 0} L(U, W)`` (method.md §2), chosen from a registry.
 
-``hals`` (default for affine heads and plain NMF) — *majorise-minimise HALS*. The objective is
+``hals`` (default for affine heads and plain NMF) — alternating block updates. With λ > 0 the
+U-block takes ``U_NEWTON_STEPS`` projected Newton iterations (``newton.py``: exact per-row
+Hessians, Armijo along the projection arc; monotone); measured on the 3,311 real MobileNetV2 rows
+at 150 iterations, it ends 7 % (λ = 1) and 61 % (λ = 100) below the majorise-minimise U-step
+described next, which remains the U-step for λ = 0 and the W-step always: *majorise-minimise
+HALS*. The objective is
 convex in each block. For a block we build a quadratic upper bound that touches the objective at
 the current point — exact for the reconstruction term; for the KL term, a first-order expansion
 plus Böhning's bound on the softmax curvature, ``∇²_z logsumexp(z) ≼ ½ (I − 11ᵀ/C)`` — and
@@ -36,6 +41,9 @@ from sklearn.exceptions import ConvergenceWarning
 
 from ._head import Head
 from .losses import Terms, factored_objective, kl_rows
+from .newton import solve_codes_newton
+
+U_NEWTON_STEPS = 2  # projected Newton iterations per U-block update (affine head, λ > 0)
 
 
 @dataclass
@@ -265,6 +273,25 @@ def u_step(
     return Un, Zn, f_new
 
 
+def _u_block(
+    prob: Problem,
+    U: torch.Tensor,
+    W: torch.Tensor,
+    Z: torch.Tensor | None,
+    max_inner: int,
+    f_cur: float,
+    curv: _Curvature,
+) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """The U-block update of ``hals``: projected Newton (``newton.py``) when the head is affine
+    and λ > 0, else the MM-HALS ``u_step``. Returns ``(U, logits h(UW) or None, objective)``.
+    """
+    if prob.kl_weight == 0:
+        return u_step(prob, U, W, Z, max_inner, f_cur, curv)
+    U, _ = solve_codes_newton(prob, W, U, max_iter=U_NEWTON_STEPS, tol=0.0, f0=f_cur)
+    terms, Z = _terms_at(prob, U, W)
+    return U, Z, terms.total
+
+
 def w_step(
     prob: Problem,
     U: torch.Tensor,
@@ -371,7 +398,7 @@ def solve_hals(
         _record(res.history, prev)
         for t in range(1, max_iter + 1):
             U_old, W_old = U, W
-            U, Z, f_u = u_step(prob, U, W, Z, max_inner, prev.total, cu)
+            U, Z, f_u = _u_block(prob, U, W, Z, max_inner, prev.total, cu)
             W, Z, _, UtA = w_step(prob, U, W, Z, max_inner, f_u, cw)
             cur = factored_objective(
                 prob.sq_norm_A, UtA, U.T @ U, W, prob.n, prob.p, _kl_of(prob, Z), prob.kl_weight
