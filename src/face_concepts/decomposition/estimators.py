@@ -60,7 +60,11 @@ class FACE(BaseEstimator):
         with n, ``max_iter``/``tol`` count epochs (defaults 50 and 1e-4). Needs an affine head
         when ``kl_weight > 0``.
     forget_factor : float
-        Mini-batch only: decay of the running statistics over one epoch (in [0, 1]).
+        Mini-batch only: decay of the running statistics over one epoch (in [0, 1]); the weight
+        left to the first batch after b batches of the first pass is about ``b^{ln ff}``.
+        Default 0.1: at n = 10⁵ (MobileNetV2 features, λ = 1, one pass of 2048-row batches)
+        0.7, 0.3, 0.1, 0.03, 0.01 ended at objective 2.21, 1.40, 1.37, 1.38, 1.38 — the KL
+        term's statistics are linearised at past logits, and old ones mislead.
 
     Attributes
     ----------
@@ -101,7 +105,7 @@ class FACE(BaseEstimator):
         device: Any = None,
         verbose: bool = False,
         batch_size: int | None = None,
-        forget_factor: float = 0.7,
+        forget_factor: float = 0.1,
     ) -> None:
         self.head = head
         self.n_concepts = n_concepts
@@ -365,7 +369,7 @@ class NMF(FACE):
         device: Any = None,
         verbose: bool = False,
         batch_size: int | None = None,
-        forget_factor: float = 0.7,
+        forget_factor: float = 0.1,
     ) -> None:
         super().__init__(
             None,

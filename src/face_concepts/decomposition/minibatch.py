@@ -26,7 +26,9 @@ affine head, and ``L = (1/n) Σ_i ℓ_i``. For each mini-batch ``A_b``:
 3. **forget**: in the first pass (and in ``partial_fit``, which knows no passes) the statistics
    are multiplied by ``ρ = forget_factor^{m/n_seen}`` before adding the batch (m rows in the
    batch, ``n_seen`` rows seen so far including it): Mairal-style decaying forgetting that needs
-   no ``n``. From the second pass on, each batch instead *replaces its share of the previous
+   no ``n`` (default ``forget_factor`` 0.1: the KL statistics are expanded at past logits, and
+   a slow decay, e.g. 0.7, keeps misleading early batches — measured in the estimator's
+   docstring). From the second pass on, each batch instead *replaces its share of the previous
    pass*: ``S ← S − (m/n_epoch)·S_prev + S_b`` with ``S_prev`` the statistics frozen at the end
    of the previous pass (an O(r(p + C)) copy). At the end of every pass ``S`` is then exactly the
    sum of that pass's batch statistics, so stale codes and expansion points never linger, and
@@ -108,7 +110,7 @@ FINAL_CODE_TOL = 1e-6
 TRUST_START = 1.0 / 64  # first s of the curvature s·B (backtracked up to 1 when needed)
 W_STEPS = 5  # MM steps on the surrogate per batch
 HALS_INNER = 10  # HALS sweeps per MM step
-DEFAULTS = {"max_iter": 50, "tol": 1e-4, "forget_factor": 0.7}
+DEFAULTS = {"max_iter": 50, "tol": 1e-4, "forget_factor": 0.1}
 
 
 # ----------------------------------------------------------------------------- statistics
