@@ -20,7 +20,7 @@ file) can be given with ``--reference N=FILE`` instead of refitting. Sizes whose
 (linear in n from the largest finished size) would exceed the remaining ``--budget`` are not
 run, and said so.
 
-    python benchmarks/scale.py [--ns 1e4,1e5,1e6] [--lam 1] [--epochs 2] [--batch-size 2048]
+    python benchmarks/scale.py [--ns 1e4,1e5,1e6] [--lam 1] [--epochs 2] [--batch-size 1024]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 import warnings
+from itertools import pairwise
 
 import torch
 from safetensors.torch import save as st_save
@@ -114,11 +115,11 @@ def measure(args: argparse.Namespace, kind: str, key: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ns", default="1e4,3e4,1e5,3e5,1e6")
+    ap.add_argument("--ns", default="1e4,1e5,1e6")
     ap.add_argument("--lam", type=float, default=1.0)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=4096)
-    ap.add_argument("--full-max", type=float, default=3e4)
+    ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--full-max", type=float, default=0)
     ap.add_argument("--full-iters", type=int, default=0, help="0: the estimator's default")
     ap.add_argument(
         "--reference",
@@ -127,7 +128,7 @@ def main() -> None:
         metavar="N=FILE",
         help="full-batch result for size N from an earlier --child full run",
     )
-    ap.add_argument("--budget", type=float, default=1500.0, help="seconds for all runs")
+    ap.add_argument("--budget", type=float, default=3600.0, help="seconds for all runs")
     ap.add_argument("--data-dir", default="/tmp/face_scale")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "scale.md"))
     ap.add_argument("--child", choices=["mini", "full"])
@@ -228,10 +229,14 @@ def assessment(args, rows) -> list[str]:
     out = []
     per = [(n, mini["wall"] / n) for n, mini, _, _ in rows]
     if len(per) >= 2:
+        # Fixed costs (model load, init, threads) make small n dearer per row: time may grow
+        # more slowly than n, never faster, for "about linear".
+        steps = ", ".join(f"{b[0]:,}/{a[0]:,}: {b[1] / a[1]:.2f}×" for a, b in pairwise(per))
         ratio = per[-1][1] / per[0][1]
-        verdict = "met" if 0.7 <= ratio <= 1.3 else "missed"
+        verdict = "met" if ratio <= 1.3 else "missed"
         out.append(f"- time linear in n: time per row at n = {per[-1][0]:,} is {ratio:.2f}× that "
-                   f"at n = {per[0][0]:,} -> **{verdict}** (over the sizes run)")  # fmt: skip
+                   f"at n = {per[0][0]:,} (per-row ratio between consecutive sizes: {steps}) -> "
+                   f"**{verdict}** (over the sizes run; ≤ 1.3× counts as about linear)")  # fmt: skip
     else:
         out.append("- time linear in n: **not measured** (fewer than two sizes ran)")
     big = [mini for n, mini, _, _ in rows if n >= 1_000_000]

@@ -58,9 +58,10 @@ Guarantees and status: with ``s = 1`` every W update lowers ``Q`` (an upper boun
 of the rows behind the statistics, at their codes); with ``s < 1`` the update is kept only if
 the current batch's objective does not rise. There is no per-row state, so each visit of a
 batch re-solves its codes from the clamped least-squares start, which dominates the cost at
-λ > 0 (the Hessian GEMM of the Newton iterations). Measurements on MobileNetV2 features at
-λ = 1: ``benchmarks/results/scale.md``. Many W updates per epoch matter: at n = 10⁴, batches of
-512 rows for 6 epochs end far lower than batches of 8192.
+λ > 0 (the Hessian GEMM of the Newton iterations). Measured on MobileNetV2 features at λ = 1
+(``benchmarks/results/scale.md``): 10⁶ rows, batches of 1024, two passes: 16 min on 2 cores,
+1.06 GB peak (flat in n), time per row flat from 10⁵ to 10⁶; at n = 10⁴, ten passes of 512-row
+batches end 0.46 % above the converged full-batch fit in an eleventh of its time.
 """
 
 from __future__ import annotations
