@@ -203,10 +203,10 @@ def solve_codes_newton(
             step[idx[~ok]] *= 0.5
         U = Un
         decrease = float(gain.double().sum()) / n
-        if f <= 0 or decrease <= tol * f:
-            f -= decrease
-            break
+        done = f <= 0 or decrease <= tol * f
         f -= decrease
+        if done:
+            break
     return U, it
 
 
