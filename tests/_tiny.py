@@ -63,3 +63,16 @@ def chelsea() -> Path:
         if p.path.endswith("chelsea.png"):
             return Path(p.path)
     pytest.skip("scikit-image's chelsea.png is not installed")
+
+
+def write_png_folder(folder, n: int = 6, side: int = 20, seed: int = 0):
+    """Create ``folder`` with ``n`` random RGB PNGs (``img{i}.png``); returns it."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        arr = rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / f"img{i}.png")
+    return folder

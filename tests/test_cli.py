@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -55,13 +54,7 @@ def tiny(monkeypatch):
 
 @pytest.fixture
 def tiny_images(tmp_path) -> Path:
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        arr = rng.integers(0, 256, size=(20, 20, 3), dtype=np.uint8)
-        Image.fromarray(arr).save(folder / f"img{i}.png")
-    return folder
+    return _tiny.write_png_folder(tmp_path / "imgs")
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

@@ -32,15 +32,6 @@ from face_concepts.multiclass import ClassJob, fit_classes
 from test_multiclass import SETTINGS, TINY, class_images, tiny_split
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # As inside every executor task; also spares a shared 2-core machine thread contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def ray_runtime():
     ray = pytest.importorskip("ray")

@@ -49,15 +49,6 @@ def class_images(seed: int, n: int = 5) -> torch.Tensor:
     return torch.randn((n, 3, 16, 16), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # As inside every executor task; also spares a shared 2-core machine thread contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def split() -> ModelSplit:
     return tiny_split()

@@ -22,11 +22,10 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+import _tiny
 from face_concepts import ConceptExplainer
 from face_concepts.activations import ActivationCache, extract_activations
 from face_concepts.bank import BankError, ConceptBank
@@ -154,12 +153,7 @@ FIT_SETTINGS = {"n_concepts": 2, "patch_size": 8, "n_designs": 8, "max_iter": 30
 
 
 def _write_images(folder: Path) -> Path:
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        arr = rng.integers(0, 256, size=(20, 20, 3), dtype=np.uint8)
-        Image.fromarray(arr).save(folder / f"img{i}.png")
-    return folder
+    return _tiny.write_png_folder(folder)
 
 
 def _fit_and_save(images: Path, run: Path, seed: int) -> ConceptBank:
