@@ -22,7 +22,8 @@ import torch
 from face_concepts.benchmark import DatasetUnavailableError, run_benchmark
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also used by tests/test_readme.py to check the README's commands)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", help="TOML config (benchmarks/configs/*.toml)")
     parser.add_argument("--out", default=None, help="output folder (default: the config's out_dir)")
@@ -35,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="torch CPU threads (1 is fastest on a busy machine)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.threads is not None:
         # Small solver steps on an oversubscribed machine run many times slower with 2 threads
         # than with 1 (threads wait for each other), so shared machines should pass --threads 1.

@@ -95,7 +95,8 @@ def _portable(path: Path) -> str:
     return "~" + text[len(home) :] if text == home or text.startswith(home + os.sep) else text
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also used by tests/test_readme.py to check the README's commands)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=FASHION_MNIST_ROOT, help="folder with the IDX files")
     parser.add_argument("--out", default=str(FASHION_MNIST_CHECKPOINT), help="checkpoint path")
@@ -108,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=1, help="torch CPU threads (1: fastest on a shared machine)"
     )
     parser.add_argument("--force", action="store_true", help="retrain even if the file exists")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     out = Path(args.out).expanduser()
     if out.is_file() and not args.force:
         print(f"{out} exists (sha256 {sha256_file(out)}); use --force to retrain", file=sys.stderr)

@@ -6,6 +6,10 @@ import matplotlib
 import pytest
 import torch
 
+# The skip policy (gpu-marked tests skip without CUDA; FACE_CONCEPTS_FORBID_SKIPS=1, set by
+# .ci/run, makes any other skip fail the run): hooks defined in _skip_guard.py.
+from _skip_guard import pytest_collection_modifyitems, pytest_configure  # noqa: F401
+
 matplotlib.use("Agg")
 # One intra-op thread: the suite's problems are tiny, where OpenMP barriers cost more than they
 # save, and on a busy 2-core machine two spinning threads per process made tiny fits up to 28x

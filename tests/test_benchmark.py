@@ -286,7 +286,8 @@ def test_missing_checkpoint_names_the_recipe(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    not Path(sources_mod.FASHION_MNIST_ROOT).is_dir(), reason="dataset-fashion-mnist not installed"
+    not Path(sources_mod.FASHION_MNIST_ROOT).is_dir(),
+    reason="dataset-fashion-mnist not installed: apt-get install -y dataset-fashion-mnist (as root; .ci/run does it)",
 )
 def test_fashion_protocol_on_the_real_dataset(tmp_path):
     ckpt = tmp_path / "cnn.pt"

@@ -83,7 +83,7 @@ def test_coco_records_crops(tmp_path):
 
 
 def test_coco_category_with_pycocotools(tmp_path):
-    pytest.importorskip("pycocotools")
+    pytest.importorskip("pycocotools", reason="pycocotools not installed: make setup installs it")
     import json
 
     for name in ("1.png", "2.png", "3.png"):
@@ -256,7 +256,8 @@ def test_fashion_mnist_from_fixture_and_missing(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    not os.path.isdir(FASHION_MNIST_ROOT), reason="dataset-fashion-mnist not installed"
+    not os.path.isdir(FASHION_MNIST_ROOT),
+    reason="dataset-fashion-mnist not installed: apt-get install -y dataset-fashion-mnist (as root; .ci/run does it)",
 )
 def test_real_fashion_mnist_test_split():
     x, y = fashion_mnist(split="test")
