@@ -181,6 +181,17 @@ def test_signed_intermediate_layer_suggests_following_relu():
     split = split_model(model, "layer3.0.relu", input_size=INPUT)
     with torch.no_grad():
         assert split.features(_x()).min() >= 0
+    # torchvision declares one ReLU per block, before conv2, and runs it twice: after conv2
+    # comes that ReLU's second call (not usable as a layer), then the block's output. The
+    # next *declared* ReLU, layer4.0.relu, is not what follows conv2.
+    with pytest.raises(ValueError, match=r"is layer='layer3\.1'\.") as info:
+        split_model(model, "layer3.1.conv2", input_size=INPUT)
+    assert "layer4.0.relu" not in str(info.value)
+    assert "--layer layer3.1." in info.value.cli_message
+    assert "--signed posneg" in info.value.cli_message and "signed=" not in info.value.cli_message
+    split = split_model(model, "layer3.1", input_size=INPUT)
+    with torch.no_grad():
+        assert split.features(_x()).min() >= 0
 
 
 def test_argument_errors():

@@ -130,3 +130,20 @@ def dead_concepts(U: torch.Tensor, W: torch.Tensor, *, rtol: float = 1e-9) -> li
     size = U.amax(dim=0).clamp(min=0) * torch.linalg.vector_norm(W, dim=1)
     top = float(size.max()) if size.numel() else 0.0
     return [int(k) for k in torch.nonzero(size <= rtol * top).reshape(-1)]
+
+
+def with_cli_message(exc: BaseException, cli_message: str) -> BaseException:
+    """Attach the command line's wording of an error whose message speaks Python.
+
+    Library errors name arguments (``signed='posneg'``); the command line shows
+    ``exc.cli_message`` instead, which names flags (``--signed posneg``), so that every hint
+    can be followed from the interface the user is in.
+
+    Examples
+    --------
+    >>> err = with_cli_message(ValueError("pass signed='posneg'"), "pass --signed posneg")
+    >>> str(err), err.cli_message
+    ("pass signed='posneg'", 'pass --signed posneg')
+    """
+    exc.cli_message = cli_message  # type: ignore[attr-defined]
+    return exc

@@ -29,6 +29,8 @@ from sklearn.exceptions import ConvergenceWarning
 
 from .decomposition import FACE, NMF
 
+_TORCH_SCALAR_WARNING = "Converting a tensor with requires_grad=True to a scalar"
+
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -108,7 +110,11 @@ def factorize(
             tol=tol,
             random_state=random_state,
         )
-        U = est.fit_transform(A)
+        with warnings.catch_warnings():
+            # The Adam solver (face-paper) reads its loss with float() while it still requires
+            # grad; PyTorch's warning about that line is internal and tells a user nothing.
+            warnings.filterwarnings("ignore", message=_TORCH_SCALAR_WARNING, category=UserWarning)
+            U = est.fit_transform(A)
         info = {
             "n_iter": est.n_iter_,
             "objective": est.objective_,

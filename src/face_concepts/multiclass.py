@@ -243,7 +243,9 @@ class SharedConceptExplainer:
             raise ValueError(f"the run at {root} is not a shared bank; use ConceptExplainer.load")
         if split is None:
             model = meta.get("model") or {}
-            split = load_model(model.get("model"), layer=model.get("layer"))
+            split = load_model(
+                model.get("model"), layer=model.get("layer"), signed=model.get("transform")
+            )
         cfg = meta["config"]
         keys = [k for k in EXPLAINER_KEYS if k not in ("method", "device")]
         kwargs = {k: cfg[k] for k in keys if k in cfg}

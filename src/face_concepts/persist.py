@@ -90,7 +90,7 @@ def load_explainer(cls: type, path: Any, split: Any = None) -> Any:
         name = model_meta.get("model")
         if not name:
             raise ValueError(f"the run at {path} records no model id; pass split= explicitly")
-        split = load_model(name, layer=model_meta.get("layer"))
+        split = load_model(name, layer=model_meta.get("layer"), signed=model_meta.get("transform"))
     fp = getattr(split, "fingerprint", None)
     if model_meta.get("fingerprint") and fp and fp != model_meta["fingerprint"]:
         raise ValueError(

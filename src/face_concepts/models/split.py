@@ -42,6 +42,7 @@ from torch import nn
 
 from face_concepts._validation import check_choice
 from face_concepts.data.preprocess import Preprocess
+from face_concepts.models._advice import signed_layer_error, unknown_layer_error
 from face_concepts.models._modules import (
     OnMap,
     PosNegFeatures,
@@ -138,35 +139,7 @@ def _check_layer(model: nn.Module, layer: str) -> None:
         return
     close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
     hint = f"close names: {', '.join(map(repr, close))}" if close else f"first names: {names[:8]}"
-    raise ValueError(
-        f"layer={layer!r} is not a module of {type(model).__name__}; {hint} "
-        "(all names: [n for n, _ in model.named_modules()])"
-    )
-
-
-def _next_relu(model: nn.Module, layer: str | None) -> str | None:
-    names = [(n, m) for n, m in model.named_modules() if n]
-    idx = next((i for i, (n, _) in enumerate(names) if n == layer), None)
-    if idx is None:
-        return None
-    for n, m in names[idx + 1 :]:
-        if not n.startswith(layer + ".") and isinstance(m, _RELU_TYPES):
-            return n
-    return None
-
-
-def _negative_message(model: nn.Module, layer: str, minimum: float) -> str:
-    msg = (
-        f"layer {layer!r} of {type(model).__name__} has negative activations (min {minimum:.3g} "
-        "on a probe batch), but concept extraction (NMF/FACE) needs non-negative activations."
-    )
-    relu = _next_relu(model, layer)
-    if relu is not None:
-        msg += f" The following ReLU, layer={relu!r}, is non-negative."
-    return msg + (
-        " Or pass signed='posneg' (exact: features [relu(f), relu(-f)], p doubles), "
-        "signed='relu' (approximate), or check_non_negative=False to skip this check."
-    )
+    raise unknown_layer_error(model, layer, names, hint)
 
 
 def split_model(
@@ -260,7 +233,7 @@ def split_model(
 
 def _signed_split(split: ModelSplit, signed: str | None, minimum: float) -> ModelSplit:
     if signed is None:
-        raise ValueError(_negative_message(split.model, split.layer, minimum))
+        raise signed_layer_error(split.model, split.layer, minimum, split.probe())
     if signed == "posneg":
         features, head, exact = PosNegFeatures(split.features), PosNegHead(split.head), split.exact
     else:

