@@ -159,39 +159,118 @@ class Truncated(nn.Module):
         return out
 
 
+class MeanPool(nn.Module):
+    """``x.mean([2, 3])``: the global pool that ShuffleNetV2 and MNASNet write inline."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+def _first_dtype(modules: Any, default: torch.dtype) -> torch.dtype:
+    for m in modules:
+        for t in m.parameters():
+            return t.dtype
+    return default
+
+
 class RestOfNetwork(nn.Module):
     """The network after an intermediate layer, fed a constant map equal to the pooled vector.
 
-    The model is run on a zero image whose layer output is replaced (first call only) by the
-    pooled vector broadcast to ``map_size``: an approximation of the true model, because the
-    rest of the network sees a spatially constant map. It costs one full forward per call.
+    An approximation of the true model: the rest of the network sees a map of ``map_size``
+    whose every position is the pooled vector ``a`` (not the layer's real, varying map).
+
+    Two ways to run it, chosen by :func:`~face_concepts.models.split_model`:
+
+    * a *tail*: when the layer sits in a plain chain of modules (the model's top-level forward
+      as a sequence, then ``nn.Sequential`` containers), the map goes through ``rest`` only:
+      the modules after the layer (e.g. ResNet's ``layer4, avgpool, flatten, fc`` after
+      ``layer3``);
+    * a *hooked block*: when the layer is inside a block with its own forward (a residual
+      block), ``block`` runs on its recorded input for a zero image (``block_input``, batch 1,
+      broadcast over rows where the block allows it) with a hook that replaces the layer's
+      output (first call) by the constant map; then ``rest``. For models of unknown structure
+      the block is the whole model and its input the zero image.
+
+    Both give what the model itself computes on a zero image whose layer output is replaced by
+    the constant map. Rows are processed ``chunk_rows`` at a time, so memory does not grow
+    with the number of rows beyond the output.
     """
 
     def __init__(
-        self, model: nn.Module, layer: str, input_shape: tuple[int, ...], map_size: tuple[int, int]
+        self,
+        rest: list[nn.Module],
+        map_size: tuple[int, int],
+        *,
+        block: nn.Module | None = None,
+        inner: str | None = None,
+        block_input: torch.Tensor | None = None,
+        chunk_rows: int = 64,
     ) -> None:
         super().__init__()
-        self.model = model
-        self.layer = layer
-        self.input_shape = tuple(input_shape)
-        self.map_size = tuple(map_size)
+        if (block is None) != (block_input is None) or (block is None) != (inner is None):
+            raise ValueError("block, inner and block_input go together")
+        self.rest = nn.ModuleList(rest)
+        self.block = block
+        self.inner = inner
+        self.register_buffer("block_input", block_input, persistent=False)
+        self.map_size = (int(map_size[0]), int(map_size[1]))
+        self.chunk_rows = max(1, int(chunk_rows))
+        self._broadcast = True  # batch-1 block input, until the block refuses it
+
+    @property
+    def mode(self) -> str:
+        """``"tail"`` (the modules after the layer only) or ``"hooked block"``."""
+        return "tail" if self.block is None else "hooked block"
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
-        state = {"done": False}
-        h, w = self.map_size
+        if a.dim() != 2:
+            raise ValueError(f"the head takes pooled rows (n, p), got shape {tuple(a.shape)}")
+        outs = [self._rows(chunk) for chunk in a.split(self.chunk_rows)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-        def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+    def _rows(self, a: torch.Tensor) -> torch.Tensor:
+        h, w = self.map_size
+        dtype = _first_dtype(
+            [*self.rest, *([self.block] if self.block is not None else [])], a.dtype
+        )
+        # contiguous: in-place ops (ReLU(inplace=True)) cannot write into an expanded view
+        x = a[:, :, None, None].expand(-1, -1, h, w).to(dtype).contiguous()
+        if self.block is not None:
+            x = self._through_block(x)
+        for module in self.rest:
+            x = module(x)
+        return x
+
+    def _through_block(self, x: torch.Tensor) -> torch.Tensor:
+        if self._broadcast:
+            try:
+                out = self._run_block(x, self.block_input.clone())
+                if isinstance(out, torch.Tensor) and out.shape[:1] == x.shape[:1]:
+                    return out
+            except RuntimeError:
+                pass
+            self._broadcast = False  # e.g. torch.cat of a batch-1 skip with the rows
+        n = x.shape[0]
+        inp = self.block_input.expand(n, *self.block_input.shape[1:]).contiguous()
+        return self._run_block(x, inp)
+
+    def _run_block(self, x: torch.Tensor, inp: torch.Tensor) -> Any:
+        state = {"done": False}
+
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> torch.Tensor | None:
             if state["done"]:
                 return None
             state["done"] = True
-            # contiguous: later in-place ops (ReLU(inplace=True)) cannot write into an expand view
-            return a[:, :, None, None].expand(-1, -1, h, w).to(output.dtype).contiguous()
+            return x
 
-        param = next(self.model.parameters(), None)
-        dtype = param.dtype if param is not None else a.dtype
-        dummy = torch.zeros((a.shape[0], *self.input_shape), dtype=dtype, device=a.device)
-        handle = self.model.get_submodule(self.layer).register_forward_hook(hook)
+        handle = self.block.get_submodule(self.inner).register_forward_hook(hook)
         try:
-            return self.model(dummy)
+            out = self.block(inp)
         finally:
             handle.remove()
+        if not state["done"]:
+            raise RuntimeError(f"layer {self.inner!r} was not called by the forward pass")
+        return out
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, map_size={self.map_size}, chunk_rows={self.chunk_rows}"

@@ -59,6 +59,10 @@ class ModelSplit(nn.Module):
     transform : str or None
         Label of a transform applied to a signed layer (``"posneg"`` or ``"relu"``), recorded
         by :meth:`description`.
+    approximation : str or None
+        For a split that is not exact, one sentence saying how it differs from the model
+        (set by :func:`~face_concepts.models.split_model` with the measured difference);
+        recorded by :meth:`description`, so saved runs and the atlas state it.
 
     Examples
     --------
@@ -85,6 +89,7 @@ class ModelSplit(nn.Module):
         input_size: int | None = None,
         exact: bool = True,
         transform: str | None = None,
+        approximation: str | None = None,
     ) -> None:
         super().__init__()
         for pname, mod in (("features", features), ("head", head)):
@@ -111,6 +116,7 @@ class ModelSplit(nn.Module):
         self.input_size = input_size
         self.exact = bool(exact)
         self.transform = transform
+        self.approximation = approximation
         self._fingerprint: str | None = None
         self._shapes: tuple[int, int] | None = None
         self.eval()
@@ -264,6 +270,7 @@ class ModelSplit(nn.Module):
             else getattr(self.pool, "__name__", type(self.pool).__name__),
             "transform": self.transform,
             "exact": self.exact,
+            "approximation": self.approximation,
             "n_features": self.n_features,
             "n_classes": self.n_classes,
         }

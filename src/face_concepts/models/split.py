@@ -27,15 +27,28 @@ p doubles, and the head takes the difference) or ``signed="relu"`` (approximate:
 Intermediate layers (``layer="layer3"``) are approximate by nature: the rest of the network
 needs a spatial map, not a pooled vector. The head then runs the rest of the network on a map
 whose every position equals the pooled vector (at the layer's natural spatial size for the
-probe input). ``verify`` reports, but does not enforce, the difference for such splits.
+probe input). ``verify`` reports, but does not enforce, the difference for such splits; the
+split warns once with the measured difference and records it in :attr:`ModelSplit.approximation`
+(saved with every run and shown by the atlas).
+
+The head runs only what follows the layer: for the families above the model's forward is a
+plain chain (checked numerically against the model when the split is built), so the head of
+``layer3`` is ``layer4 → avgpool → flatten → fc`` and that of ``features.14`` is
+``features[15:] → pool → classifier``. A layer inside a block with its own forward (a residual
+block) runs that block alone, from its recorded input for a zero image, with a hook replacing
+the layer's output. Models of unknown structure fall back to the whole model on a zero image
+with that hook. Rows are processed in chunks in every case. A layer followed directly by the
+global mean pool (``layer4.1`` of a ResNet) is an exact split with the model's own head.
 """
 
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,6 +57,7 @@ from face_concepts._validation import check_choice
 from face_concepts.data.preprocess import Preprocess
 from face_concepts.models._advice import signed_layer_error, unknown_layer_error
 from face_concepts.models._modules import (
+    MeanPool,
     OnMap,
     PosNegFeatures,
     PosNegHead,
@@ -60,6 +74,11 @@ __all__ = ["ModelSplit", "split_model"]
 
 _SIGNED_CHOICES = ("posneg", "relu")
 _RELU_TYPES = (nn.ReLU, nn.ReLU6)
+# Elements of the constant input map per chunk of rows in an intermediate layer's head (2**23
+# float32 values = 32 MiB; resnet18 layer3 at 224 px: 167 rows per chunk).
+_CHUNK_ELEMENTS = 2**23
+# Rows per chunk when the fallback runs the whole model on zero images.
+_WHOLE_MODEL_CHUNK = 16
 
 
 @dataclass
@@ -210,9 +229,9 @@ def split_model(
         features = Truncated(model, layer)
         probe = ModelSplit(features, nn.Identity(), **common).probe(1)
         with torch.inference_mode():
-            size = tuple(features(probe).shape[-2:])
-        head = RestOfNetwork(model, layer, tuple(probe.shape[1:]), size)
-        split = ModelSplit(features, head, layer=layer, exact=False, **common)
+            fmap = features(probe)
+        head, exact = _rest_of_network(model, layer, probe, tuple(fmap.shape[1:]), tol)
+        split = ModelSplit(features, head, layer=layer, exact=exact, **common)
     if categories is not None and len(split.categories) != split.n_classes:
         raise ValueError(
             f"categories has {len(split.categories)} names but the model has {split.n_classes} classes"
@@ -221,14 +240,186 @@ def split_model(
     probe = split.probe()
     with torch.inference_mode():
         fmap = split.features(probe)
+    diff = None
     if fmap.min() < 0 and (signed is not None or check_non_negative):
         split = _signed_split(split, signed, float(fmap.min()))
-        if verify:
-            split.verify(probe, tol=tol)
-    elif verify:
+        if verify or not split.exact:
+            diff = split.verify(probe, tol=tol)
+    elif verify or not split.exact:
         with torch.inference_mode():
-            split._compare(probe, split.head(split._pool(fmap)), tol)
+            diff = split._compare(probe, split.head(split._pool(fmap)), tol)
+    if not split.exact:
+        split.approximation = _approximation(split, diff)
+        warnings.warn(split.approximation, ApproximateSplitWarning, stacklevel=2)
     return split
+
+
+class ApproximateSplitWarning(UserWarning):
+    """The split does not reproduce the model (intermediate layer, or ``signed="relu"``)."""
+
+
+def _approximation(split: ModelSplit, diff: float | None) -> str:
+    """One sentence: how the split differs from the model, with the measured difference."""
+    where = f"layer {split.layer!r} of {split.name or type(split.model).__name__}"
+    head = split.head.head if isinstance(split.head, PosNegHead) else split.head
+    reasons = []
+    if isinstance(head, RestOfNetwork):
+        size = "×".join(map(str, head.map_size))
+        reasons.append(
+            "it is an intermediate layer, so its head runs the rest of the network on a "
+            f"constant {size} map equal to the pooled activations (the model sees a map that "
+            "varies across space)"
+        )
+    if split.transform == "relu":
+        reasons.append("it is signed and signed='relu' clips it, so the head sees relu(f)")
+    measured = (
+        f"; on a probe batch max |model(x) - head(pool(features(x)))| = {diff:.3g} (logits)"
+        if diff is not None
+        else ""
+    )
+    return (
+        f"approximate split: {where} does not reproduce the model: {'; '.join(reasons)}{measured}"
+    )
+
+
+# ---------------------------------------------------------------------- intermediate heads
+def _forward_chain(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """The model's forward as a plain sequence of (name, module) steps, for known families.
+
+    Names are those of the model's own modules; glue written inline in a forward
+    (``torch.flatten``, ``x.mean([2, 3])``) gets a module with a name no layer has.
+    """
+    from torchvision import models as tvm
+
+    if type(model).forward is nn.Sequential.forward:
+        return list(model.named_children())
+    flat = ("<flatten>", nn.Flatten(1))
+    pool = ("<pool>", nn.AdaptiveAvgPool2d(1))
+
+    def seq(*names: str) -> list[tuple[str, nn.Module]]:
+        return [(n, getattr(model, n)) for n in names]
+
+    if isinstance(model, tvm.ResNet):
+        body = seq("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+        return [*body, *seq("avgpool"), flat, *seq("fc")]
+    if isinstance(model, tvm.MobileNetV2):
+        return [*seq("features"), pool, flat, *seq("classifier")]
+    if isinstance(model, (tvm.MobileNetV3, tvm.EfficientNet, tvm.VGG)):
+        return [*seq("features", "avgpool"), flat, *seq("classifier")]
+    if isinstance(model, tvm.DenseNet):
+        return [*seq("features"), ("<relu>", nn.ReLU()), pool, flat, *seq("classifier")]
+    if isinstance(model, tvm.ConvNeXt):
+        return seq("features", "avgpool", "classifier")
+    if isinstance(model, tvm.RegNet):
+        return [*seq("stem", "trunk_output", "avgpool"), flat, *seq("fc")]
+    if isinstance(model, tvm.ShuffleNetV2):
+        body = seq("conv1", "maxpool", "stage2", "stage3", "stage4", "conv5")
+        return [*body, ("<mean>", MeanPool()), *seq("fc")]
+    if isinstance(model, tvm.MNASNet):
+        return [*seq("layers"), ("<mean>", MeanPool()), *seq("classifier")]
+    return None
+
+
+def _is_chain(module: nn.Module) -> bool:
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
+def _tail_plan(
+    model: nn.Module, layer: str
+) -> tuple[nn.Module | None, str | None, list[nn.Module]] | None:
+    """Where ``layer`` sits in the model's chain: ``(block, inner, rest)`` or ``None``.
+
+    ``rest`` is every module after the layer, innermost chain first. ``block`` is ``None`` when
+    the layer is itself a step of a chain; otherwise the block with its own forward that holds
+    it, and ``inner`` the layer's name inside that block.
+    """
+    chain = _forward_chain(model)
+    if chain is None:
+        return None
+    parts = layer.split(".")
+    steps = chain
+    tails: list[list[nn.Module]] = []
+    current: nn.Module | None = None
+    depth = 0
+    while depth < len(parts):
+        names = [n for n, _ in steps]
+        if parts[depth] not in names:
+            return None
+        i = names.index(parts[depth])
+        tails.insert(0, [m for _, m in steps[i + 1 :]])
+        current, depth = steps[i][1], depth + 1
+        if depth < len(parts) and not _is_chain(current):
+            break
+        steps = list(current.named_children())
+    rest = [m for tail in tails for m in tail]
+    if depth == len(parts):
+        return None, None, rest
+    return current, ".".join(parts[depth:]), rest
+
+
+def _block_input(model: nn.Module, block: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """What ``block`` receives when the model runs on ``x`` (its first call), or ``None``."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(_module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        if "x" not in captured and len(inputs) == 1 and isinstance(inputs[0], torch.Tensor):
+            captured["x"] = inputs[0].detach().clone()
+
+    handle = block.register_forward_pre_hook(hook)
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        handle.remove()
+    return captured.get("x")
+
+
+def _chain_matches(model: nn.Module, probe: torch.Tensor, tol: float) -> bool:
+    """Whether :func:`_forward_chain` run in order reproduces ``model`` on ``probe``."""
+    chain = _forward_chain(model)
+    try:
+        with torch.inference_mode():
+            got, ref = nn.Sequential(*[m for _, m in chain])(probe), model(probe)
+        return got.shape == ref.shape and float((got - ref).abs().max()) <= tol
+    except Exception:  # a forward that is not the chain we assumed
+        return False
+
+
+def _is_global_mean(module: nn.Module) -> bool:
+    if isinstance(module, MeanPool):
+        return True
+    return isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1))
+
+
+def _rest_of_network(
+    model: nn.Module, layer: str, probe: torch.Tensor, shape: tuple[int, ...], tol: float
+) -> tuple[nn.Module, bool]:
+    """The head of an intermediate layer whose map has ``shape`` (p, h, w); and whether exact."""
+    p, h, w = shape
+    chunk = max(1, _CHUNK_ELEMENTS // (p * h * w))
+    plan = _tail_plan(model, layer)
+    if plan is not None and not _chain_matches(model, probe, tol):
+        plan = None
+    if plan is not None:
+        block, inner, rest = plan
+        if block is None and rest and _is_global_mean(rest[0]):
+            # pool(constant map) is the pooled vector itself: the model's own head, exactly
+            after = rest[1:]
+            flat = bool(after) and isinstance(after[0], nn.Flatten)
+            pooled = isinstance(rest[0], MeanPool) or flat
+            return (nn.Sequential(*after) if pooled else OnMap(nn.Sequential(*after))), True
+        if block is None:
+            return RestOfNetwork(rest, (h, w), chunk_rows=chunk), False
+        block_input = _block_input(model, block, torch.zeros_like(probe[:1]))
+        if block_input is not None:
+            return RestOfNetwork(
+                rest, (h, w), block=block, inner=inner, block_input=block_input, chunk_rows=chunk
+            ), False
+    zero = torch.zeros_like(probe[:1])
+    head = RestOfNetwork(
+        [], (h, w), block=model, inner=layer, block_input=zero, chunk_rows=_WHOLE_MODEL_CHUNK
+    )
+    return head, False
 
 
 def _signed_split(split: ModelSplit, signed: str | None, minimum: float) -> ModelSplit:
