@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import secrets
+import struct
 from collections.abc import Mapping
 from glob import escape as glob_escape
 from pathlib import Path
@@ -321,7 +322,31 @@ def safetensors_bytes(
         if bad:
             raise TypeError(f"safetensors metadata must map str to str, got {bad!r:.120}")
         metadata = dict(metadata)
-    return save(plain, metadata=metadata)
+    return _canonical_header(save(plain, metadata=metadata))
+
+
+def _canonical_header(data: bytes) -> bytes:
+    """The same file with its ``__metadata__`` entries in sorted order.
+
+    safetensors writes that map from a Rust ``HashMap``, whose order changes from one save to
+    the next; sorted, the same tensors and metadata always give the same bytes (a run loaded
+    and saved again is bit-identical). Reordering keeps the header's length; if it would not,
+    the file is returned unchanged.
+    """
+
+    (n,) = struct.unpack("<Q", data[:8])
+    raw = data[8 : 8 + n]
+    header = json.loads(raw)
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict):
+        return data
+    ordered = {"__metadata__": dict(sorted(meta.items()))}
+    ordered.update((k, v) for k, v in header.items() if k != "__metadata__")
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (n - len(text))  # the writer pads the header with spaces
+    if len(text) != n or json.loads(text) != header:
+        return data
+    return data[:8] + text + data[8 + n :]
 
 
 def atomic_save_safetensors(

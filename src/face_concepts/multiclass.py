@@ -147,6 +147,7 @@ class SharedConceptExplainer:
             ex._adopt_fit(prepared[c], U_c, W, info)
         self.explainers_ = explainers
         self.classes_ = list(explainers)
+        self.loaded_run_ = None  # a fit replaces any run this was loaded from
         self.concept_bank_ = W.cpu()
         self.row_codes_ = U.cpu()
         self.row_class_ = torch.repeat_interleave(torch.tensor(self.classes_), torch.tensor(counts))
@@ -185,6 +186,9 @@ class SharedConceptExplainer:
         """
         self._check_fitted()
         out, metrics = Path(path), dict(metrics or {})
+        loaded = getattr(self, "loaded_run_", None)
+        if loaded is not None:
+            return self._save_loaded(loaded, out, metrics)
         classes = []
         for c, ex in self.explainers_.items():
             name = class_run_name(c, ex.class_name())
@@ -193,6 +197,24 @@ class SharedConceptExplainer:
             classes.append({**entry, "run": f"{CLASSES_DIR}/{name}", "metrics": metrics.get(c)})
         ConceptBank(self._tensors(), self._metadata(classes)).save(out)
         return out
+
+    def _save_loaded(
+        self, loaded: ConceptBank, out: Path, metrics: dict[int, dict[str, Any]]
+    ) -> Path:
+        """A loaded shared run (not refitted since), written again whole: every class run and
+        what the shared bank holds (crops, example images, metadata), new metrics per class
+        where given."""
+        from .persist import save_loaded
+
+        meta = loaded.metadata
+        entries = {int(c["class_id"]): dict(c) for c in meta.get("classes") or []}
+        for c, ex in self.explainers_.items():
+            ex.save(out / entries[c]["run"], metrics=metrics.get(c))
+            if c in metrics:
+                entries[c]["metrics"] = metrics[c]
+        metadata = {**meta, "classes": list(entries.values())}
+        bank = ConceptBank(loaded.tensors, metadata)
+        return save_loaded(bank, out, {"W": self.concept_bank_})
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         imp = self.importance()
@@ -259,6 +281,7 @@ class SharedConceptExplainer:
         self.concept_bank_ = bank.W
         self.fit_info_ = {**meta.get("fit", {}), "history": meta.get("loss_history")}
         self.metadata_ = meta
+        self.loaded_run_ = bank
         return self
 
 

@@ -40,6 +40,9 @@ def _dead(explainer: Any) -> list[int]:
 
 def save_explainer(explainer: Any, path: Any, *, metrics: dict[str, Any] | None = None) -> Path:
     explainer._check_fitted()
+    loaded = getattr(explainer, "loaded_run_", None)
+    if loaded is not None:
+        return save_loaded(loaded, path, explainer_tensors(explainer), metrics=metrics)
     tensors = {
         "W": explainer.concept_bank_,
         "importance": explainer.importance_,
@@ -77,6 +80,36 @@ def save_explainer(explainer: Any, path: Any, *, metrics: dict[str, Any] | None 
     }
     out = Path(path)
     ConceptBank(tensors, metadata).save(out)
+    return out
+
+
+def explainer_tensors(explainer: Any) -> dict[str, torch.Tensor]:
+    """The fit's tensors that every run holds, from the explainer's attributes."""
+    return {
+        "W": explainer.concept_bank_,
+        "importance": explainer.importance_,
+        "importance_local": explainer.local_importance_,
+        "codes": explainer.image_codes_,
+        "image_activations": explainer.image_activations_,
+    }
+
+
+def save_loaded(
+    loaded: ConceptBank,
+    path: Any,
+    tensors: dict[str, torch.Tensor],
+    *,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write a run that was loaded (and not refitted) again: every tensor and every metadata
+    entry it holds (crops, example images, its creation time, evaluations), with ``tensors``
+    over the loaded ones and ``metrics`` replacing the saved metrics when given. In the same
+    environment the files are bit-identical to the loaded ones."""
+    metadata = {k: v for k, v in loaded.metadata.items() if k != "versions"}
+    if metrics is not None:
+        metadata["metrics"] = metrics
+    out = Path(path)
+    ConceptBank({**loaded.tensors, **tensors}, metadata).save(out)
     return out
 
 
@@ -126,9 +159,20 @@ def load_explainer(cls: type, path: Any, split: Any = None) -> Any:
     ex.n_images_ = meta["n_images"]
     ex.fit_info_ = {**meta.get("fit", {}), "history": meta.get("loss_history")}
     ex.patch_settings_ = meta.get("patch_settings")
+    ex.n_skipped_ = meta.get("n_skipped", 0)
+    ex.image_paths_ = list(meta.get("images") or [])
+    ex.dead_concepts_ = list(meta.get("dead_concepts") or [])
+    # What a fresh fit keeps in memory but a run does not hold (the crops of every row, their
+    # codes, the rows themselves) is replaced by what the run saved: the top crops per concept
+    # with their codes, and the example images.
     ex.crops_ = None
     ex.saved_crops_ = t.get("crops")
     ex.saved_top_crop_index_ = t.get("top_crop_index")
     ex.saved_top_crop_codes_ = t.get("top_crop_codes")
+    examples = t.get("example_images")
+    pre = getattr(split, "preprocess", None)
+    if examples is not None and pre is not None:
+        ex.example_images_ = pre.normalize(examples.float() / 255.0)
     ex.metadata_ = meta
+    ex.loaded_run_ = bank
     return ex

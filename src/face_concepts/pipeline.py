@@ -271,6 +271,9 @@ class ConceptExplainer:
         self.fit_info_ = info
         self.n_images_ = int(x.shape[0])
         self.example_images_ = x[:8].clone()  # for heatmaps in reports
+        # a fit replaces whatever run this explainer was loaded from
+        self.loaded_run_ = self.saved_crops_ = None
+        self.saved_top_crop_index_ = self.saved_top_crop_codes_ = None
         self.image_activations_ = A_img
         self.image_codes_ = self.encode_activations(A_img)
         self.local_importance_ = self._local_importance(self.image_codes_)
@@ -365,21 +368,52 @@ class ConceptExplainer:
                 )
             return W
 
+        if getattr(self, "_rows_cache", None) is None:
+            raise ValueError(
+                "stability refits on the fit's rows (every crop's activations), which a saved run "
+                "does not hold; fit again to compute C-Stab"
+            )
         return stability_folds(self._rows_cache, fit_fn, groups=self.row_index_.numpy())
 
     def top_crops(self, k: int = N_TOP_CROPS) -> tuple[torch.Tensor, torch.Tensor]:
-        """Indices (r, k) of the crops with the largest codes per concept, and the crops in [0, 1]."""
-        self._check_fitted()
-        if self.crops_ is None:
-            raise ValueError(
-                f"method {self.method!r} factorises spatial positions; it has no crops"
-            )
-        k = min(k, self.row_codes_.shape[0])
-        idx = self.row_codes_.topk(k, dim=0).indices.T.contiguous()
-        crops = self.crops_[idx.reshape(-1)]
-        pre = getattr(self.split, "preprocess", None)
-        crops = pre.denormalize(crops) if pre is not None else crops
+        """Indices (r, k) of the crops with the largest codes per concept, and the crops in [0, 1].
+
+        A loaded run returns the top crops it saved (8-bit, at most the ``k`` it saved).
+        """
+        idx, crops, _ = self._top_crops(k)
         return idx, crops
+
+    def _top_crops(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``top_crops`` and the codes (r·k, r) of those crops."""
+        self._check_fitted()
+        k = check_int(k, "k", minimum=1)
+        if self.crops_ is not None:
+            k = min(k, self.row_codes_.shape[0])
+            idx = self.row_codes_.topk(k, dim=0).indices.T.contiguous()
+            crops = self.crops_[idx.reshape(-1)]
+            pre = getattr(self.split, "preprocess", None)
+            crops = pre.denormalize(crops) if pre is not None else crops
+            return idx, crops, self.row_codes_[idx.reshape(-1)]
+        saved = getattr(self, "saved_crops_", None)
+        if saved is None:
+            if self.spec.rows == "spatial":
+                raise ValueError(
+                    f"method {self.method!r} factorises spatial positions; it has no crops"
+                )
+            raise ValueError("this explainer holds no crops (its run was saved without them)")
+        r = self.concept_bank_.shape[0]
+        per = saved.shape[0] // r
+        k = min(k, per)
+        rows = (torch.arange(r)[:, None] * per + torch.arange(k)[None, :]).reshape(-1)
+        index = getattr(self, "saved_top_crop_index_", None)
+        idx = index[:, :k].contiguous() if index is not None else rows.reshape(r, k)
+        codes = getattr(self, "saved_top_crop_codes_", None)
+        if codes is None:  # a run without them: each concept's own crops, by rank
+            codes = torch.zeros(r * k, r)
+            codes[torch.arange(r * k), torch.arange(r).repeat_interleave(k)] = 1.0
+        else:
+            codes = codes[rows]
+        return idx, saved[rows].float() / 255.0, codes
 
     def concept_maps(self, images: Any) -> torch.Tensor:
         """Where each concept is: spatial positions encoded, upsampled to the image (N, r, H, W)."""
@@ -401,9 +435,75 @@ class ConceptExplainer:
         cats = getattr(self.split, "categories", None)
         return cats[self.class_id_] if cats and hasattr(self, "class_id_") else None
 
+    # ------------------------------------------------------------------ explanations, figures
+    def explain(self, image: Any) -> Any:
+        """How much each concept contributes to the prediction on one image (CLI ``explain``).
+
+        ``image``: an image file, a PIL image or a preprocessed tensor (3, H, W) / (1, 3, H, W).
+        Returns an :class:`~face_concepts.report.explain.Explanation`: ``["concepts"]`` (per
+        concept: code, contribution to the class logit, share, importance; by contribution),
+        ``.table()`` (the CLI's text) and ``.figure()`` (heatmaps of the top concepts).
+        """
+        from .report.explain import Explanation, explain_image
+
+        self._check_fitted()
+        result, x, maps = explain_image(self, image)
+        return Explanation(result, x, maps, self)
+
+    def plot_top_crops(self, k: int = N_TOP_CROPS, **kwargs: Any) -> Any:
+        """Figure: the ``k`` crops with the largest codes per concept, rows by importance.
+
+        Keyword arguments go to :func:`face_concepts.viz.top_crops` (``n_concepts``, ``labels``).
+        """
+        from . import viz
+
+        idx, crops, codes = self._top_crops(k)
+        kwargs.setdefault("class_name", self.class_name())
+        return viz.top_crops(crops, codes, self.importance(), k=idx.shape[1], **kwargs)
+
+    def plot_importance(self, **kwargs: Any) -> Any:
+        """Figure: the global importance of every concept (:func:`face_concepts.viz.importance_bar`)."""
+        from . import viz
+
+        kwargs.setdefault("class_name", self.class_name())
+        return viz.importance_bar(self.importance(), **kwargs)
+
+    def plot_heatmaps(self, images: Any, *, top: int = 6, **kwargs: Any) -> list[Any]:
+        """Figures, one per image: where the ``top`` most important concepts are in it.
+
+        ``images``: what :meth:`fit` accepts. Keyword arguments go to
+        :func:`face_concepts.viz.heatmap_overlay` (``concepts``, ``labels``, ``alpha``, ...).
+        """
+        from . import viz
+
+        self._check_fitted()
+        top = check_int(top, "top", minimum=1)
+        x, _ = self._as_batch(images)
+        maps = self.concept_maps(x)
+        order = torch.argsort(self.importance_, descending=True, stable=True)[:top].tolist()
+        kwargs.setdefault("concepts", order)
+        kwargs.setdefault("class_name", self.class_name())
+        kwargs.setdefault("preprocess", getattr(self.split, "preprocess", None))
+        return [
+            viz.heatmap_overlay(x[i], maps[i], importance=self.importance_, **kwargs)
+            for i in range(x.shape[0])
+        ]
+
+    def plot_curves(self, images: Any = None, **kwargs: Any) -> Any:
+        """Figure: deletion and insertion curves on ``images`` (default: the fitting images)."""
+        from . import viz
+
+        report = self.evaluate(images)
+        kwargs.setdefault("class_name", self.class_name())
+        return viz.curves({self.method: (report.deletion_curve, report.insertion_curve)}, **kwargs)
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: Any, *, metrics: dict[str, Any] | None = None) -> Any:
-        """Write the run (ConceptBank: safetensors + JSON) to directory ``path``."""
+        """Write the run (ConceptBank: safetensors + JSON) to directory ``path``.
+
+        A loaded run (not refitted since) is written again whole: its top crops, example images
+        and metadata, and its saved metrics unless ``metrics`` is given.
+        """
         from .persist import save_explainer
 
         return save_explainer(self, path, metrics=metrics)

@@ -8,6 +8,7 @@ model's logit is the bias and the reconstruction residual ``h(a)_c − h(u W)_c`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,22 @@ import torch
 from face_concepts._affine import affine_parameters
 
 
-def _one_image(path: str | Path, preprocess: Any) -> torch.Tensor:
+def _one_image(path: Any, preprocess: Any) -> torch.Tensor:
     from face_concepts.data import load_images, preprocess_images
 
+    if isinstance(path, torch.Tensor):  # already preprocessed
+        x = path.float()
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[0] != 1:
+            raise ValueError(
+                f"image must be one preprocessed image (3, H, W) or (1, 3, H, W), got {tuple(path.shape)}"
+            )
+        return x
+    if not isinstance(path, (str, Path)):  # a PIL image
+        if preprocess is None:
+            raise ValueError("the run's model records no preprocessing; pass a tensor")
+        return preprocess_images(load_images([path], strict=True), preprocess)
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"image {str(p)!r} does not exist")
@@ -29,17 +43,15 @@ def _one_image(path: str | Path, preprocess: Any) -> torch.Tensor:
     return preprocess_images(load_images(p, strict=True), preprocess)
 
 
-def explain_image(
-    explainer: Any, image: str | Path
-) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
-    """Per-concept contributions of a fitted run to the prediction on one image file.
+def explain_image(explainer: Any, image: Any) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+    """Per-concept contributions of a fitted run to the prediction on one image.
 
     Parameters
     ----------
     explainer : ConceptExplainer
         Fitted or loaded (with its model).
-    image : path
-        One image file.
+    image : path, PIL image or Tensor
+        One image file, a PIL image, or one preprocessed image (3, H, W) / (1, 3, H, W).
 
     Returns
     -------
@@ -88,7 +100,7 @@ def explain_image(
     pred = int(probs.argmax())
     cats = getattr(split, "categories", None)
     result = {
-        "image": str(image),
+        "image": str(image) if isinstance(image, (str, Path)) else "image",
         "class_id": cid,
         "class_name": explainer.class_name(),
         "predicted_class": pred,
@@ -152,3 +164,35 @@ def explain_table(result: dict[str, Any]) -> str:
             f"{c['importance']:>11.3f}"
         )
     return "\n".join(lines)
+
+
+@dataclass
+class Explanation:
+    """What :meth:`ConceptExplainer.explain` returns: the CLI ``explain`` result as an object.
+
+    ``explanation["concepts"]`` (and every other key of :func:`explain_image`'s result) reads
+    the result; :meth:`table` is the CLI's text, :meth:`figure` its heatmap figure.
+    """
+
+    result: dict[str, Any]
+    image: torch.Tensor
+    maps: torch.Tensor
+    explainer: Any
+
+    def __getitem__(self, key: str) -> Any:
+        return self.result[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as a JSON-able dict (what ``face-concepts explain --json`` prints)."""
+        return dict(self.result)
+
+    def table(self) -> str:
+        """The plain-text table the CLI prints."""
+        return explain_table(self.result)
+
+    def figure(self, top: int = 6) -> Any:
+        """Heatmaps of the ``top`` most contributing concepts over the image."""
+        return explain_figure(self.result, self.image, self.maps, self.explainer, top=top)
+
+    def __str__(self) -> str:
+        return self.table()
