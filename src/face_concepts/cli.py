@@ -1,10 +1,13 @@
 """The ``face-concepts`` command line: demo, fit, evaluate, report, explain, benchmark, atlas.
 
-Results go to stdout (``--json``: one JSON document), progress and messages to stderr. Exit
-codes: 0 success, 1 runtime error (one line ``face-concepts: error: …``; the traceback only with
-``--debug``), 2 usage error. Settings come from flags, over a TOML file given with
-``--config`` (top-level keys, overridden by a table named after the command, e.g. ``[fit]``;
-keys are the flag names with ``_``; relative paths in it are taken from the file's folder).
+Results go to stdout (``--json``: one JSON document), progress and messages to stderr
+(``-q``: none, warnings included; errors still print). Exit codes: 0 success, 1 runtime error
+(one line ``face-concepts: error: …``; the traceback only with ``--debug``), 2 usage error (one
+line ``face-concepts fit: error: … (see face-concepts fit --help)``), found before any model or
+image is loaded wherever the flags alone show it. Settings come from flags, over a TOML file
+given with ``--config`` (top-level keys, overridden by a table named after the command, e.g.
+``[fit]``; keys are the flag names, ``class-id`` or ``class_id``; relative paths in it are taken
+from the file's folder). Messages name flags (``--signed posneg``), never Python arguments.
 
 Examples
 --------
@@ -16,9 +19,13 @@ Examples
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import inspect
 import json
+import math
+import re
+import shutil
 import sys
 import traceback
 import warnings
@@ -40,14 +47,16 @@ except ModuleNotFoundError:  # pragma: no cover
 PROG = "face-concepts"
 _S = argparse.SUPPRESS
 
-# Settings a config file may hold: key -> (type, default). Flags use the same names with "-".
-OPTIONS: dict[str, tuple[type, Any]] = {
+# Settings a config file may hold: key -> (type(s), default). Flags use the same names with "-";
+# a config file may spell a key either way.
+OPTIONS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "model": (str, "bundled:mobilenet_v2"),
     "weights": (str, None),
     "layer": (str, None),
+    "signed": (str, None),
     "images": (str, None),
     "heldout": (str, None),
-    "class_id": (int, None),
+    "class_id": ((int, str), None),
     "method": (str, "face"),
     "n_concepts": (int, None),
     "kl_weight": (float, 1.0),
@@ -57,7 +66,9 @@ OPTIONS: dict[str, tuple[type, Any]] = {
     "max_iter": (int, None),
     "tol": (float, None),
     "filter_correct": (bool, False),
+    "stability": (bool, False),
     "out": (str, None),
+    "overwrite": (bool, False),
     "seed": (int, 0),
     "device": (str, None),
     "json": (bool, False),
@@ -66,7 +77,7 @@ OPTIONS: dict[str, tuple[type, Any]] = {
     "top": (int, 6),
     "n_examples": (int, 3),
     "quick": (bool, False),
-    "save": (bool, False),
+    "save": ((bool, str), False),
     # atlas (many classes; cli_atlas.py)
     "classes": (str, None),
     "bundled": (bool, False),
@@ -78,38 +89,123 @@ OPTIONS: dict[str, tuple[type, Any]] = {
 }
 PATH_KEYS = ("weights", "images", "heldout", "out")
 COMMANDS = ("demo", "fit", "evaluate", "report", "explain", "benchmark", "atlas")
+RANDOM_WEIGHTS = "random"  # --weights random: untrained weights (face_concepts.models.zoo)
+SIGNED_CHOICES = ("posneg", "relu")
+# face_concepts.methods.METHODS, named here so that a typo is refused without importing torch
+# (tests/test_cli_journey.py checks that the two agree).
+METHOD_NAMES = ("face", "face-paper", "nmf", "craft", "ice")
+# Lower bounds of the numeric settings, checked before anything is loaded.
+MINIMUM: dict[str, float] = {
+    "n_concepts": 1, "kl_weight": 0.0, "patch_size": 1, "n_designs": 2, "batch_size": 1,
+    "max_iter": 1, "tol": 0.0, "seed": 0, "top": 1, "n_examples": 0, "workers": 1,
+    "gpus_per_task": 0.0,
+}  # fmt: skip
+# What a fit writes into its run directory besides the bank, and what later commands add to it:
+# `fit --overwrite` removes all of it, so nothing of the old run is left next to the new bank.
+RUN_FILES = ("bank.json", "bank.safetensors", "command.json", "importance.png", "top_crops.png")
+DERIVED = ("report.html", "explain-*.png", "evaluations")
+EVALUATIONS = "evaluations"  # evaluate --save NAME writes RUN/evaluations/NAME.json
 
 
 class UsageError(Exception):
     """A wrong command line or config file (exit code 2)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error and a pointer to ``--help`` instead of the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        text = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
+
+
 # ---------------------------------------------------------------------- parser
+def _default(key: str) -> str:
+    """``"default: VALUE"`` from :data:`OPTIONS`, so that ``--help`` shows what runs."""
+    return f"default: {OPTIONS[key][1]}"
+
+
+# Said by every --max-iter / --tol help: the solver's own defaults, per method.
+MAX_ITER_HELP = (
+    "solver iterations (default: face and nmf 1000, face-paper 22000; craft and ice run "
+    "scikit-learn's NMF with its own 200 and ignore this flag)"
+)
+TOL_HELP = (
+    "solver tolerance (default: face and nmf 1e-5, relative decrease of the objective per "
+    "iteration; face-paper 1e-3; ignored by craft and ice, scikit-learn's 1e-4)"
+)
+KL_HELP = (
+    "λ, the weight of FACE's KL term (default: 1.0; used by method face only). The engine "
+    "FACE() defaults to the authors' 1e-5, which gives the same concepts as λ = 0 at this "
+    "objective's scale (benchmarks/results/reproduction.md); 1.0 is where the KL term changes "
+    "them"
+)
+BATCH_HELP = (
+    "images (or crops) per forward pass of the model while extracting activations (default: "
+    "64); memory only, the concepts do not depend on it. Not a mini-batch of the "
+    "factorisation, which always uses every row"
+)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("common options")
     g.add_argument("--config", metavar="FILE", default=_S, help="TOML file of settings")
-    g.add_argument("--device", default=_S, help="cpu (default), cuda[:i] or auto")
-    g.add_argument("--seed", type=int, default=_S, help="random_state of every random step (0)")
+    g.add_argument("--device", default=_S, help="cpu, cuda[:i] or auto (default: cpu)")
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=_S,
+        help=f"random_state of every random step ({_default('seed')})",
+    )
     g.add_argument("--json", action="store_true", default=_S, help="results as JSON on stdout")
     g.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=_S, help="progress bars"
-    )
-    g.add_argument("-q", "--quiet", action="store_true", default=_S, help="no messages on stderr")
+        "--progress", action=argparse.BooleanOptionalAction, default=_S,
+        help="progress bars on stderr (default: on)",
+    )  # fmt: skip
+    g.add_argument(
+        "-q", "--quiet", action="store_true", default=_S,
+        help="no progress, messages or warnings on stderr (errors still print)",
+    )  # fmt: skip
     g.add_argument("--debug", action="store_true", default=_S, help="tracebacks on errors")
 
 
 def _model_flags(p: argparse.ArgumentParser, *, spec: bool = True) -> None:
     if spec:
-        p.add_argument("--model", default=_S, help="bundled:NAME, torchvision:NAME or timm:NAME")
-        p.add_argument("--layer", default=_S, help="feature layer (default: last feature map)")
-    p.add_argument("--weights", metavar="FILE", default=_S, help="state-dict file of the model")
+        p.add_argument(
+            "--model", default=_S,
+            help="bundled:NAME (offline), torchvision:NAME[:WEIGHTS] or timm:NAME "
+            f"({_default('model')})",
+        )  # fmt: skip
+        p.add_argument(
+            "--layer", default=_S,
+            help="feature layer, a module name such as layer3 (default: the last feature map)",
+        )  # fmt: skip
+        p.add_argument(
+            "--signed", choices=SIGNED_CHOICES, default=_S,
+            help="for a layer with negative activations: posneg (exact, twice the channels) or "
+            "relu (approximate) (default: refuse such a layer)",
+        )  # fmt: skip
+    p.add_argument(
+        "--weights", metavar="FILE", default=_S,
+        help="state-dict file of the model, or 'random' for untrained (seeded) weights "
+        "(default: the pretrained weights, downloaded if not cached; bundled models carry theirs)",
+    )  # fmt: skip
+
+
+def _class_arg(text: str) -> int | str:
+    """``--class-id``: an index (``285``) or a class name (``tabby``), resolved after loading."""
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (every option defaults to 'not given', so the config can fill it)."""
     from face_concepts import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, description="Faithful concept extraction (FACE) for image classifiers."
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -125,39 +221,73 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(p)
     p.add_argument("--images", metavar="PATH", default=_S, help="image folder or file (required)")
     p.add_argument("--heldout", metavar="PATH", default=_S, help="held-out images to evaluate")
-    p.add_argument("--class-id", type=int, default=_S, help="class to explain (required)")
-    p.add_argument("--method", default=_S, help="face (default), face-paper, nmf, craft or ice")
-    p.add_argument("--n-concepts", type=int, default=_S, help="number of concepts (10)")
-    p.add_argument("--kl-weight", type=float, default=_S, help="λ of FACE (1.0)")
-    p.add_argument("--patch-size", type=int, default=_S, help="crop size in pixels (64)")
-    p.add_argument("--n-designs", type=int, default=_S, help="Sobol designs (32)")
-    p.add_argument("--batch-size", type=int, default=_S, help="images per forward pass (64)")
-    p.add_argument("--max-iter", type=int, default=_S, help="solver iterations (its default)")
-    p.add_argument("--tol", type=float, default=_S, help="solver tolerance (its default)")
+    p.add_argument(
+        "--class-id", metavar="CLASS", type=_class_arg, default=_S,
+        help="class to explain: its index (285) or its name in the model's categories (tabby, "
+        "'Egyptian cat') (required)",
+    )  # fmt: skip
+    p.add_argument(
+        "--method", default=_S,
+        help=f"face, face-paper, nmf, craft or ice ({_default('method')})",
+    )  # fmt: skip
+    p.add_argument("--n-concepts", type=int, default=_S, help="number of concepts (default: 10)")
+    p.add_argument("--kl-weight", type=float, default=_S, help=KL_HELP)
+    p.add_argument(
+        "--patch-size", type=int, default=_S, help=f"crop size in pixels ({_default('patch_size')})"
+    )
+    p.add_argument(
+        "--n-designs", type=int, default=_S, help=f"Sobol designs ({_default('n_designs')})"
+    )
+    p.add_argument("--batch-size", type=int, default=_S, help=BATCH_HELP)
+    p.add_argument("--max-iter", type=int, default=_S, help=MAX_ITER_HELP)
+    p.add_argument("--tol", type=float, default=_S, help=TOL_HELP)
     p.add_argument(
         "--filter-correct", action=argparse.BooleanOptionalAction, default=_S,
-        help="keep only the images the model assigns to the class",
+        help="keep only the images the model assigns to the class (default: off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--stability", action=argparse.BooleanOptionalAction, default=_S,
+        help="compute C-Stab: refit on 5 folds of the images (5 more fits; needs at least 5 "
+        "images) (default: off, shown as n/a)",
     )  # fmt: skip
     p.add_argument("--out", metavar="DIR", default=_S, help="run directory to write (required)")
+    p.add_argument(
+        "--overwrite", action="store_true", default=_S,
+        help="replace the run already in --out, and remove what was made from it (report.html, "
+        "explain-*.png, saved evaluations) (default: refuse)",
+    )  # fmt: skip
 
     p = sub.add_parser("evaluate", help="metrics of a saved run")
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--images", metavar="PATH", default=_S, help="held-out images (default: fit)")
-    p.add_argument("--save", action="store_true", default=_S, help="store the metrics in the run")
+    p.add_argument(
+        "--save", nargs="?", const=True, metavar="NAME", default=_S,
+        help="keep the metrics in the run as RUN_DIR/evaluations/NAME.json, beside the fit's "
+        "(NAME default: the name of the --images folder or file, or 'fit')",
+    )  # fmt: skip
+    p.add_argument(
+        "--overwrite", action="store_true", default=_S,
+        help="replace a saved evaluation of the same name (default: refuse)",
+    )  # fmt: skip
     _model_flags(p, spec=False)
 
     p = sub.add_parser("report", help="write the HTML concept atlas of run(s)")
     p.add_argument("run", metavar="RUN_DIR", help="a run, or a folder of runs")
     p.add_argument("--out", metavar="FILE", default=_S, help="HTML file (RUN_DIR/report.html)")
     p.add_argument("--images", metavar="PATH", default=_S, help="example images for heatmaps")
-    p.add_argument("--n-examples", type=int, default=_S, help="heatmaps per concept (3)")
+    p.add_argument(
+        "--n-examples",
+        type=int,
+        default=_S,
+        help=f"heatmaps per concept ({_default('n_examples')})",
+    )
     _model_flags(p, spec=False)
 
     p = sub.add_parser("explain", help="concept contributions to one image's prediction")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--run", metavar="RUN_DIR", required=True, help="saved run to explain with")
     p.add_argument("--out", metavar="PNG", default=_S, help="figure (RUN_DIR/explain-NAME.png)")
-    p.add_argument("--top", type=int, default=_S, help="concepts drawn (6)")
+    p.add_argument("--top", type=int, default=_S, help=f"concepts drawn ({_default('top')})")
     _model_flags(p, spec=False)
 
     p = sub.add_parser("benchmark", help="methods × models × classes table")
@@ -169,7 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------------- settings
 def _coerce(key: str, value: Any, where: str) -> Any:
-    kind = OPTIONS[key][0]
+    kinds = OPTIONS[key][0]
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if key == "class_id" and isinstance(value, str):
+        return _class_arg(value)
+    if len(kinds) > 1 and any(isinstance(value, k) for k in kinds):
+        return value
+    kind = kinds[0]
     if key == "classes" and isinstance(value, list) and value:
         if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             return ",".join(map(str, value))  # the flag's form: "285,207"
@@ -190,6 +326,8 @@ def _coerce(key: str, value: Any, where: str) -> Any:
 def _resolve_path(value: Any, base: Path) -> Any:
     if isinstance(value, list):
         return [_resolve_path(v, base) for v in value]
+    if value == RANDOM_WEIGHTS:  # --weights random is a keyword, not a file next to the config
+        return value
     p = Path(value).expanduser()
     return str(p if p.is_absolute() else base / p)
 
@@ -217,14 +355,53 @@ def read_config(path: str | Path, command: str) -> dict[str, Any]:
             )
         if table not in (None, command):
             continue
-        for key, value in values.items():
+        spelled: dict[str, str] = {}
+        for given, value in values.items():
+            key = given.replace("-", "_")  # the flag's spelling (class-id) or the underscore one
             if key not in OPTIONS:
+                close = difflib.get_close_matches(key, list(OPTIONS), n=3)
+                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
                 raise UsageError(
-                    f"config file {p}: unknown key {key!r}; keys are {sorted(OPTIONS)}"
+                    f"config file {p}: unknown key {given!r}{hint} (keys are the flag names, "
+                    f"e.g. class-id or class_id: {sorted(OPTIONS)})"
                 )
+            if key in spelled:
+                raise UsageError(
+                    f"config file {p}: {spelled[key]!r} and {given!r} are the same setting; keep one"
+                )
+            spelled[key] = given
             value = _coerce(key, value, f"config file {p}")
             out[key] = _resolve_path(value, p.parent) if key in PATH_KEYS else value
     return out
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def check_settings(s: SimpleNamespace) -> None:
+    """Usage errors that the settings alone show: refused before any model or image is loaded."""
+    for key, minimum in MINIMUM.items():
+        value = getattr(s, key, None)
+        if value is None or isinstance(value, bool):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{_flag(key)} must be a finite number, got {value}")
+        if value < minimum:
+            raise UsageError(f"{_flag(key)} must be >= {minimum}, got {value}")
+    cid = getattr(s, "class_id", None)
+    if isinstance(cid, int) and cid < 0:
+        raise UsageError(f"--class-id must be >= 0 (or a class name), got {cid}")
+    if isinstance(cid, str) and not cid:
+        raise UsageError("--class-id is empty; give a class index or name")
+    method = getattr(s, "method", None)
+    if method is not None and method not in METHOD_NAMES:
+        close = difflib.get_close_matches(str(method), METHOD_NAMES, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UsageError(f"--method must be one of {', '.join(METHOD_NAMES)}, got {method!r}{hint}")
+    signed = getattr(s, "signed", None)
+    if signed is not None and signed not in SIGNED_CHOICES:
+        raise UsageError(f"--signed must be posneg or relu, got {signed!r}")
 
 
 def resolve_settings(args: argparse.Namespace) -> SimpleNamespace:
@@ -237,7 +414,9 @@ def resolve_settings(args: argparse.Namespace) -> SimpleNamespace:
     settings.setdefault("debug", False)
     if settings["quiet"]:
         settings["progress"] = False
-    return SimpleNamespace(**settings)
+    resolved = SimpleNamespace(**settings)
+    check_settings(resolved)
+    return resolved
 
 
 def _require(s: SimpleNamespace, *keys: str) -> None:
@@ -280,35 +459,138 @@ def _check_writable(out: Path) -> None:
         raise OSError(f"cannot write to --out {out}: {exc.strerror or exc} ({base})") from None
 
 
+def _run_contents(out: Path) -> list[Path]:
+    """What in ``out`` belongs to a run: its files and what later commands derived from it."""
+    if not out.is_dir():
+        return []
+    found = [out / name for name in RUN_FILES if (out / name).exists()]
+    for pattern in DERIVED:
+        found += sorted(out.glob(pattern))
+    return found
+
+
+def _check_overwrite(out: Path, overwrite: bool) -> list[Path]:
+    """Refuse to write a run into a folder that holds one (or other files) without --overwrite.
+
+    Returns what the old run left there, for removal once the new run is saved.
+    """
+    if not out.is_dir():
+        return []
+    found = _run_contents(out)
+    others = [p for p in out.iterdir() if p not in found and not p.name.startswith(".")]
+    if overwrite or not (found or others):
+        return found
+    if found:
+        names = ", ".join(p.name for p in found[:4]) + (", ..." if len(found) > 4 else "")
+        raise UsageError(
+            f"--out {out} already holds a run ({names}); pass --overwrite to replace it (what "
+            "was made from it, such as report.html, explain-*.png and saved evaluations, is "
+            "removed too), or choose another --out"
+        )
+    raise UsageError(
+        f"--out {out} is a folder with {len(others)} other entries (e.g. {others[0].name!r}) "
+        "and no run; choose a new or empty folder, or pass --overwrite to write the run among them"
+    )
+
+
+def _remove_stale(found: list[Path]) -> None:
+    """Remove what an overwritten run left, except the bank that the new save replaced."""
+    for path in found:
+        if path.name in ("bank.json", "bank.safetensors"):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _normal_name(name: str) -> str:
+    return " ".join(re.sub(r"[_\-]+", " ", str(name)).lower().split())
+
+
+def resolve_class(value: int | str, split: Any, model: str) -> int:
+    """``--class-id``: an index as given, or a name looked up in the model's class names.
+
+    Names match whatever their case, with ``_`` or ``-`` for spaces (``egyptian_cat``); a name
+    that matches none is a usage error listing the near matches.
+    """
+    if isinstance(value, int):
+        return value
+    cats = list(getattr(split, "categories", None) or [])
+    if not cats:
+        n = getattr(split, "n_classes", None)
+        span = f" (0 to {n - 1})" if n else ""
+        raise UsageError(
+            f"--class-id {value!r} is a name, but {model} has no class names; give the class "
+            f"index{span}"
+        )
+    normals = [_normal_name(c) for c in cats]
+    want = _normal_name(value)
+    hits = [i for i, n in enumerate(normals) if n == want]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        raise UsageError(f"--class-id {value!r} names classes {hits} of {model}; give the index")
+    close = difflib.get_close_matches(want, normals, n=5, cutoff=0.6)
+    contains = [n for n in normals if want and want in n]
+    near = list(dict.fromkeys(close + contains))[:6]
+    listed = ", ".join(f"{cats[normals.index(n)]!r} ({normals.index(n)})" for n in near)
+    raise UsageError(
+        f"--class-id {value!r} is not a class name of {model}; "
+        + (f"near matches: {listed}" if near else "no class name is close")
+        + f"; or give the class index (0 to {len(cats) - 1})"
+    )
+
+
+def _fit_metrics(explainer: Any, s: SimpleNamespace) -> dict[str, Any]:
+    """The fit's metrics, with C-Stab when ``--stability`` asks for it and the images allow."""
+    stability = bool(s.stability)
+    n_folds = 5
+    if stability and explainer.n_images_ < n_folds:
+        warnings.warn(
+            f"C-Stab not computed: it refits on {n_folds} folds of the images and needs at least "
+            f"{n_folds} images, got {explainer.n_images_}",
+            UserWarning,
+            stacklevel=2,
+        )
+        stability = False
+    if stability:
+        _say(s, f"computing C-Stab: {n_folds} refits on folds of the images ...")
+    return explainer.evaluate(stability=stability).to_dict()
+
+
 def cmd_fit(s: SimpleNamespace) -> int:
     from face_concepts import ConceptExplainer, load_model
-    from face_concepts.methods import get_method
     from face_concepts.report.figures import write_fit_figures
     from face_concepts.report.runs import write_sidecar
 
     _require(s, "images", "class_id", "out")
-    get_method(s.method)  # fail on a typo before loading anything
     images = _images_arg(s.images, "--images")
     heldout = _images_arg(s.heldout, "--heldout") if s.heldout is not None else None
-    _check_writable(Path(s.out))  # before the fit, not after minutes of work
+    out = Path(s.out)
+    stale = _check_overwrite(out, s.overwrite)  # before any work, like the two checks around
+    _check_writable(out)  # before the fit, not after minutes of work
     _say(s, f"loading model {s.model} ...")
-    split = load_model(s.model, s.weights, device=s.device, layer=s.layer)
+    split = load_model(s.model, s.weights, device=s.device, layer=s.layer, signed=s.signed)
+    class_id = resolve_class(s.class_id, split, s.model)
     explainer = ConceptExplainer(
         split, s.method, n_concepts=10 if s.n_concepts is None else s.n_concepts,
         kl_weight=s.kl_weight, patch_size=s.patch_size, n_designs=s.n_designs,
         batch_size=s.batch_size, filter_correct=s.filter_correct, max_iter=s.max_iter, tol=s.tol,
         random_state=s.seed, device=s.device, progress=s.progress,
     )  # fmt: skip
-    _say(s, f"fitting {explainer.n_concepts} {s.method} concepts of class {s.class_id} ...")
-    explainer.fit(images, s.class_id)
-    metrics = {"fit": explainer.evaluate().to_dict()}
+    named = f" ({s.class_id})" if isinstance(s.class_id, str) else ""
+    _say(s, f"fitting {explainer.n_concepts} {s.method} concepts of class {class_id}{named} ...")
+    explainer.fit(images, class_id)
+    metrics = {"fit": _fit_metrics(explainer, s)}
     if heldout is not None:
         metrics["heldout"] = explainer.evaluate(heldout).to_dict()
-    out = Path(s.out)
     explainer.save(out, metrics=metrics)
+    _remove_stale(stale)  # only now: a failed fit or save leaves the old run whole
     record = {k: getattr(s, k) for k in OPTIONS if k not in ("json", "progress", "quiet")}
     record.update(images=images, heldout=heldout, out=str(out.resolve()), command="fit")
-    if s.weights:
+    record["class_id"] = class_id
+    if s.weights and s.weights != RANDOM_WEIGHTS:
         record["weights"] = str(Path(s.weights).resolve())
     files = [str(write_sidecar(out, record)), *map(str, write_fit_figures(explainer, out))]
     info = explainer.fit_info_
@@ -342,26 +624,66 @@ def _print_fit(summary: dict[str, Any]) -> None:
     print("\nwrote " + ", ".join(summary["files"]))
 
 
+def evaluation_name(save: Any, images: Any) -> str:
+    """``evaluate --save [NAME]``: NAME, else the name of the images' folder or file, else "fit".
+
+    Examples
+    --------
+    >>> evaluation_name(True, "/data/cats heldout/"), evaluation_name("night", None)
+    ('cats_heldout', 'night')
+    """
+    if isinstance(save, str):
+        name = save
+        if not re.fullmatch(r"[A-Za-z0-9][\w.-]{0,99}", name):
+            raise UsageError(
+                f"--save {name!r}: a name is letters, digits, '_', '-' or '.' (100 at most), "
+                "starting with a letter or digit"
+            )
+        return name
+    if images is None:
+        return "fit"
+    if isinstance(images, list):
+        return "images"
+    path = Path(images)
+    stem = path.name if path.is_dir() else path.stem
+    name = re.sub(r"[^\w.-]+", "_", stem).strip("._-")
+    return name or "images"
+
+
 def cmd_evaluate(s: SimpleNamespace) -> int:
-    from face_concepts.bank import ConceptBank
+    from face_concepts._io import atomic_write_json
     from face_concepts.report.glossary import metric_table
     from face_concepts.report.runs import load_run
 
     images = _images_arg(s.images, "--images") if s.images is not None else None
+    target = None
+    if s.save is not False and s.save is not None:
+        name = evaluation_name(s.save, images)
+        target = Path(s.run) / EVALUATIONS / f"{name}.json"
+        if target.exists() and not s.overwrite:
+            raise UsageError(
+                f"the run already has an evaluation named {name!r} ({target}); pass --overwrite "
+                "to replace it, or --save OTHER_NAME to keep both"
+            )
     explainer = load_run(s.run, weights=s.weights, device=s.device, progress=s.progress)
     report = explainer.evaluate(images)
     metrics = report.to_dict()
     split = metrics.get("split") or ("heldout" if images else "fit")
-    if s.save:
-        bank = ConceptBank.load(s.run)
-        bank.metadata.setdefault("metrics", {})[split] = metrics
-        bank.save(s.run)
     meta = explainer.metadata_
     result = {
         "run_dir": str(s.run), "class_id": explainer.class_id_, "class_name": meta.get("class_name"),
         "method": explainer.method, "split": split, "n_images": metrics.get("n_images"),
         "metrics": metrics,
     }  # fmt: skip
+    if target is not None:
+        import time
+
+        record = {
+            "name": target.stem, "images": images,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result,
+        }  # fmt: skip
+        atomic_write_json(target, record)
+        result["saved"] = str(target)
     if s.json:
         _emit_json(result)
     else:
@@ -370,6 +692,8 @@ def cmd_evaluate(s: SimpleNamespace) -> int:
             f"method {result['method']}, {result['n_images']} {split} images"
         )
         print(metric_table(metrics))
+        if target is not None:
+            print(f"\nsaved as {target} (the fit's own metrics are unchanged)")
     return 0
 
 
@@ -488,11 +812,32 @@ def _emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def cli_words(text: str) -> str:
+    """A library message in command-line words: Python argument names become flags.
+
+    Examples
+    --------
+    >>> cli_words("n_concepts=500 must be <= 24; class_id must be >= 0")
+    '--n-concepts 500 must be <= 24; --class-id must be >= 0'
+    """
+    for key in OPTIONS:
+        flag = _flag(key)
+        text = re.sub(rf"(?<![\w./-]){key}=", f"{flag} ", text)
+        if "_" in key:  # an identifier, never an English word
+            text = re.sub(rf"(?<![\w./-]){key}(?![\w/])", flag, text)
+    return text
+
+
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    message = getattr(exc, "cli_message", None) or cli_words(str(exc))
+    text = " ".join(message.split()) or type(exc).__name__
     if isinstance(exc, (ValueError, TypeError, OSError, RuntimeError, UsageError)):
         return text
     return f"{type(exc).__name__}: {text} (run with --debug for the traceback)"
+
+
+def _no_warning(*_: Any, **__: Any) -> None:
+    """``-q``: warnings that code re-enables with ``simplefilter("always")`` stay silent too."""
 
 
 def _show_warning(message: Any, category: type, *_: Any, **__: Any) -> None:
@@ -513,6 +858,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not debug:
                 warnings.showwarning = _show_warning
             settings = resolve_settings(args)
+            if settings.quiet:  # -q: no warnings either (errors still print)
+                warnings.simplefilter("ignore")
+                warnings.showwarning = _no_warning
             return HANDLERS[args.command](settings)
     except UsageError as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)

@@ -28,7 +28,7 @@ BUNDLED_VIEWS, BUNDLED_HELDOUT = 16, 8
 
 def add_atlas_parser(sub: Any) -> argparse.ArgumentParser:
     """Register the ``atlas`` subcommand on the subparsers of ``face-concepts``."""
-    from face_concepts.cli import _S, _model_flags
+    from face_concepts.cli import _S, KL_HELP, MAX_ITER_HELP, _default, _model_flags
 
     p = sub.add_parser("atlas", help="concepts of many classes (per class or shared), one atlas")
     _model_flags(p)
@@ -40,12 +40,18 @@ def add_atlas_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--heldout", metavar="DIR", default=_S, help="held-out images, one folder/class")
     p.add_argument("--classes", metavar="IDS", default=_S, help="class ids, e.g. 285,207,1")
     p.add_argument("--shared", action="store_true", default=_S, help="one bank for all classes")
-    p.add_argument("--method", default=_S, help="face (default), face-paper, nmf, craft or ice")
-    p.add_argument("--n-concepts", type=int, default=_S, help="concepts per bank (10)")
-    p.add_argument("--kl-weight", type=float, default=_S, help="λ of FACE (1.0)")
-    p.add_argument("--patch-size", type=int, default=_S, help="crop size in pixels (64)")
-    p.add_argument("--n-designs", type=int, default=_S, help="Sobol designs (32)")
-    p.add_argument("--max-iter", type=int, default=_S, help="solver iterations (its default)")
+    p.add_argument(
+        "--method", default=_S, help=f"face, face-paper, nmf, craft or ice ({_default('method')})"
+    )
+    p.add_argument("--n-concepts", type=int, default=_S, help="concepts per bank (default: 10)")
+    p.add_argument("--kl-weight", type=float, default=_S, help=KL_HELP)
+    p.add_argument(
+        "--patch-size", type=int, default=_S, help=f"crop size in pixels ({_default('patch_size')})"
+    )
+    p.add_argument(
+        "--n-designs", type=int, default=_S, help=f"Sobol designs ({_default('n_designs')})"
+    )
+    p.add_argument("--max-iter", type=int, default=_S, help=MAX_ITER_HELP)
     p.add_argument(
         "--executor", choices=("local", "ray"), default=_S, help="local (default) or ray"
     )
@@ -194,12 +200,21 @@ def _write_sidecars(
     from face_concepts.report.runs import write_sidecar
 
     record = {"command": "atlas", "model": s.model, "layer": s.layer, "device": s.device}
-    record["weights"] = str(Path(s.weights).resolve()) if s.weights else None
+    record["weights"] = _weights_record(s.weights)
     runs = [Path(r["run_dir"]) for r in rows]
     if shared:
         runs.append(out / "shared")
     for run in runs:
         write_sidecar(run, {**record, "out": str(run.resolve())})
+
+
+def _weights_record(weights: str | None) -> str | None:
+    """The weights as recorded: a resolved file path, or the keyword ``random`` as given."""
+    from face_concepts.cli import RANDOM_WEIGHTS
+
+    if not weights or weights == RANDOM_WEIGHTS:
+        return weights or None
+    return str(Path(weights).resolve())
 
 
 def _check_args(s: SimpleNamespace) -> tuple[bool, list[int] | None, bool]:
@@ -235,7 +250,8 @@ def cmd_atlas(s: SimpleNamespace) -> int:
     executor = _executor(s)  # before the model: a missing Ray fails fast
     with executor:
         _say(s, f"loading model {s.model} ...")
-        split = load_model(s.model, s.weights, layer=s.layer)  # on CPU; tasks move it to --device
+        # on CPU; tasks move it to --device
+        split = load_model(s.model, s.weights, layer=s.layer, signed=s.signed)
         jobs = (
             _bundled_jobs(split, classes, s.seed)
             if bundled
@@ -255,7 +271,7 @@ def cmd_atlas(s: SimpleNamespace) -> int:
     _write_sidecars(s, out, rows, shared)
     _say(s, "building the atlas ...")
     cache = ModelCache(device=s.device)
-    cache.put(split, s.model, str(Path(s.weights).resolve()) if s.weights else None, split.layer)
+    cache.put(split, s.model, _weights_record(s.weights), split.layer, signed=s.signed)
     report = build_report(out, device=s.device, progress=s.progress, cache=cache)
     summary = {
         "out": str(out), "report": str(report), "shared": shared, "executor": described,

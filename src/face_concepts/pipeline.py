@@ -36,6 +36,10 @@ class ConceptExplainer:
         r.
     kl_weight : float
         λ for FACE (ignored by methods that fix it: nmf/craft/ice use 0, face-paper 1e-5).
+        Default 1.0, unlike the engine ``FACE(kl_weight=1e-5)``, whose default is the authors'
+        demo value: at this objective's scale λ ≤ 1e-2 gives the same concepts as λ = 0 (plain
+        NMF), while λ = 1 changes them (C-Deletion 0.61 → 0.89 on MobileNetV2, the recommended
+        λ on Fashion-MNIST; ``benchmarks/results/reproduction.md``). The CLI uses 1.0 too.
     patch_size, stride : int
         Grid crops (method.md §4.2); stride defaults to ``int(0.8 · patch_size)``.
     resize_patches : bool or None

@@ -69,7 +69,7 @@ METRIC_HELP: dict[str, tuple[str, str, str]] = {
         "C-Stab",
         "↑",
         "mean cosine between concepts matched across refits on 5 folds of the images "
-        "(n/a: not computed)",
+        "(n/a: not computed; fit --stability or evaluate(stability=True) computes it)",
     ),
 }
 
