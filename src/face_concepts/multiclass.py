@@ -32,6 +32,7 @@ import torch
 
 from ._device import resolve_device
 from ._io import atomic_write_bytes
+from ._warnings import recording
 from .bank import ConceptBank
 from .methods import factorize, get_method
 from .persist import _to_uint8
@@ -126,6 +127,16 @@ class SharedConceptExplainer:
         explainers = {int(c): self._new_explainer() for c in images_by_class}
         if len(explainers) != len(images_by_class):
             raise ValueError(f"class ids must be distinct, got {list(images_by_class)}")
+        self.warnings_: list[str] = []
+        with recording(self.warnings_):
+            self._fit(explainers, images_by_class)
+        for ex in explainers.values():  # each class's run keeps the fit's warnings
+            ex.warnings_ = list(self.warnings_)
+        return self
+
+    def _fit(
+        self, explainers: dict[int, ConceptExplainer], images_by_class: Mapping[int, Any]
+    ) -> None:
         prepared = {
             c: explainers[c]._prepare_fit(images, c)
             for c, images in zip(explainers, images_by_class.values())
@@ -152,7 +163,6 @@ class SharedConceptExplainer:
         self.row_codes_ = U.cpu()
         self.row_class_ = torch.repeat_interleave(torch.tensor(self.classes_), torch.tensor(counts))
         self.fit_info_ = info
-        return self
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "explainers_"):
@@ -251,6 +261,18 @@ class SharedConceptExplainer:
             "fit": {k: v for k, v in info.items() if k != "history"},
             "loss_history": info.get("history"),
             "metrics": {},
+            "warnings": list(
+                dict.fromkeys(
+                    [
+                        *getattr(self, "warnings_", []),
+                        *(
+                            w
+                            for e in self.explainers_.values()
+                            for w in getattr(e, "warnings_", [])
+                        ),
+                    ]
+                )
+            ),
         }
 
     @classmethod

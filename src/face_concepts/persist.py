@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ._validation import dead_concepts
+from ._warnings import one_line, recording
 from .bank import ConceptBank
 
 
@@ -61,7 +62,13 @@ def save_explainer(explainer: Any, path: Any, *, metrics: dict[str, Any] | None 
     if examples is not None and pre is not None:
         tensors["example_images"] = _to_uint8(pre.denormalize(examples))
     info = dict(explainer.fit_info_)
-    dead = _dead(explainer)
+    shown = getattr(explainer, "warnings_", None)
+    shown = [] if shown is None else shown
+    with recording(shown):
+        dead = _dead(explainer)
+    approximation = getattr(split, "approximation", None)  # warned when the model was loaded
+    if approximation and one_line(approximation) not in shown:
+        shown.insert(0, one_line(approximation))
     metadata = {
         "model": split.description()
         if hasattr(split, "description")
@@ -77,6 +84,7 @@ def save_explainer(explainer: Any, path: Any, *, metrics: dict[str, Any] | None 
         "loss_history": info.get("history"),
         "metrics": metrics or {},
         "dead_concepts": dead,
+        "warnings": list(shown),
     }
     out = Path(path)
     ConceptBank(tensors, metadata).save(out)
@@ -162,6 +170,7 @@ def load_explainer(cls: type, path: Any, split: Any = None) -> Any:
     ex.n_skipped_ = meta.get("n_skipped", 0)
     ex.image_paths_ = list(meta.get("images") or [])
     ex.dead_concepts_ = list(meta.get("dead_concepts") or [])
+    ex.warnings_ = list(meta.get("warnings") or [])
     # What a fresh fit keeps in memory but a run does not hold (the crops of every row, their
     # codes, the rows themselves) is replaced by what the run saved: the top crops per concept
     # with their codes, and the example images.

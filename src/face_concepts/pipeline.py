@@ -13,6 +13,7 @@ import torch
 
 from ._device import resolve_device
 from ._validation import check_float, check_int
+from ._warnings import recording
 from .activations import extract_activations
 from .data import ImageSet, extract_patches, load_images, preprocess_images, resize_patches
 from .decomposition import FACE, encode
@@ -223,20 +224,26 @@ class ConceptExplainer:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, images: Any, class_id: int) -> ConceptExplainer:
-        """Extract concepts of ``class_id`` from ``images`` (paths, folder, PIL images or tensor)."""
-        prepared = self._prepare_fit(images, class_id)
-        dev = resolve_device(self.device)
-        U, W, info = factorize(
-            self.spec,
-            prepared["rows"].to(dev),
-            self._head(),
-            n_concepts=prepared["n_concepts"],
-            kl_weight=self.effective_kl_weight,
-            random_state=self.random_state,
-            max_iter=self.max_iter,
-            tol=self.tol,
-        )
-        return self._adopt_fit(prepared, U, W, info)
+        """Extract concepts of ``class_id`` from ``images`` (paths, folder, PIL images or tensor).
+
+        The warnings shown while fitting (and later evaluating) are kept in ``warnings_`` and
+        saved with the run, so that the atlas shows them too.
+        """
+        self.warnings_: list[str] = []
+        with recording(self.warnings_):
+            prepared = self._prepare_fit(images, class_id)
+            dev = resolve_device(self.device)
+            U, W, info = factorize(
+                self.spec,
+                prepared["rows"].to(dev),
+                self._head(),
+                n_concepts=prepared["n_concepts"],
+                kl_weight=self.effective_kl_weight,
+                random_state=self.random_state,
+                max_iter=self.max_iter,
+                tol=self.tol,
+            )
+            return self._adopt_fit(prepared, U, W, info)
 
     # The two halves of ``fit``, also used by ``multiclass.SharedConceptExplainer``, which
     # factorises the rows of several classes at once and then adopts the shared bank per class.
@@ -334,6 +341,12 @@ class ConceptExplainer:
     ) -> MetricReport:
         """Metrics of method.md §6 on ``images`` (default: the fitting images)."""
         self._check_fitted()
+        if getattr(self, "warnings_", None) is None:
+            self.warnings_ = []
+        with recording(self.warnings_):
+            return self._evaluate(images, stability=stability, split=split)
+
+    def _evaluate(self, images: Any, *, stability: bool, split: str | None) -> MetricReport:
         if images is None:
             A, U, name = self.image_activations_, self.image_codes_, split or "fit"
         else:

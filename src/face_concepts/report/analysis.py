@@ -39,6 +39,7 @@ class ConceptView:
     heatmaps: list[tuple[str, bytes]] = field(default_factory=list)
     crop_captions: list[str] = field(default_factory=list)
     class_importance: list[float] = field(default_factory=list)  # shared banks: per class
+    class_contribution_share: list[float | None] = field(default_factory=list)  # per class
 
 
 @dataclass
@@ -144,15 +145,38 @@ def _chart_figures(view: RunView) -> None:
         view.notes.append("this run recorded no loss history (the solver keeps none)")
 
 
-def _add_contributions(view: RunView, explainer: Any) -> None:
+def concept_contributions(explainer: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean contribution (r,) of each concept to the run's class logit on its fitting images,
+    and its share of their sum (see :func:`contribution_shares`)."""
     from face_concepts.importance import gradient_input
 
     gi = gradient_input(
         explainer.image_codes_, explainer.concept_bank_, explainer.split.head, explainer.class_id_
     )
-    mean, share = contribution_shares(gi)
+    return contribution_shares(gi)
+
+
+def _add_contributions(view: RunView, explainer: Any) -> None:
+    from face_concepts.report.notices import share_notice
+
+    mean, share = concept_contributions(explainer)
     for c in view.concepts:
         c.contribution, c.contribution_share = float(mean[c.index]), float(share[c.index])
+    view.notes += share_notice([float(v) for v in share], float(mean.sum()))
+
+
+def shown_importance(view: RunView) -> torch.Tensor:
+    """The importance the page shows for each concept, indexed by concept (mean over classes
+    for a shared bank), for figure titles that agree with the page."""
+    imp = torch.zeros(len(view.concepts), dtype=torch.float64)
+    for c in view.concepts:
+        imp[c.index] = c.importance
+    return imp
+
+
+def no_source(source: Any) -> bool:
+    """Whether ``source`` names no example image (``None``, ``""`` or an empty list)."""
+    return source is None or (isinstance(source, (str, list, tuple)) and len(source) == 0)
 
 
 def _example_batch(source: Any, split: Any, max_images: int) -> tuple[torch.Tensor, list[str]]:
@@ -194,7 +218,7 @@ def _add_heatmaps(
             c.heatmaps.append((caption, image_jpeg(pic, size=HEATMAP_DISPLAY)))
     top = [c.index for c in view.concepts[:7]]
     fig = viz.heatmap_overlay(
-        x[0], maps[0], top, importance=explainer.importance_, class_name=view.class_name,
+        x[0], maps[0], top, importance=shown_importance(view), class_name=view.class_name,
         preprocess=split.preprocess,
     )  # fmt: skip
     view.figures["overview_heatmaps"] = figure_png(fig)
@@ -229,6 +253,7 @@ def analyse_run(
     name : str, optional
         Run label (default: the directory name).
     """
+    from face_concepts.report.notices import run_notices
     from face_concepts.report.runs import read_sidecar
 
     path = Path(run)
@@ -244,6 +269,7 @@ def analyse_run(
     if "importance" not in tensors:
         raise ValueError(f"the run at {str(path)!r} has no concept importance; is it a fitted run?")
     view = RunView(path, name or path.name, meta, read_sidecar(path), _concepts(tensors))
+    view.notes += run_notices(meta)
     if "crops" not in tensors:
         view.notes.append("no crops: this method factorises spatial positions, not image crops")
     _chart_figures(view)
@@ -253,8 +279,8 @@ def analyse_run(
         view.notes.append(f"model not loaded ({exc}); contributions and heatmaps left out")
         return view
     _add_contributions(view, explainer)
-    source = images if images is not None else run_images(path, meta)
-    if source is None:
+    source = images if not no_source(images) else run_images(path, meta)
+    if no_source(source):  # runs fitted on tensors record no files: their stored examples
         source = tensors.get(EXAMPLE_IMAGES)
     if source is None:
         view.notes.append("no example images recorded for this run; heatmaps left out")

@@ -33,6 +33,7 @@ padding:18px 22px;margin:22px 0}
 table{border-collapse:collapse;margin:8px 0;font-size:14px}
 th,td{border-bottom:1px solid #e4e7ec;padding:4px 10px;text-align:left;vertical-align:top}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.scroll{overflow-x:auto;max-width:100%}article.run,section.panel{min-width:0;overflow-wrap:anywhere}
 th{background:#f0f2f5}.help{color:#596275;font-size:13px}
 section.concept{border-top:1px solid #e4e7ec;padding:12px 0}
 section.concept h4{margin:4px 0}
@@ -102,8 +103,9 @@ def _metrics_table(view: RunView) -> str:
         )
     counts = ", ".join(f"{escape(s)}: {m.get('n_images', '?')} images" for s, m in splits.items())
     return (
+        '<div class="scroll">'
         f"<table><tr><th>metric</th>{head}<th>what it measures</th></tr>{''.join(rows)}</table>"
-        f'<p class="help">{counts}. ↑: higher is better, ↓: lower is better.</p>'
+        f'</div><p class="help">{counts}. ↑: higher is better, ↓: lower is better.</p>'
     )
 
 
@@ -119,11 +121,13 @@ def _importance_table(view: RunView) -> str:
             f'</span> {_pct(c.importance_share)}</td><td class="num">{format_value(c.contribution)}</td>'
             f'<td class="num">{_pct(c.contribution_share)}</td></tr>'
         )
+    if view.shared:  # means over the classes, each on its own images and its own logit
+        tail = "<th>mean contribution to the class logits</th><th>mean share of prediction</th>"
+    else:
+        tail = "<th>contribution to class logit</th><th>share of prediction</th>"
     return (
-        "<table><tr><th>rank</th><th>concept</th><th>importance</th><th>share of importance</th>"
-        "<th>contribution to class logit</th><th>share of prediction</th></tr>"
-        + "".join(rows)
-        + "</table>"
+        '<div class="scroll"><table><tr><th>rank</th><th>concept</th><th>importance</th>'
+        f"<th>share of importance</th>{tail}</tr>" + "".join(rows) + "</table></div>"
     )
 
 
@@ -261,22 +265,27 @@ def _overview(views: list[RunView]) -> str:
         entries = v.classes or [
             {"class_id": v.class_id, "class_name": v.class_name, "metrics": v.metrics}
         ]
-        method = f"{v.method} (shared)" if v.shared else v.method
+        bank = f"shared by {len(v.classes)} classes" if v.shared else "own"
         for e in entries:
             metrics = {k: m for k, m in (e.get("metrics") or {}).items() if isinstance(m, dict)}
             # Held-out images say more than the fitting ones; fall back to what the run holds.
             split = next((k for k in ("heldout", "fit") if k in metrics), next(iter(metrics), ""))
             m = metrics.get(split, {})
             cells = "".join(f'<td class="num">{format_value(m.get(k))}</td>' for k in keys)
+            # a shared bank's row names its class's own run, not the bank's folder each time
+            label = f"{v.name}/{e['run']}" if v.shared and e.get("run") else v.name
+            n = m.get("n_images")
+            on = f"{split} ({n})" if split and n is not None else (split or "n/a")
             rows.append(
-                f'<tr><td><a href="#{v.anchor}">{escape(v.name)}</a></td>'
+                f'<tr><td><a href="#{v.anchor}">{escape(label)}</a></td>'
                 f"<td>{escape(str(e.get('class_id')))} {escape(e.get('class_name') or '')}</td>"
-                f"<td>{escape(method)}</td><td>{len(v.concepts)}</td>"
-                f"<td>{escape(split or 'n/a')}</td>{cells}</tr>"
+                f"<td>{escape(v.method)}</td><td>{escape(bank)}</td><td>{len(v.concepts)}</td>"
+                f"<td>{escape(on)}</td>{cells}</tr>"
             )
     return (
-        '<section class="panel"><h2>Runs</h2><table><tr><th>run</th><th>class</th><th>method</th>'
-        f"<th>concepts</th><th>images</th>{head}</tr>{''.join(rows)}</table>"
+        '<section class="panel"><h2>Runs</h2><div class="scroll"><table><tr><th>run</th>'
+        "<th>class</th><th>method</th><th>concept bank</th><th>concepts</th>"
+        f"<th>metrics on (images)</th>{head}</tr>{''.join(rows)}</table></div>"
         '<p class="help">Metrics on the held-out images where the run has them, else on the '
         "fitting images; each run's section below explains every metric.</p></section>"
     )

@@ -15,7 +15,14 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
-from face_concepts.report.analysis import RunView, _add_heatmaps, _chart_figures, _concepts
+from face_concepts.report.analysis import (
+    RunView,
+    _add_heatmaps,
+    _chart_figures,
+    _concepts,
+    concept_contributions,
+    no_source,
+)
 from face_concepts.report.glossary import METRIC_HELP, format_value
 from face_concepts.report.images import figure_png
 from face_concepts.report.runs import ModelCache, load_run, read_sidecar
@@ -103,8 +110,11 @@ def analyse_shared_run(
 ) -> RunView:
     """What the atlas shows of a shared bank (called by ``analyse_run`` for shared runs)."""
     meta, tensors = bank.metadata, bank.tensors
+    from face_concepts.report.notices import shared_notices
+
     view = RunView(path, name or path.name, meta, read_sidecar(path), _concepts(tensors))
     view.classes = [dict(c) for c in meta.get("classes") or []]
+    view.notes += shared_notices(meta)
     imp = tensors["class_importance"].double()
     view.class_importance = imp.tolist()
     labels = [class_label(c) for c in view.classes]
@@ -120,11 +130,13 @@ def analyse_shared_run(
     if not view.classes:
         return view
     try:
-        explainer = load_run(path / view.classes[0]["run"], weights=weights, cache=cache)
+        explainers = [load_run(path / c["run"], weights=weights, cache=cache) for c in view.classes]
     except Exception as exc:  # the atlas still shows what the run holds
-        view.notes.append(f"model not loaded ({exc}); heatmaps left out")
+        view.notes.append(f"model not loaded ({exc}); contributions and heatmaps left out")
         return view
-    source = images if images is not None else tensors.get("example_images")
+    _add_class_contributions(view, explainers)
+    explainer = explainers[0]
+    source = images if not no_source(images) else tensors.get("example_images")
     if source is None:
         view.notes.append("no example images recorded for this run; heatmaps left out")
         return view
@@ -133,6 +145,27 @@ def analyse_shared_run(
     except Exception as exc:
         view.notes.append(f"heatmaps left out: the example images could not be used ({exc})")
     return view
+
+
+def _add_class_contributions(view: RunView, explainers: list[Any]) -> None:
+    """Each concept's contribution to every class's logit (on that class's images); the table
+    shows their mean over classes, each concept's line the share per class."""
+    from face_concepts.report.notices import share_notice
+
+    means, shares = [], []
+    for entry, ex in zip(view.classes, explainers):
+        mean, share = concept_contributions(ex)
+        means.append(mean)
+        shares.append(share)
+        view.notes += [
+            f"{class_label(entry)}: {n}"
+            for n in share_notice([float(v) for v in share], float(mean.sum()))
+        ]
+    mean_all, share_all = torch.stack(means).mean(0), torch.stack(shares).mean(0)
+    for c in view.concepts:
+        c.contribution = float(mean_all[c.index])
+        c.contribution_share = float(share_all[c.index])
+        c.class_contribution_share = [float(s[c.index]) for s in shares]
 
 
 # ---------------------------------------------------------------------- HTML
@@ -145,14 +178,17 @@ def class_metrics_table(view: RunView) -> str:
         split = next((s for s in ("heldout", "fit") if s in metrics), "")
         m = metrics.get(split) or {}
         cells = "".join(f'<td class="num">{format_value(m.get(k))}</td>' for k in _SUMMARY)
+        # the images the metrics were computed on (the held-out count next to "heldout")
+        n = m.get("n_images") if m.get("n_images") is not None else c.get("n_images", "?")
         rows.append(
             f"<tr><td>{escape(class_label(c))}</td><td>{escape(split or 'n/a')}</td>"
-            f'<td class="num">{c.get("n_images", "?")}</td>{cells}'
+            f'<td class="num">{n}</td><td class="num">{c.get("n_images", "?")}</td>{cells}'
             f"<td><code>{escape(str(c.get('run', '')))}</code></td></tr>"
         )
     return (
-        '<table class="class-metrics"><tr><th>class</th><th>images</th><th>n</th>'
-        f"{head}<th>class run</th></tr>{''.join(rows)}</table>"
+        '<div class="scroll"><table class="class-metrics"><tr><th>class</th><th>metrics on</th>'
+        "<th>images</th><th>fitted on</th>"
+        f"{head}<th>class run</th></tr>{''.join(rows)}</table></div>"
     )
 
 
@@ -166,17 +202,25 @@ def class_importance_table(view: RunView) -> str:
         )
         rows.append(f"<tr><td>{escape(class_label(entry))}</td>{cells}</tr>")
     return (
+        '<div class="scroll">'
         f'<table class="class-importance"><tr><th>class</th>{head}</tr>{"".join(rows)}</table>'
-        '<p class="help">Sobol total index of each shared concept for each class’s logit '
+        '</div><p class="help">Sobol total index of each shared concept for each class’s logit '
         "(the heatmap above shows each row as shares of its total).</p>"
     )
 
 
 def shared_concept_line(view: RunView, c: Any) -> str:
     """The per-class importance of one shared concept, as a line of its section."""
-    parts = [
-        f"{escape(class_label(e))}: {c.class_importance[i]:.3f}"
-        for i, e in enumerate(view.classes)
-        if i < len(c.class_importance)
-    ]
+    parts = []
+    for i, e in enumerate(view.classes):
+        if i >= len(c.class_importance):
+            continue
+        part = f"{escape(class_label(e))}: {c.class_importance[i]:.3f}"
+        if i < len(c.class_contribution_share):
+            part += f" ({_share(c.class_contribution_share[i])} of its prediction)"
+        parts.append(part)
     return f'<p class="class-line">importance per class — {" · ".join(parts)}</p>'
+
+
+def _share(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{100 * x:.1f} %"
