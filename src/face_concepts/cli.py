@@ -94,11 +94,11 @@ SIGNED_CHOICES = ("posneg", "relu")
 # face_concepts.methods.METHODS, named here so that a typo is refused without importing torch
 # (tests/test_cli_journey.py checks that the two agree).
 METHOD_NAMES = ("face", "face-paper", "nmf", "craft", "ice")
-# Lower bounds of the numeric settings, checked before anything is loaded.
+# Lower bounds of the numeric settings, checked before anything is loaded (atlas checks its
+# --workers and --gpus-per-task itself, also before loading).
 MINIMUM: dict[str, float] = {
     "n_concepts": 1, "kl_weight": 0.0, "patch_size": 1, "n_designs": 2, "batch_size": 1,
-    "max_iter": 1, "tol": 0.0, "seed": 0, "top": 1, "n_examples": 0, "workers": 1,
-    "gpus_per_task": 0.0,
+    "max_iter": 1, "tol": 0.0, "seed": 0, "top": 1, "n_examples": 0,
 }  # fmt: skip
 # What a fit writes into its run directory besides the bank, and what later commands add to it:
 # `fit --overwrite` removes all of it, so nothing of the old run is left next to the new bank.
