@@ -43,8 +43,9 @@ class FACE(BaseEstimator):
         "auto" picks "hals" (majorise-minimise HALS, monotone) for affine heads and "pgd"
         (projected gradient, autograd) otherwise. "adam" is the authors' solver, for parity.
     max_iter, tol : int, float, optional
-        Defaults per solver: hals/pgd 1000 and 1e-5 (relative decrease of the objective over
-        one iteration); adam 22,000 and 1e-3 (absolute loss change, the authors' rule).
+        Defaults per solver: hals 1000 and 1e-5 (relative decrease of the objective per
+        iteration, averaged over the last 10 iterations); pgd 1000 and 1e-5 (relative decrease
+        over one iteration); adam 22,000 and 1e-3 (absolute loss change, the authors' rule).
     init : {"auto", "nndsvd", "nndsvda", "nndsvd-authors", "random", "custom"}
         "auto" is "nndsvd-authors" for solver "adam" and "nndsvda" otherwise.
     random_state : int, torch.Generator or None
@@ -71,10 +72,15 @@ class FACE(BaseEstimator):
     concept_bank_ : Tensor (r, p)
         W.
     n_iter_ : int
+        Iterations of the solver on the FACE objective.
+    n_warm_iter_ : int
+        ``solver="hals"`` with ``kl_weight > 0`` (and an init other than "custom"): iterations
+        of the plain-NMF warm start that precedes them; 0 otherwise.
     objective_ : float
         Final value of the objective.
     loss_history_ : dict
-        "total", "recon", "kl" per iteration (entry 0: the initialisation).
+        "total", "recon", "kl" per iteration (entry 0: the start of the FACE iterations, i.e.
+        the initialisation, or the end of the plain-NMF warm start).
     converged_ : bool
     solver_ : str
         The solver actually used.
@@ -197,6 +203,7 @@ class FACE(BaseEstimator):
                         f"iter {t}: objective {terms.total:.6g} (recon {terms.recon:.4g}, kl {terms.kl:.4g})"
                     )
 
+        options = {"warm_start": init != "custom"} if solver == "hals" else {}
         res = SOLVERS[solver](
             prob,
             U,
@@ -204,12 +211,14 @@ class FACE(BaseEstimator):
             max_iter=self._settings["max_iter"],
             tol=self._settings["tol"],
             callback=callback,
+            **options,
         )
         # Polish the codes with the single encoder (W fixed, same objective): it can only lower
         # the objective, and makes fit_transform(A) agree with fit(A).transform(A).
         U, _ = solve_codes(prob, res.W, res.U, max_iter=500, tol=1e-7)
         self.concept_bank_ = res.W
         self.n_iter_ = res.n_iter
+        self.n_warm_iter_ = res.warm_iter
         self.converged_ = res.converged
         self.loss_history_ = res.history
         self.solver_ = solver

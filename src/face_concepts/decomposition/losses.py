@@ -16,9 +16,16 @@ import torch.nn.functional as F
 from .._validation import as_float_tensor, check_float
 
 
-def kl_rows(target_log_probs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """Per-row ``KL(P_i ‖ softmax(logits_i))`` given ``log P`` (natural log)."""
-    P = target_log_probs.exp()
+def kl_rows(
+    target_log_probs: torch.Tensor, logits: torch.Tensor, target_probs: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-row ``KL(P_i ‖ softmax(logits_i))`` given ``log P`` (natural log); ``P`` if known.
+
+    Summed as ``Σ_c P_c (log P_c − log softmax_c)``: float32 rounding is relative to
+    ``Σ_c P_c |log P_c − log softmax_c|``, which vanishes with the KL, not to the size of the
+    logits as in the expanded form ``Σ P log P − P·z + logsumexp z``.
+    """
+    P = target_log_probs.exp() if target_probs is None else target_probs
     return (P * (target_log_probs - torch.log_softmax(logits, dim=1))).sum(dim=1)
 
 
