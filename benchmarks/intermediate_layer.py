@@ -1,0 +1,272 @@
+"""Cost of an intermediate layer's head and fit against the last layer's (issue 18, item 1).
+
+Target: a fit of 12 images at ResNet-18's ``layer3`` costs at most 3x the fit at its last layer
+and stays under 2 GB (peak RSS). Also timed: one head call on 192 rows (12 images x 16 crops)
+with the head that runs only the rest of the network (the tail) and with the former head (the
+whole model on zero images with a hook), forward and forward + backward.
+
+Offline weights: torchvision ResNet-18 with random weights (seed 0) and the bundled MobileNetV2
+(real ImageNet weights; its ``features.14`` is signed and split with ``signed="posneg"``). The
+12 images are the first 12 photos bundled with installed packages, at 224 px.
+
+Every case runs in its own subprocess, which reports its wall time and its peak RSS
+(``resource.getrusage``); a case stops itself at its time limit (a fit at 3x the last-layer
+fit's time: past it the target is missed anyway) and reports how far it got.
+
+    python benchmarks/intermediate_layer.py [--threads 2] [--out benchmarks/results/intermediate_layer.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+N_IMAGES = 12
+N_ROWS = 192  # 12 images x 16 crops of 64 px (stride 51) at 224 px
+TARGET_RATIO = 3.0
+TARGET_MB = 2048.0
+HEAD_LIMIT_S = 600
+
+
+class _TimeUp(Exception):
+    pass
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _split(model: str, layer: str | None):
+    import torch
+    import torchvision
+
+    from face_concepts.models import load_model, split_model
+
+    if model == "mobilenet_v2":
+        signed = "posneg" if layer == "features.14" else None
+        return load_model("bundled:mobilenet_v2", layer=layer, signed=signed)
+    from face_concepts.data.preprocess import Preprocess
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = torchvision.models.resnet18(weights=None).eval()
+    pre = Preprocess(resize_size=256, crop_size=224)
+    return split_model(net, layer, preprocess=pre, name="torchvision:resnet18 (random weights)")
+
+
+def _hook_head(split):
+    """The former head of an intermediate layer (whole model on zero images, hooked)."""
+    import torch
+    from torch import nn
+
+    from face_concepts.models._modules import PosNegHead
+
+    inner = split.head.head if isinstance(split.head, PosNegHead) else split.head
+    h, w = inner.map_size
+    side = split.probe_size
+
+    class HookHead(nn.Module):
+        def forward(self, a: torch.Tensor) -> torch.Tensor:
+            state = {"done": False}
+
+            def hook(_m: Any, _i: Any, out: torch.Tensor) -> torch.Tensor | None:
+                if state["done"]:
+                    return None
+                state["done"] = True
+                return a[:, :, None, None].expand(-1, -1, h, w).to(out.dtype).contiguous()
+
+            dummy = torch.zeros((a.shape[0], 3, side, side), dtype=a.dtype)
+            handle = split.model.get_submodule(split.layer).register_forward_hook(hook)
+            try:
+                return split.model(dummy)
+            finally:
+                handle.remove()
+
+    head = HookHead()
+    return PosNegHead(head) if isinstance(split.head, PosNegHead) else head
+
+
+def run_case(case: dict[str, Any]) -> dict[str, Any]:
+    """One case, in this process (the subprocess side)."""
+    import torch
+
+    torch.set_num_threads(case["threads"])
+    warnings.simplefilter("ignore")
+    out: dict[str, Any] = {"case": case}
+    limit = int(case.get("limit") or 0)
+
+    def alarm(*_: Any) -> None:
+        raise _TimeUp
+
+    t0 = time.perf_counter()
+    split = _split(case["model"], case["layer"])
+    out["split_s"] = time.perf_counter() - t0
+    out["head"] = getattr(split.head, "mode", None) or type(split.head).__name__
+    out["approximation"] = split.approximation
+    signal.signal(signal.SIGALRM, alarm)
+    if limit:
+        signal.alarm(limit)
+    t0 = time.perf_counter()
+    try:
+        if case["kind"] == "head":
+            head = split.head if case["head"] == "tail" else _hook_head(split)
+            a = torch.rand((N_ROWS, split.n_features), generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                head(a)
+            out["forward_s"] = time.perf_counter() - t0
+            x = a.clone().requires_grad_(True)
+            head(x).logsumexp(1).sum().backward()
+            out["forward_backward_s"] = time.perf_counter() - t0 - out["forward_s"]
+        else:
+            from face_concepts import ConceptExplainer
+            from face_concepts.data import bundled_photos, load_images, preprocess_images
+
+            paths = [p.path for p in bundled_photos()][:N_IMAGES]
+            x = preprocess_images(load_images(paths), split.preprocess)
+            t0 = time.perf_counter()
+            ex = ConceptExplainer(split, n_concepts=10, progress=False, random_state=0)
+            ex.fit(x, class_id=285)
+            out["n_rows"] = int(ex.row_codes_.shape[0])
+            out["n_iter"] = ex.fit_info_.get("n_iter")
+            out["solver"] = ex.fit_info_.get("solver")
+        out["wall_s"] = time.perf_counter() - t0
+        out["finished"] = True
+    except _TimeUp:
+        out["wall_s"] = time.perf_counter() - t0
+        out["finished"] = False
+    finally:
+        signal.alarm(0)
+    out["peak_mb"] = _peak_mb()
+    return out
+
+
+def spawn(case: dict[str, Any]) -> dict[str, Any]:
+    """Run ``case`` in a fresh interpreter and return its report."""
+    cmd = [sys.executable, __file__, "--case", json.dumps(case)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"case {case} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    result = json.loads(lines[-1])
+    print(
+        f"{case['kind']} {case['model']} {case['layer']} {case.get('head', '')}: "
+        f"{result['wall_s']:.1f} s, {result['peak_mb']:.0f} MB"
+        + ("" if result["finished"] else " (stopped at its time limit)"),
+        file=sys.stderr,
+        flush=True,
+    )
+    return result
+
+
+def _fmt_s(r: dict[str, Any], key: str = "wall_s") -> str:
+    if r.get(key) is None:
+        return "—"
+    return f"{r[key]:.1f}" + ("" if r["finished"] or key != "wall_s" else " (stopped)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/results/intermediate_layer.md")
+    parser.add_argument("--skip-hook", action="store_true", help="skip the former head's calls")
+    parser.add_argument(
+        "--hook-all", action="store_true", help="also MobileNetV2's former head (about 15 GB)"
+    )
+    parser.add_argument("--commit", help="the commit the code was at, for the record")
+    args = parser.parse_args(argv)
+    if args.case:
+        print(json.dumps(run_case(json.loads(args.case))), flush=True)
+        return 0
+
+    import torch
+
+    from _common import load_average, machine_lines
+
+    torch.set_num_threads(args.threads)
+    load_before = load_average()
+    t = args.threads
+    heads = []
+    for model, layer in (("resnet18", "layer3"), ("mobilenet_v2", "features.14")):
+        # the former head of MobileNetV2's features.14 peaks near 15 GB: only with --hook-all
+        hook = not args.skip_hook and (model == "resnet18" or args.hook_all)
+        for head in ("tail", *(("hook",) if hook else ())):
+            case = {"kind": "head", "model": model, "layer": layer, "head": head, "threads": t}
+            heads.append(spawn({**case, "limit": HEAD_LIMIT_S}))
+    fits = []
+    for model, layer in (("resnet18", "layer3"), ("mobilenet_v2", "features.14")):
+        last = spawn({"kind": "fit", "model": model, "layer": None, "threads": t})
+        limit = max(1, int(TARGET_RATIO * last["wall_s"]) + 1)
+        inter = spawn({"kind": "fit", "model": model, "layer": layer, "threads": t, "limit": limit})
+        fits.append((model, layer, last, inter))
+    load_after = load_average()
+
+    lines = [
+        "# Intermediate layers: the head runs only the rest of the network",
+        "",
+        f"- command: `python benchmarks/intermediate_layer.py --threads {t}`",
+        *([f"- code: commit {args.commit}"] if args.commit else []),
+        *machine_lines(),
+        f"- load average (1/5/15 min) before: {load_before}; after: {load_after}",
+        f"- {N_IMAGES} bundled photos at 224 px; ConceptExplainer defaults (face, 10 concepts, "
+        "64-px crops: 192 rows); ResNet-18 with random weights (seed 0), MobileNetV2 with the "
+        "bundled ImageNet weights (`features.14` split with `signed='posneg'`, p = 320)",
+        "- every case in its own process; peak RSS from `resource.getrusage` in that process "
+        "(it includes the ~1 GB of torch, torchvision and the model); a fit at an intermediate "
+        f"layer stops itself at {TARGET_RATIO:g}x the last-layer fit's time",
+        "",
+        f"## One head call on {N_ROWS} rows",
+        "",
+        "| model, layer | head | forward (s) | forward + backward (s) | peak RSS (MB) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in heads:
+        c = r["case"]
+        name = "rest of the network (tail)" if c["head"] == "tail" else "whole model, hooked"
+        if c["head"] == "tail":
+            name += f" [{r['head']}]"
+        lines.append(
+            f"| {c['model']} {c['layer']} | {name} | {_fmt_s(r, 'forward_s')} | "
+            f"{_fmt_s(r, 'forward_backward_s')} | {r['peak_mb']:.0f} |"
+        )
+    lines += [
+        "",
+        f"## Fit of {N_IMAGES} images: last layer vs intermediate layer",
+        "",
+        "| model | last layer: fit (s), solver, iterations, peak MB | intermediate layer | "
+        "intermediate: fit (s), solver, iterations, peak MB | ratio | target (≤ "
+        f"{TARGET_RATIO:g}x, < {TARGET_MB / 1024:g} GB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    verdicts = []
+    for model, layer, last, inter in fits:
+        ratio = inter["wall_s"] / last["wall_s"]
+        met = inter["finished"] and ratio <= TARGET_RATIO and inter["peak_mb"] < TARGET_MB
+        verdicts.append(met)
+        ratio_text = f"{ratio:.1f}" if inter["finished"] else f"> {ratio:.1f}"
+        lines.append(
+            f"| {model} | {_fmt_s(last)}, {last.get('solver')}, {last.get('n_iter')}, "
+            f"{last['peak_mb']:.0f} | {layer} | {_fmt_s(inter)}, {inter.get('solver', '—')}, "
+            f"{inter.get('n_iter', '—')}, {inter['peak_mb']:.0f} | {ratio_text} | "
+            f"{'met' if met else 'missed'} |"
+        )
+    approx = next((r["approximation"] for r in heads if r.get("approximation")), None)
+    lines += ["", f"Approximation stated by the split (first case): {approx}", ""]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    return 0 if all(verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
