@@ -121,3 +121,21 @@ def test_windowed_stop_rule():
     assert not sv._stop_test([5.0] * w + [4.999], 0.0)
     # Early iterations use the window they have.
     assert not sv._stop_test([10.0, 5.0], 1e-5)
+
+
+def test_randomized_svd_matches_the_full_svd_on_a_large_matrix():
+    from face_concepts.decomposition import init as ini
+
+    g = torch.Generator().manual_seed(5)
+    n, p, r = 900, 600, 6
+    # Low rank plus noise, singular values decaying: the regime of pooled activations.
+    L = torch.rand(n, 12, generator=g) @ torch.rand(12, p, generator=g)
+    A = (L + 0.01 * torch.rand(n, p, generator=g)).float()
+    assert n * p >= ini.RANDOMIZED_SVD_MIN_SIZE
+    _, S1, V1 = ini._thin_svd(A, r)
+    _, S, Vh = torch.linalg.svd(A.double(), full_matrices=False)
+    torch.testing.assert_close(S1, S[:r], rtol=1e-4, atol=0)
+    cos = (V1 * Vh[:r]).sum(dim=1).abs()
+    assert float(cos.min()) > 1 - 1e-4
+    U2, W2 = ini.nndsvd(A, r, variant="nndsvda")
+    assert U2.shape == (n, r) and W2.shape == (r, p) and float(U2.min()) >= 0

@@ -38,7 +38,10 @@ class FACE(BaseEstimator):
     n_concepts : int
         r, the number of concepts.
     kl_weight : float
-        λ ≥ 0. The authors' demo value is 1e-5; 0 gives plain NMF.
+        λ ≥ 0; 0 gives plain NMF. The default 1e-5 is the FACE authors' demo value, kept so
+        that the estimator reproduces their setting. ``ConceptExplainer`` and the CLI default to
+        1.0 instead: at this objective's scale λ ≤ 1e-2 gave NMF's concepts in our λ sweeps
+        (``benchmarks/results/reproduction.md``).
     solver : {"auto", "hals", "pgd", "adam"}
         "auto" picks "hals" (majorise-minimise HALS, monotone) for affine heads and "pgd"
         (projected gradient, autograd) otherwise. "adam" is the authors' solver, for parity.
