@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -138,6 +139,8 @@ def test_quiet_silences_warnings_and_progress(tmp_path, images):
     loud = tiny_fit(images, tmp_path / "loud", cwd=tmp_path)
     assert loud.returncode == 0, loud.stderr
     assert "face-concepts: warning:" in loud.stderr and "broken.png" in loud.stderr
+    # issue 18 item 2: the solver's progress (iteration, objective, time) while it runs
+    assert re.search(r"iteration 1: objective [0-9.e+-]+ \(recon .*KL .*\), [0-9.]+ s", loud.stderr)
     quiet = tiny_fit(images, tmp_path / "quiet", "-q", cwd=tmp_path)
     assert quiet.returncode == 0 and quiet.stderr == ""
     assert "run " in quiet.stdout  # results still go to stdout

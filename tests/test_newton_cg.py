@@ -139,3 +139,17 @@ def test_randomized_svd_matches_the_full_svd_on_a_large_matrix():
     assert float(cos.min()) > 1 - 1e-4
     U2, W2 = ini.nndsvd(A, r, variant="nndsvda")
     assert U2.shape == (n, r) and W2.shape == (r, p) and float(U2.min()) >= 0
+
+
+def test_verbose_fit_reports_solver_progress_on_stderr(capsys):
+    from face_concepts import FACE
+
+    A, _, _, lin, _ = _problem(4, n=40)
+    FACE(lin, 3, kl_weight=1.0, max_iter=12, tol=0.0, random_state=0, verbose=True).fit(A)
+    out = capsys.readouterr()
+    lines = [ln for ln in out.err.splitlines() if ln.startswith("hals iteration")]
+    assert [ln.split(":")[0] for ln in lines] == ["hals iteration 1", "hals iteration 10"]
+    assert all(" s" in ln and "objective" in ln and "KL" in ln for ln in lines)
+    assert out.out == ""
+    FACE(lin, 3, kl_weight=1.0, max_iter=12, tol=0.0, random_state=0).fit(A)
+    assert capsys.readouterr().err.count("iteration") == 0

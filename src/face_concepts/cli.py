@@ -577,7 +577,7 @@ def cmd_fit(s: SimpleNamespace) -> int:
         split, s.method, n_concepts=10 if s.n_concepts is None else s.n_concepts,
         kl_weight=s.kl_weight, patch_size=s.patch_size, n_designs=s.n_designs,
         batch_size=s.batch_size, filter_correct=s.filter_correct, max_iter=s.max_iter, tol=s.tol,
-        random_state=s.seed, device=s.device, progress=s.progress,
+        random_state=s.seed, device=s.device, progress=s.progress, verbose=s.progress,
     )  # fmt: skip
     named = f" ({s.class_id})" if isinstance(s.class_id, str) else ""
     _say(s, f"fitting {explainer.n_concepts} {s.method} concepts of class {class_id}{named} ...")

@@ -98,8 +98,10 @@ def factorize(
     random_state: Any,
     max_iter: int | None = None,
     tol: float | None = None,
+    verbose: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """Fit ``A ≈ U W`` as the method says. Returns ``(U, W, info)``; info has n_iter, history."""
+    """Fit ``A ≈ U W`` as the method says. Returns ``(U, W, info)``; info has n_iter, history.
+    ``verbose``: the FACE solver's progress on stderr."""
     if spec.factorizer == "face":
         est = FACE(
             head,
@@ -109,6 +111,7 @@ def factorize(
             max_iter=max_iter,
             tol=tol,
             random_state=random_state,
+            verbose=verbose,
         )
         with warnings.catch_warnings():
             # The Adam solver (face-paper) reads its loss with float() while it still requires

@@ -61,6 +61,8 @@ class ConceptExplainer:
         Where the factorisation runs (default: CPU, or the model's device).
     progress : bool
         Progress bars on stderr.
+    verbose : bool
+        The solver's progress on stderr while fitting (iteration, objective, elapsed time).
     cache_dir : path or None
         On-disk activation cache (safetensors shards, checksummed, resumable); reused by later
         runs on the same model, layer, preprocessing, patch settings and images.
@@ -92,6 +94,7 @@ class ConceptExplainer:
         device: Any = None,
         progress: bool = True,
         cache_dir: Any = None,
+        verbose: bool = False,
     ) -> None:
         self.split = split
         self.method = method
@@ -109,6 +112,7 @@ class ConceptExplainer:
         self.random_state = random_state
         self.device = device
         self.progress = progress
+        self.verbose = verbose
         self.cache_dir = cache_dir
 
     # ------------------------------------------------------------------ configuration
@@ -242,6 +246,7 @@ class ConceptExplainer:
                 random_state=self.random_state,
                 max_iter=self.max_iter,
                 tol=self.tol,
+                verbose=getattr(self, "verbose", False),
             )
             return self._adopt_fit(prepared, U, W, info)
 

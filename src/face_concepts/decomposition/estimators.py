@@ -6,6 +6,8 @@ fitted attributes end in ``_``.
 
 from __future__ import annotations
 
+import sys
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -56,7 +58,8 @@ class FACE(BaseEstimator):
     device : str or torch.device, optional
         Where to compute; default: the device of ``A``.
     verbose : bool
-        Print the objective every 10 iterations (every epoch with ``batch_size``).
+        Solver progress on stderr: iteration, objective and elapsed time at the first and
+        every 10th iteration (row progress bars per epoch with ``batch_size``).
     batch_size : int or None
         None (default): full-batch fit. An int: mini-batch / streaming fit
         (:mod:`~face_concepts.decomposition.minibatch`) — ``A`` may then also be a re-iterable
@@ -199,11 +202,15 @@ class FACE(BaseEstimator):
         prob = make_problem(A, head, lam)
         callback = None
         if self.verbose:
+            start = time.perf_counter()
 
-            def callback(t, terms):
-                if t % 10 == 0:
+            def callback(t: int, terms: Any) -> None:
+                if t == 1 or t % 10 == 0:
                     print(
-                        f"iter {t}: objective {terms.total:.6g} (recon {terms.recon:.4g}, kl {terms.kl:.4g})"
+                        f"{solver} iteration {t}: objective {terms.total:.6g} (recon "
+                        f"{terms.recon:.4g}, KL {terms.kl:.4g}), {time.perf_counter() - start:.1f} s",
+                        file=sys.stderr,
+                        flush=True,
                     )
 
         options = {"warm_start": init != "custom"} if solver == "hals" else {}
