@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .losses import Terms, kl_rows
+from .losses import Terms, factored_objective, kl_rows
 
 if TYPE_CHECKING:  # solvers imports this module (its W-step); the type only is needed here
     from .solvers import Problem
@@ -45,12 +45,9 @@ def _objective(
     prob: Problem, U: torch.Tensor, UtU: torch.Tensor, UtA: torch.Tensor, W: torch.Tensor
 ) -> tuple[Terms, torch.Tensor]:
     """``f(W)`` from the Gram products (reconstruction) and the logits ``U W Vᵀ + b`` (KL)."""
-    cross = float((UtA.double() * W.double()).sum())
-    quad = float((UtU.double() * (W @ W.T).double()).sum())
-    recon = max(prob.sq_norm_A - 2.0 * cross + quad, 0.0) * prob.alpha
     Z = torch.addmm(prob.head.b, U, W @ prob.head.V.T)
     kl = float(kl_rows(prob.logP, Z, prob.P).double().mean())
-    return Terms(recon + prob.kl_weight * kl, recon, kl), Z
+    return factored_objective(prob.sq_norm_A, UtA, UtU, W, prob.n, prob.p, kl, prob.kl_weight), Z
 
 
 def _conjugate_gradient(
