@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from face_concepts.activations import ActivationCache, extract_activations
+from face_concepts.activations.extract import ActivationCache, extract_activations
 from face_concepts.models import load_model
 
 BATCH = 64

@@ -5,7 +5,7 @@ Usage::
     python benchmarks/reproduce.py benchmarks/configs/imagenet_mobilenet.toml \
         --publish benchmarks/results --prefix reproduction
 
-Cells finished by an earlier (interrupted) run are reused; see face_concepts.benchmark. A config
+Cells finished by an earlier (interrupted) run are reused; see face_concepts.apps.benchmark.runner. A config
 whose dataset is not installed (Fashion-MNIST) is skipped with a message saying how to get it.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from face_concepts.benchmark import DatasetUnavailableError, run_benchmark
+from face_concepts.apps.benchmark.runner import DatasetUnavailableError, run_benchmark
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,10 +34,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_average, machine_lines
 from face_concepts import load_model
-from face_concepts.bank import ConceptBank
-from face_concepts.demo import _views, choose_classes
-from face_concepts.distributed import LocalExecutor, RayExecutor
-from face_concepts.multiclass import ClassJob, fit_classes
+from face_concepts.apps.demo import _views, choose_classes
+from face_concepts.pipeline.bank import ConceptBank
+from face_concepts.pipeline.executors import LocalExecutor, RayExecutor
+from face_concepts.pipeline.shared import ClassJob, fit_classes
 from face_concepts.report.glossary import METRIC_HELP
 
 KEYS = ("acc", "kl", "c_deletion", "c_insertion", "c_gini")

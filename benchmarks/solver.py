@@ -39,11 +39,11 @@ from face_concepts.decomposition._head import Head
 from face_concepts.decomposition.init import initialize
 from face_concepts.decomposition.newton import solve_codes_newton
 from face_concepts.decomposition.newton_cg import bank_newton_step
+from face_concepts.decomposition.problem import make_problem
 from face_concepts.decomposition.solvers import (
     _terms_at,
     evaluate,
     kkt_residual,
-    make_problem,
     solve_hals,
 )
 

@@ -1,6 +1,6 @@
 """Train the Fashion-MNIST classifier that the class-level benchmark explains (seeded recipe).
 
-Architecture: :class:`face_concepts.benchmark_sources.FashionCNN` (conv blocks whose last layer
+Architecture: :class:`face_concepts.apps.benchmark.sources.FashionCNN` (conv blocks whose last layer
 is a ReLU → global mean pool → one Linear layer), so ``split_model``-style splitting gives
 non-negative activations and an affine head. Data: the Debian package ``dataset-fashion-mnist``
 (``/usr/share/datasets/fashion-mnist``) or ``--root`` with the four IDX files.
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from face_concepts.benchmark_sources import (
+from face_concepts.apps.benchmark.sources import (
     FASHION_MNIST_CHECKPOINT,
     FashionCNN,
     fashion_mnist_tensor,

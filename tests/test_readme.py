@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from face_concepts import benchmark as bm
+from face_concepts.apps.benchmark import runner as bm
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"

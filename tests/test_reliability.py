@@ -25,16 +25,16 @@ from PIL import Image
 from torch import nn
 
 import _tiny
-import face_concepts._io as fio
+import face_concepts._core.io as fio
 from face_concepts import ConceptExplainer
-from face_concepts._validation import dead_concepts
-from face_concepts.activations import ActivationCache, extract_activations
-from face_concepts.bank import BankError, ConceptBank
-from face_concepts.cli import main
+from face_concepts._core.validation import dead_concepts
+from face_concepts.activations.extract import ActivationCache, extract_activations
+from face_concepts.cli.main import main
 from face_concepts.data import load_images, preprocess_images
 from face_concepts.data.preprocess import Preprocess
 from face_concepts.decomposition import FACE, NMF
 from face_concepts.models import ModelSplit, load_model
+from face_concepts.pipeline.bank import BankError, ConceptBank
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "test:reliability"
@@ -389,7 +389,7 @@ def test_no_unsafe_deserialisation_in_the_project():
 
 
 def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch):
-    import face_concepts.cli as cli
+    import face_concepts.cli.main as cli
 
     def interrupted(settings):
         raise KeyboardInterrupt

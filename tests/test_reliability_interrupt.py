@@ -27,8 +27,8 @@ import torch
 
 import _tiny
 from face_concepts import ConceptExplainer
-from face_concepts.activations import ActivationCache, extract_activations
-from face_concepts.bank import BankError, ConceptBank
+from face_concepts.activations.extract import ActivationCache, extract_activations
+from face_concepts.pipeline.bank import BankError, ConceptBank
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals")
 
@@ -120,7 +120,7 @@ def test_killed_extraction_resumes_from_finished_shards(tmp_path):
     cache_dir, marker = tmp_path / "cache", tmp_path / "blocked"
     child = _start(
         """
-        from face_concepts.activations import ActivationCache, extract_activations
+        from face_concepts.activations.extract import ActivationCache, extract_activations
         split, calls = tiny_split(), []
         def hook(module, args):
             calls.append(1)
@@ -198,8 +198,8 @@ def test_killed_fit_leaves_the_previous_run_intact(tmp_path):
 # ----------------------------------------------------------------------------- saving
 SAVE_BODY = """
     import torch
-    import face_concepts._io as fio
-    from face_concepts.bank import ConceptBank
+    import face_concepts._core.io as fio
+    from face_concepts.pipeline.bank import ConceptBank
     run, seed, where = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     def die():
         os.kill(os.getpid(), signal.SIGKILL)

@@ -18,11 +18,11 @@ _EXPORTS = {
     "NMF": "face_concepts.decomposition",
     "encode": "face_concepts.decomposition",
     "face_objective": "face_concepts.decomposition",
-    "ConceptBank": "face_concepts.bank",
+    "ConceptBank": "face_concepts.pipeline.bank",
     "ModelSplit": "face_concepts.models",
     "load_model": "face_concepts.models",
     "split_model": "face_concepts.models",
-    "ConceptExplainer": "face_concepts.pipeline",
+    "ConceptExplainer": "face_concepts.pipeline.explainer",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from face_concepts.cli import main
+from face_concepts.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

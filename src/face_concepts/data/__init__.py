@@ -7,8 +7,8 @@ that ship with installed packages.
 
 from __future__ import annotations
 
-from .bundled import BundledPhoto, bundled_photos
-from .datasets import (
+from face_concepts.data.bundled import BundledPhoto, bundled_photos
+from face_concepts.data.datasets import (
     CELEBA_PAPER_ATTRIBUTES,
     FASHION_MNIST_CLASSES,
     celeba_attribute_classes,
@@ -20,9 +20,9 @@ from .datasets import (
     read_idx,
     resolve_imagenet_class_folder,
 )
-from .decode import array_to_images, decode_image, to_rgb
-from .idx import fashion_mnist_images
-from .images import (
+from face_concepts.data.decode import array_to_images, decode_image, to_rgb
+from face_concepts.data.idx import fashion_mnist_images
+from face_concepts.data.images import (
     IMAGE_EXTENSIONS,
     ImageSet,
     list_image_files,
@@ -30,7 +30,7 @@ from .images import (
     load_images,
     preprocess_images,
 )
-from .patches import (
+from face_concepts.data.patches import (
     Patches,
     default_stride,
     extract_patches,
@@ -38,7 +38,7 @@ from .patches import (
     random_patches,
     resize_patches,
 )
-from .preprocess import Preprocess
+from face_concepts.data.preprocess import Preprocess
 
 __all__ = [
     "CELEBA_PAPER_ATTRIBUTES",

@@ -16,9 +16,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._validation import check_choice, check_int
-from .idx import FASHION_MNIST_CLASSES, FASHION_MNIST_ROOT, fashion_mnist, read_idx
-from .images import ImageSet, PathLike, decode_image, load_images
+from face_concepts._core.validation import check_choice, check_int
+from face_concepts.data.idx import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_ROOT,
+    fashion_mnist,
+    read_idx,
+)
+from face_concepts.data.images import ImageSet, PathLike, decode_image, load_images
 
 __all__ = [
     "CELEBA_PAPER_ATTRIBUTES",

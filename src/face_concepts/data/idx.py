@@ -12,8 +12,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from .._validation import check_choice
-from .decode import PathLike, array_to_images
+from face_concepts._core.validation import check_choice
+from face_concepts.data.decode import PathLike, array_to_images
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES: tuple[str, ...] = (

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .decode import PathLike, array_to_images, decode_image, load_npz, try_decode
-from .preprocess import Preprocess
+from face_concepts.data.decode import PathLike, array_to_images, decode_image, load_npz, try_decode
+from face_concepts.data.preprocess import Preprocess
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg",

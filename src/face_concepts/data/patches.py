@@ -19,8 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .._random import make_generator
-from .._validation import check_choice, check_float, check_int
+from face_concepts._core.seeding import make_generator
+from face_concepts._core.validation import check_choice, check_float, check_int
 
 
 @dataclass

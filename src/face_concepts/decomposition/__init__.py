@@ -19,12 +19,12 @@ described in :mod:`face_concepts.decomposition.minibatch`.
 
 from __future__ import annotations
 
-from .encoder import encode
-from .estimators import FACE, NMF
-from .init import initialize, nndsvd
-from .losses import face_objective, objective_and_grads
-from .minibatch import CachedActivations
-from .solvers import SOLVERS
+from face_concepts.decomposition.encoder import encode
+from face_concepts.decomposition.estimators import FACE, NMF
+from face_concepts.decomposition.init import initialize, nndsvd
+from face_concepts.decomposition.losses import face_objective, objective_and_grads
+from face_concepts.decomposition.minibatch import CachedActivations
+from face_concepts.decomposition.solvers import SOLVERS
 
 __all__ = [
     "FACE",

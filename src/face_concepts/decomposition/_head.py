@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._affine import affine_parameters
+from face_concepts.models.head import affine_parameters
 
 
 class Head:

@@ -12,16 +12,16 @@ from collections.abc import Callable
 
 import torch
 
-from .._validation import as_float_tensor, check_float, check_int
-from ._head import Head
-from .losses import kl_rows
-from .newton import solve_codes_newton
-from .solvers import (
+from face_concepts._core.validation import as_float_tensor, check_float, check_int
+from face_concepts.decomposition._head import Head
+from face_concepts.decomposition.losses import kl_rows
+from face_concepts.decomposition.newton import solve_codes_newton
+from face_concepts.decomposition.problem import make_problem
+from face_concepts.decomposition.solvers import (
     Problem,
     _Curvature,
     _materialised_loss,
     evaluate,
-    make_problem,
     pg_block,
     small_problem_threads,
     u_step,

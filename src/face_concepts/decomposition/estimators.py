@@ -15,13 +15,20 @@ from typing import Any
 import torch
 from sklearn.base import BaseEstimator
 
-from .._device import resolve_device
-from .._validation import as_float_tensor, check_choice, check_float, check_int, dead_concepts
-from . import minibatch as mb
-from ._head import Head
-from .encoder import encode, solve_codes
-from .init import INITS, initialize
-from .solvers import DEFAULTS, SOLVERS, evaluate, make_problem
+from face_concepts._core.device import resolve_device
+from face_concepts._core.validation import (
+    as_float_tensor,
+    check_choice,
+    check_float,
+    check_int,
+    dead_concepts,
+)
+from face_concepts.decomposition import minibatch as mb
+from face_concepts.decomposition._head import Head
+from face_concepts.decomposition.encoder import encode, solve_codes
+from face_concepts.decomposition.init import INITS, initialize
+from face_concepts.decomposition.problem import make_problem
+from face_concepts.decomposition.solvers import DEFAULTS, SOLVERS, evaluate
 
 SOLVER_CHOICES = ("auto", *SOLVERS)
 

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .._random import make_generator
+from face_concepts._core.seeding import make_generator
 
 INITS = ("nndsvd", "nndsvda", "nndsvd-authors", "random", "custom")
 

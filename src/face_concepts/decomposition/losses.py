@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .._validation import as_float_tensor, check_float
+from face_concepts._core.validation import as_float_tensor, check_float
 
 
 def kl_rows(

@@ -75,22 +75,22 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from tqdm.auto import tqdm
 
-from .._random import make_generator
-from .._validation import as_float_tensor
-from ._head import Head
-from .encoder import _warm_start, encode, solve_codes
-from .init import initialize
-from .losses import Terms
-from .solvers import (
+from face_concepts._core.seeding import make_generator
+from face_concepts._core.validation import as_float_tensor
+from face_concepts.decomposition._head import Head
+from face_concepts.decomposition.encoder import _warm_start, encode, solve_codes
+from face_concepts.decomposition.init import initialize
+from face_concepts.decomposition.losses import Terms
+from face_concepts.decomposition.problem import make_problem
+from face_concepts.decomposition.solvers import (
     Problem,
     _Curvature,
     _hals_sweeps,
     centred_spectral_norm_sq,
     evaluate,
-    make_problem,
     small_problem_threads,
 )
-from .streams import (  # noqa: F401 (re-exported: the estimators call them as mb.*)
+from face_concepts.decomposition.streams import (  # noqa: F401 (re-exported: the estimators call them as mb.*)
     CachedActivations,
     check_batch_size,
     check_forget_factor,

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:  # solvers imports this module (its U-step); the type only is needed here
-    from .solvers import Problem
+    from face_concepts.decomposition.problem import Problem
 
 EPS_ACTIVE = 1e-3  # cap of the ε of the ε-active set
 ARMIJO = 1e-4  # sufficient-decrease constant

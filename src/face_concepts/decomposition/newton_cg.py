@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .losses import Terms, factored_objective, kl_rows
+from face_concepts.decomposition.losses import Terms, factored_objective, kl_rows
 
 if TYPE_CHECKING:  # solvers imports this module (its W-step); the type only is needed here
-    from .solvers import Problem
+    from face_concepts.decomposition.problem import Problem
 
 EPS_ACTIVE = 1e-3  # cap of the ε of the ε-active set
 ARMIJO = 1e-4  # sufficient-decrease constant

@@ -49,68 +49,15 @@ import torch
 import torch.nn.functional as F
 from sklearn.exceptions import ConvergenceWarning
 
-from ._head import Head
-from .losses import Terms, factored_objective, kl_rows
-from .newton import solve_codes_newton
-from .newton_cg import bank_newton_step
+from face_concepts.decomposition.losses import Terms, factored_objective, kl_rows
+from face_concepts.decomposition.newton import solve_codes_newton
+from face_concepts.decomposition.newton_cg import bank_newton_step
+from face_concepts.decomposition.problem import Problem
 
 U_NEWTON_STEPS = 1  # projected Newton iterations per U-block update (affine head, λ > 0)
 WINDOW = 10  # hals stops on the objective's relative decrease averaged over this many iterations
 WARM_TOL = 1e-4  # stop tolerance of the plain-NMF warm start of a FACE fit
 WARM_MAX_ITER = 200
-
-
-@dataclass
-class Problem:
-    """Data of one factorisation: ``A``, the head and the target ``log P``."""
-
-    A: torch.Tensor
-    head: Head | None
-    kl_weight: float
-    logP: torch.Tensor | None = None
-    P: torch.Tensor | None = None
-    sq_norm_A: float = 0.0
-    Vc_sq_norm: float = 0.0
-    Vc: torch.Tensor | None = None
-
-    @property
-    def n(self) -> int:
-        return self.A.shape[0]
-
-    @property
-    def p(self) -> int:
-        return self.A.shape[1]
-
-    @property
-    def alpha(self) -> float:
-        return 1.0 / (self.n * self.p)
-
-    @property
-    def beta(self) -> float:
-        return self.kl_weight / self.n
-
-    @property
-    def factored(self) -> bool:
-        return self.kl_weight == 0 or (self.head is not None and self.head.is_affine)
-
-
-def make_problem(
-    A: torch.Tensor, head: Head | None, kl_weight: float, logP: torch.Tensor | None = None
-) -> Problem:
-    """Precompute what every iteration reuses (target distribution, norms)."""
-    prob = Problem(A=A, head=head, kl_weight=kl_weight)
-    prob.sq_norm_A = float((A.double() ** 2).sum())
-    if kl_weight > 0:
-        if head is None:
-            raise ValueError("a head is required when kl_weight > 0")
-        if logP is None:
-            with torch.no_grad():
-                logP = torch.log_softmax(head.logits(A), dim=1)
-        prob.logP = logP
-        prob.P = logP.exp()
-        if head.is_affine:
-            prob.Vc = head.V - head.V.mean(dim=0, keepdim=True)
-    return prob
 
 
 _SPECTRAL_CACHE: list[tuple[torch.Tensor, float]] = []

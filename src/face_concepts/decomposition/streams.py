@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from .._validation import as_float_tensor, check_choice, check_float, check_int
-from ..activations import CachedActivations, _rechunk
-from ._head import Head
-from .init import INITS
+from face_concepts._core.validation import as_float_tensor, check_choice, check_float, check_int
+from face_concepts.activations.extract import CachedActivations, _rechunk
+from face_concepts.decomposition._head import Head
+from face_concepts.decomposition.init import INITS
 
 
 def rechunk(source: Any, batch_size: int, p: int | None = None) -> Iterator[torch.Tensor]:

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from scipy.stats import qmc
 
-from face_concepts._random import numpy_rng
-from face_concepts._validation import check_choice, check_int
+from face_concepts._core.seeding import numpy_rng
+from face_concepts._core.validation import check_choice, check_int
 
 DESIGNS = ("halton", "sobol")
 

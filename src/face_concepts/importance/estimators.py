@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from face_concepts._validation import check_choice, check_int
+from face_concepts._core.validation import check_choice, check_int
 
 
 def split_outputs(

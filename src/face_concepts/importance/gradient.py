@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from face_concepts._affine import affine_parameters
-from face_concepts._validation import check_int
+from face_concepts._core.validation import check_int
 from face_concepts.importance.sobol import _check_class, _check_inputs
+from face_concepts.models.head import affine_parameters
 
 _DEFAULT_ROWS = 4096
 

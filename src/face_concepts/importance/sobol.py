@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from face_concepts._affine import affine_parameters
-from face_concepts._validation import as_float_tensor, check_int
+from face_concepts._core.validation import as_float_tensor, check_int
 from face_concepts.importance.designs import sobol_design
 from face_concepts.importance.estimators import get_estimator
+from face_concepts.models.head import affine_parameters
 
 # Elements of the (rows × n_features) activation block materialised per head call by default.
 _DEFAULT_CHUNK_ELEMENTS = 2**22

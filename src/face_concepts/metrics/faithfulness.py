@@ -2,7 +2,7 @@
 
 Every function takes codes ``U_hat`` (n, r) produced by the single encoder and the concept bank
 ``W`` (r, p); none of them encodes. The head ``h`` maps (n, p) activations to (n, C) logits.
-When the head is affine (``h(x) = x Vᵀ + b``, see :mod:`face_concepts._affine`) the logits of a
+When the head is affine (``h(x) = x Vᵀ + b``, see :mod:`face_concepts.models.head`) the logits of a
 reconstruction are computed as ``U (W Vᵀ) + b``, so ``U W`` is never materialised; any other
 head is called on ``U W`` in row batches.
 
@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from face_concepts._affine import affine_parameters
-from face_concepts._random import make_generator
-from face_concepts._validation import as_float_tensor, check_int
+from face_concepts._core.seeding import make_generator
+from face_concepts._core.validation import as_float_tensor, check_int
+from face_concepts.models.head import affine_parameters
 
 Head = Callable[[torch.Tensor], torch.Tensor]
 

@@ -11,7 +11,7 @@ import warnings
 
 import torch
 
-from face_concepts._validation import as_float_tensor, check_int
+from face_concepts._core.validation import as_float_tensor, check_int
 
 # Rows of U W materialised at once.
 _ROWS = 8192

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from face_concepts._validation import check_float
+from face_concepts._core.validation import check_float
 from face_concepts.metrics import faithfulness as fa
 from face_concepts.metrics.reconstruction import mse, relative_l2
 from face_concepts.metrics.sparsity import density, gini, hoyer

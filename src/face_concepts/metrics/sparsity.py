@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from face_concepts._validation import as_float_tensor, check_float
+from face_concepts._core.validation import as_float_tensor, check_float
 
 
 def gini(importance: torch.Tensor) -> float:

@@ -7,8 +7,8 @@ import numbers
 import numpy as np
 import torch
 
-from face_concepts._random import make_generator
-from face_concepts._validation import check_int
+from face_concepts._core.seeding import make_generator
+from face_concepts._core.validation import check_int
 
 
 def train_test_split_indices(

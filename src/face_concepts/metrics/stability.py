@@ -15,7 +15,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.model_selection import KFold
 
-from face_concepts._validation import as_float_tensor, check_int
+from face_concepts._core.validation import as_float_tensor, check_int
 
 
 def matched_cosine(W1: torch.Tensor, W2: torch.Tensor) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from face_concepts._validation import with_cli_message
+from face_concepts._core.validation import with_cli_message
 
 
 def following_non_negative(model: nn.Module, layer: str, x: torch.Tensor) -> str | None:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from face_concepts._affine import affine_parameters
+from face_concepts.models.head import affine_parameters
 
 
 class OnMap(nn.Module):

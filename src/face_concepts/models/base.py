@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from face_concepts._affine import affine_parameters
-from face_concepts._random import make_generator
+from face_concepts._core.seeding import make_generator
 from face_concepts.data.preprocess import Preprocess
+from face_concepts.models.head import affine_parameters
 
 log = logging.getLogger(__name__)
 

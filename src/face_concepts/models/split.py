@@ -53,7 +53,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from face_concepts._validation import check_choice
+from face_concepts._core.validation import check_choice
 from face_concepts.data.preprocess import Preprocess
 from face_concepts.models._advice import signed_layer_error, unknown_layer_error
 from face_concepts.models._modules import (

@@ -32,8 +32,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from face_concepts._device import resolve_device
-from face_concepts._validation import with_cli_message
+from face_concepts._core.device import resolve_device
+from face_concepts._core.validation import with_cli_message
 from face_concepts.data.preprocess import Preprocess
 from face_concepts.models.base import ModelSplit
 from face_concepts.models.split import split_model

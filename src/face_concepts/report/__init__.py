@@ -15,8 +15,8 @@ PosixPath('runs/cat/report.html')
 
 from __future__ import annotations
 
-from face_concepts.report.analysis import ConceptView, RunView, analyse_run, contribution_shares
-from face_concepts.report.atlas import REPORT_FILE, build_report
+from face_concepts.report.analysis import ConceptView, RunView, contribution_shares
+from face_concepts.report.atlas import REPORT_FILE, analyse_run, build_report
 from face_concepts.report.glossary import METRIC_HELP, metric_table
 from face_concepts.report.html import render_atlas
 from face_concepts.report.runs import SIDECAR, ModelCache, find_runs, load_run, read_sidecar

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from face_concepts.report.images import figure_png, image_jpeg, overlay
-from face_concepts.report.runs import ModelCache, load_bank, load_run, run_images
+from face_concepts.report.runs import ModelCache, load_run, run_images
 
 # Crops are stored at patch size (e.g. 64 px); shown a little larger.
 CROP_DISPLAY = 96
@@ -224,8 +224,9 @@ def _add_heatmaps(
     view.figures["overview_heatmaps"] = figure_png(fig)
 
 
-def analyse_run(
-    run: str | Path,
+def analyse_class_run(
+    path: Path,
+    bank: Any,
     *,
     images: Any = None,
     weights: str | None = None,
@@ -234,12 +235,16 @@ def analyse_run(
     max_images: int = 8,
     name: str | None = None,
 ) -> RunView:
-    """Everything the atlas shows of one run.
+    """Everything the atlas shows of one class run (``bank`` loaded from ``path``; shared banks
+    go to :func:`face_concepts.report.shared.analyse_shared_run`, both through
+    :func:`face_concepts.report.atlas.analyse_run`).
 
     Parameters
     ----------
-    run : path
-        A run directory.
+    path : Path
+        The run directory.
+    bank : ConceptBank
+        Its bank.
     images : folder, file or list of files, optional
         Example images for the heatmaps (default: those recorded with the run).
     weights : path, optional
@@ -256,16 +261,7 @@ def analyse_run(
     from face_concepts.report.notices import run_notices
     from face_concepts.report.runs import read_sidecar
 
-    path = Path(run)
-    bank = load_bank(path)
     meta, tensors = bank.metadata, bank.tensors
-    if meta.get("shared"):
-        from face_concepts.report.shared import analyse_shared_run
-
-        return analyse_shared_run(
-            path, bank, images=images, weights=weights, cache=cache, n_examples=n_examples,
-            max_images=max_images, name=name,
-        )  # fmt: skip
     if "importance" not in tensors:
         raise ValueError(f"the run at {str(path)!r} has no concept importance; is it a fitted run?")
     view = RunView(path, name or path.name, meta, read_sidecar(path), _concepts(tensors))

@@ -6,12 +6,26 @@ import os
 from pathlib import Path
 from typing import Any
 
-from face_concepts._io import atomic_write_bytes
-from face_concepts.report.analysis import RunView, analyse_run
+from face_concepts._core.io import atomic_write_bytes
+from face_concepts.report.analysis import RunView, analyse_class_run
 from face_concepts.report.html import render_atlas
-from face_concepts.report.runs import ModelCache, find_runs
+from face_concepts.report.runs import ModelCache, find_runs, load_bank
+from face_concepts.report.shared import analyse_shared_run
 
 REPORT_FILE = "report.html"
+
+
+def analyse_run(run: str | Path, **kwargs: Any) -> RunView:
+    """Everything the atlas shows of one saved run: a class run or a shared bank.
+
+    Keyword arguments are those of :func:`face_concepts.report.analysis.analyse_class_run`
+    (``images``, ``weights``, ``cache``, ``n_examples``, ``max_images``, ``name``).
+    """
+    path = Path(run)
+    bank = load_bank(path)
+    if bank.metadata.get("shared"):
+        return analyse_shared_run(path, bank, **kwargs)
+    return analyse_class_run(path, bank, **kwargs)
 
 
 def _run_label(run: Path, root: Path) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from face_concepts._io import atomic_write_bytes
+from face_concepts._core.io import atomic_write_bytes
 from face_concepts.report.images import figure_png
 
 FIGURE_DPI = 110

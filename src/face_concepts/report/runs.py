@@ -1,6 +1,6 @@
 """Finding saved runs and reopening them with their model.
 
-A run directory is a :class:`~face_concepts.bank.ConceptBank` (``bank.json`` +
+A run directory is a :class:`~face_concepts.pipeline.bank.ConceptBank` (``bank.json`` +
 ``bank.safetensors``). The command line adds ``command.json`` beside them: how the run was made
 (model spec, weights file, images, flags), so that later commands can reload the same weights
 and show heatmaps on the same images. Runs written by the Python API have no such file; what
@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from face_concepts._io import atomic_write_json
-from face_concepts.bank import JSON_FILE, ConceptBank
+from face_concepts._core.io import atomic_write_json
+from face_concepts.pipeline.bank import JSON_FILE, ConceptBank
 
 SIDECAR = "command.json"
 
@@ -54,7 +54,7 @@ def find_runs(path: str | Path) -> list[Path]:
 
 def is_shared_member(run: str | Path) -> bool:
     """Whether ``run`` is one class's run inside a shared bank (``SHARED/classes/<class>/``)."""
-    from face_concepts.multiclass import CLASSES_DIR
+    from face_concepts.pipeline.shared import CLASSES_DIR
 
     parent = Path(run).parent
     return parent.name == CLASSES_DIR and ConceptBank.exists(parent.parent)
@@ -155,11 +155,11 @@ def load_run(
 
     ``weights`` overrides the weights file recorded in ``command.json``.
     """
-    from face_concepts.pipeline import ConceptExplainer
+    from face_concepts.pipeline.explainer import ConceptExplainer
 
     metadata = run_metadata(run)
     if metadata.get("shared"):
-        from face_concepts.multiclass import CLASSES_DIR
+        from face_concepts.pipeline.shared import CLASSES_DIR
 
         ids = [c.get("class_id") for c in metadata.get("classes", [])]
         raise ValueError(

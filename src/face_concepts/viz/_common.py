@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from face_concepts._validation import as_float_tensor
+from face_concepts._core.validation import as_float_tensor
 
 # Images in [0, 1] may overshoot by interpolation rounding; beyond this they are not [0, 1].
 _RANGE_SLACK = 1e-3

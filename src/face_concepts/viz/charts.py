@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from face_concepts._validation import check_int
+from face_concepts._core.validation import check_int
 from face_concepts.viz._common import as_vector, concept_label, concept_order, with_class
 
 # Display names of the keys of ``FACE.loss_history_`` (others are shown as they are).

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from face_concepts._validation import as_float_tensor, check_float, check_int
+from face_concepts._core.validation import as_float_tensor, check_float, check_int
 from face_concepts.viz._common import (
     as_unit_images,
     as_vector,
@@ -133,7 +133,7 @@ def heatmap_overlay(
     image : Tensor of shape (3, H, W)
         In [0, 1], or normalised with ``preprocess`` given.
     maps : Tensor of shape (r, h, w)
-        Concept maps of this image (e.g. one row of :func:`~face_concepts.concept_maps.spatial_concept_maps`);
+        Concept maps of this image (e.g. one row of :func:`~face_concepts.importance.concept_maps.spatial_concept_maps`);
         resized bilinearly to (H, W) if needed.
     concepts : sequence of int, optional
         Concepts to show, in order. Default: all, by decreasing ``importance`` when given.

@@ -1,0 +1,1 @@
+"""Shared plumbing below every stage: validation, seeding, devices, atomic files, warnings."""

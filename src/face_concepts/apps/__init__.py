@@ -1,0 +1,1 @@
+"""Applications built on the pipeline: the demo and the benchmark."""

@@ -1,0 +1,1 @@
+"""The benchmark: per-class image sources, the runner and its report."""

@@ -1,0 +1,276 @@
+"""Outputs of the benchmark runner (:mod:`face_concepts.apps.benchmark.runner`): CSV, tables, figures.
+
+``write_outputs`` turns the stored cell records into ``results.csv`` (one row per cell, group
+and split), ``results.md`` (tables in the paper's layout, mean ± std over classes × seeds; the λ
+and rank sweeps with their recommended points) and the figures: mean deletion/insertion curves
+per method and Pareto plots of the sweeps (rel-ℓ2 vs KL, coloured by code density).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import math
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from face_concepts._core.io import atomic_write_bytes
+from face_concepts.metrics.report import METRIC_KEYS
+
+# Paper layout (method.md §8): label, metric key, better direction.
+TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("Acc", "acc", "↑"),
+    ("Agree", "agreement", "↑"),
+    ("Acc(Ā)", "acc_original", ""),
+    ("MSE", "mse", "↓"),
+    ("rel-ℓ2", "rel_l2", "↓"),
+    ("D_KL", "kl", "↓"),
+    ("C-Ins", "c_insertion", "↑"),
+    ("C-Del", "c_deletion", "↑"),
+    ("C-μFid", "c_mu_fidelity", "↑"),
+    ("C-Gini", "c_gini", "↑"),
+    ("density", "density", "↓"),
+    ("Hoyer", "hoyer", "↑"),
+    ("C-Stab", "stability", "↑"),
+)
+CSV_COLUMNS: tuple[str, ...] = (
+    "group", "model", "class_id", "class_name", "n_photos", "method", "kl_weight",
+    "encoder_kl_weight", "seed", "split", "n_images", "n_concepts", "fit_seconds", "n_iter",
+    "converged", *METRIC_KEYS, "acc_original",
+)  # fmt: skip
+# Recommended λ: the smallest λ whose mean held-out agreement is at least this …
+SWEEP_MIN_AGREEMENT = 0.99
+# … or, where no point of the sweep reaches it (a model that is itself often unsure, e.g. on
+# Fashion-MNIST), at most this far below the sweep's best agreement …
+SWEEP_AGREEMENT_SLACK = 0.01
+# … and whose mean held-out KL is within this fraction (or KL_FLOOR absolute) of the sweep's minimum.
+SWEEP_KL_SLACK = 0.10
+SWEEP_KL_FLOOR = 1e-3
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in str(text).lower()).strip("_")
+
+
+# ---------------------------------------------------------------------- outputs
+def result_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """CSV rows: one per cell, split and group (a cell shared by the main table and the sweep twice)."""
+    rows = []
+    for rec in records:
+        for group in rec["groups"]:
+            for split_name in ("fit", "heldout"):
+                m = rec["metrics"][split_name]
+                row = {k: rec.get(k) for k in CSV_COLUMNS if k in rec}
+                row.update(group=group, split=split_name, n_images=m["n_images"])
+                row.update({k: m.get(k) for k in (*METRIC_KEYS, "acc_original")})
+                rows.append(row)
+    return rows
+
+
+def _stats(values: list[Any]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (0 for one value) and count of the non-missing values."""
+    v = np.array([float(x) for x in values if x is not None and not _isnan(x)])
+    if v.size == 0:
+        return math.nan, math.nan, 0
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size)
+
+
+def _isnan(x: Any) -> bool:
+    return isinstance(x, float) and math.isnan(x)
+
+
+def summarise(rows: list[dict[str, Any]], *, group: str, model: str, split: str, by: str) -> dict[Any, dict[str, tuple[float, float, int]]]:  # fmt: skip
+    """``{value of by: {metric: (mean, std, n)}}`` over classes × seeds of the selected rows."""
+    sel = [r for r in rows if r["group"] == group and r["model"] == model and r["split"] == split]
+    out: dict[Any, dict[str, tuple[float, float, int]]] = {}
+    for value in dict.fromkeys(r[by] for r in sel):
+        part = [r for r in sel if r[by] == value]
+        out[value] = {
+            k: _stats([r[k] for r in part])
+            for k in (*METRIC_KEYS, "acc_original", "fit_seconds", "n_iter")
+        }
+    return out
+
+
+def _fmt(stat: tuple[float, float, int]) -> str:
+    mean, std, n = stat
+    return "n/a" if n == 0 else f"{mean:.3f} ± {std:.3f}"
+
+
+def method_table(summary: dict[Any, dict[str, tuple[float, float, int]]], lams: dict[str, float]) -> str:  # fmt: skip
+    """Markdown: rows methods, columns the paper's metrics, then fit time and iterations."""
+    head = [
+        "method",
+        "n",
+        *(f"{lab} {arrow}".strip() for lab, _, arrow in TABLE_COLUMNS),
+        "fit s",
+        "iters",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, st in summary.items():
+        cells = [f"{method} (λ={lams[method]:g})", str(st["acc"][2])]
+        cells += [_fmt(st[key]) for _, key, _ in TABLE_COLUMNS]
+        cells += [f"{st['fit_seconds'][0]:.1f}", f"{st['n_iter'][0]:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def recommend_kl_weight(summary: dict[float, dict[str, tuple[float, float, int]]], what: str = "λ") -> tuple[float | None, str]:  # fmt: skip
+    """The smallest λ with held-out agreement high enough and KL near the minimum.
+
+    "High enough" is ≥ ``min(SWEEP_MIN_AGREEMENT, best − SWEEP_AGREEMENT_SLACK)``, best being
+    the sweep's highest mean agreement. "Near" is within ``SWEEP_KL_SLACK`` (relative) or ``SWEEP_KL_FLOOR`` (absolute) of the
+    sweep's smallest mean KL. Falls back to the λ of smallest KL. Returns (λ, reason). The same
+    rule picks the rank of a rank sweep (``what="r"``): the smallest r past which KL saturates.
+
+    Examples
+    --------
+    >>> s = {0.0: {"agreement": (0.9, 0, 1), "kl": (0.5, 0, 1)}, 1.0: {"agreement": (1.0, 0, 1), "kl": (0.1, 0, 1)}}
+    >>> recommend_kl_weight(s)[0]
+    1.0
+    """
+    if not summary:
+        return None, "no sweep was run"
+    kl_min = min(st["kl"][0] for st in summary.values())
+    limit = kl_min + max(SWEEP_KL_SLACK * kl_min, SWEEP_KL_FLOOR)
+    best_agree = max(st["agreement"][0] for st in summary.values())
+    need = min(SWEEP_MIN_AGREEMENT, best_agree - SWEEP_AGREEMENT_SLACK)
+    ok = [lam for lam, st in summary.items() if st["agreement"][0] >= need and st["kl"][0] <= limit]  # fmt: skip
+    if ok:
+        return min(ok), (
+            f"smallest {what} with mean held-out agreement ≥ {need:.3g} (min({SWEEP_MIN_AGREEMENT}, "
+            f"best {best_agree:.3g} − {SWEEP_AGREEMENT_SLACK})) and mean held-out "
+            f"KL ≤ {limit:.4g} (minimum {kl_min:.4g} + max(10 %, {SWEEP_KL_FLOOR:g}))"
+        )
+    best = min(summary, key=lambda lam: summary[lam]["kl"][0])
+    return (
+        best,
+        f"no {what} met the agreement and KL rule; this is the {what} of smallest held-out KL",
+    )
+
+
+def sweep_table(summary: dict[float, dict[str, tuple[float, float, int]]], what: str = "λ") -> str:
+    keys = ("agreement", "kl", "rel_l2", "mse", "c_insertion", "c_deletion", "c_gini", "density", "stability")  # fmt: skip
+    lines = [f"| {what} | n | " + " | ".join(keys) + " | fit s |", "|" + "---|" * (len(keys) + 3)]
+    for lam in sorted(summary):
+        st = summary[lam]
+        cells = [f"{lam:g}", str(st["kl"][2]), *(_fmt(st[k]) for k in keys), f"{st['fit_seconds'][0]:.1f}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _curves_figure(records: list[dict[str, Any]], model: str) -> Any:
+    from face_concepts.viz import curves
+
+    pairs = {}
+    for method in dict.fromkeys(r["method"] for r in records if r["model"] == model and "main" in r["groups"]):  # fmt: skip
+        sel = [r["metrics"]["heldout"] for r in records if r["model"] == model and r["method"] == method and "main" in r["groups"]]  # fmt: skip
+        dele = np.mean([m["deletion_curve"] for m in sel], axis=0)
+        ins = np.mean([m["insertion_curve"] for m in sel], axis=0)
+        pairs[method] = (dele, ins)
+    fig = curves(pairs, ylabel="accuracy (held-out, mean over classes × seeds)")
+    fig.suptitle(f"Concept deletion and insertion — {model}")
+    return fig
+
+
+def _pareto_figure(summary: dict[float, dict[str, tuple[float, float, int]]], chosen: float | None, model: str, what: str = "λ") -> Any:  # fmt: skip
+    """Reconstruction (x) vs KL (y) vs code density (colour) over a λ or rank sweep."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+    ax = fig.subplots()
+    pts = sorted(summary)
+    x = [summary[v]["rel_l2"][0] for v in pts]
+    y = [summary[v]["kl"][0] for v in pts]
+    dens = [summary[v]["density"][0] for v in pts]
+    ax.plot(x, y, "-", color="0.6", zorder=1)
+    sc = ax.scatter(x, y, c=dens, cmap="viridis", zorder=2)
+    fig.colorbar(sc, ax=ax, label="code density (held-out) ↓")
+    for i, (v, xi, yi) in enumerate(zip(pts, x, y)):
+        # Close points (small λ) often coincide: stagger the labels so that all stay legible.
+        label = f"{what}={v:g}" + (" (chosen)" if v == chosen else "")
+        ax.annotate(label, (xi, yi), fontsize=8, xytext=(6, 10 * (i % 3) - 10), textcoords="offset points")  # fmt: skip
+    if min(y) > 0:
+        ax.set_yscale("log")  # KL spans orders of magnitude over a sweep
+    ax.set_xlabel("relative ℓ2 reconstruction error (held-out) ↓")
+    ax.set_ylabel("D_KL (held-out) ↓")
+    ax.set_title(f"FACE {'λ' if what == 'λ' else 'rank'} sweep — {model}")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _sweep_section(rows: list[dict[str, Any]], model: str, out: Path, group: str, what: str) -> tuple[float | None, list[str], str | None]:  # fmt: skip
+    """Markdown lines and Pareto figure of one sweep (group "sweep": λ, "rank": r)."""
+    by = "kl_weight" if group == "sweep" else "n_concepts"
+    sweep = summarise(rows, group=group, model=model, split="heldout", by=by)
+    if not sweep:
+        return None, [], None
+    chosen, why = recommend_kl_weight(sweep, what)
+    path = out / f"{group}_{_slug(model)}.png"
+    atomic_write_bytes(path, _png(_pareto_figure(sweep, chosen, model, what)))
+    title = "λ sweep" if group == "sweep" else "rank sweep"
+    md = ["", f"## {model}: FACE {title} (held-out)", "", sweep_table(sweep, what), "",
+          f"Recommended {what} = {chosen:g}: {why}."]  # fmt: skip
+    return chosen, md, str(path)
+
+
+def write_outputs(records: list[dict[str, Any]], cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    """results.csv, results.md and the figures; returns their paths and the recommended λ."""
+    rows = result_rows(records)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out / "results.csv", buf.getvalue().encode("utf-8"))
+    md = [f"# Benchmark `{cfg['name']}`", "", *_header_lines(cfg, records)]
+    figures, recommended, recommended_rank = [], {}, {}
+    for model in cfg["models"]:
+        lams = {r["method"]: r["kl_weight"] for r in records if r["model"] == model and "main" in r["groups"]}  # fmt: skip
+        for split_name, title in (("fit", "fitting views"), ("heldout", "held-out views")):
+            st = summarise(rows, group="main", model=model, split=split_name, by="method")
+            md += ["", f"## {model}: {title} (mean ± std over classes × seeds)", "", method_table(st, lams)]  # fmt: skip
+        if lams:
+            path = out / f"curves_{_slug(model)}.png"
+            atomic_write_bytes(path, _png(_curves_figure(records, model)))
+            figures.append(str(path))
+        for group, what in (("sweep", "λ"), ("rank", "r")):
+            chosen, lines, fig = _sweep_section(rows, model, out, group, what)
+            if fig is not None:
+                (recommended if group == "sweep" else recommended_rank)[model] = chosen
+                md += lines
+                figures.append(fig)
+    atomic_write_bytes(out / "results.md", ("\n".join(md) + "\n").encode("utf-8"))
+    return {"out_dir": str(out), "csv": str(out / "results.csv"), "markdown": str(out / "results.md"),
+            "figures": figures, "recommended_kl_weight": recommended,
+            "recommended_n_concepts": recommended_rank}  # fmt: skip
+
+
+def _header_lines(cfg: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
+    classes = sorted({(r["class_id"], r["class_name"], r["n_photos"]) for r in records})
+    shown = {k: v for k, v in cfg.items() if k != "out_dir"}
+    distinct = cfg["dataset"] != "bundled"  # distinct images per class, not views of a few photos
+    return [
+        f"- written: {datetime.datetime.now().astimezone().isoformat(timespec='minutes')}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}",
+        "- settings: `" + json.dumps(shown) + "`",
+        f"- classes (id, name, {'training images' if distinct else 'source photos'}): "
+        + ", ".join(f"{c} {n} ({k})" for c, n, k in classes),
+        f"- every method encodes images with the same encoder λ = {cfg['encoder_kl_weight']:g}; "
+        + (
+            "fitting images are drawn per seed from the training split, held-out images from the test split"
+            if distinct
+            else "held-out views are other random crops of the same source photos"
+        ),
+    ]

@@ -1,0 +1,311 @@
+"""Benchmark runner: models × classes × methods × seeds, through one pipeline, encoder and metrics.
+
+Each *cell* (model, class, method, λ, r, seed) fits a :class:`~face_concepts.ConceptExplainer`
+on a class's fitting images (drawn with the cell's seed), then evaluates it on those images and
+on held-out images. Every method uses the same encoder λ (``encoder_kl_weight``, default 0:
+non-negative least-squares codes) so that a comparison isolates the factorisation. Finished
+cells are stored as one JSON file each under ``out_dir/cells/`` and skipped on a rerun, so an
+interrupted run resumes. C-Stab (``stability = true``) refits on 5 grouped folds of the fitting
+rows: 5 extra fits per cell, so it is off unless a config asks for it.
+
+Image sources (:mod:`face_concepts.apps.benchmark.sources`, setting ``dataset``):
+
+- ``"bundled"``: ImageNet classes recognised in the bundled real photos — one or two source
+  photos per class, so held-out images are other random crops of the same photos.
+- ``"fashion_mnist"``: the class-level protocol — fitting images from the class's training
+  images, held-out images from its test images, explained model trained by
+  ``benchmarks/train_fashion_mnist.py`` (model spec ``"fashion_mnist_cnn[:PATH]"``).
+
+Outputs in ``out_dir`` (written by :mod:`face_concepts.apps.benchmark.report`): ``results.csv`` (one
+row per cell, group and split), ``results.md`` (tables in the paper's layout, mean ± std over
+classes × seeds; the λ and rank sweeps with their recommended points), ``curves_<model>.png`` (mean deletion/insertion curves per method),
+``sweep_<model>.png`` and ``rank_<model>.png`` (Pareto plots: rel-ℓ2 vs KL, coloured by density).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from face_concepts._core.io import atomic_write_json
+from face_concepts._core.validation import check_float, check_int
+from face_concepts.apps.benchmark.report import (  # noqa: F401  (re-exported: the runner's public output API)
+    CSV_COLUMNS,
+    SWEEP_AGREEMENT_SLACK,
+    SWEEP_KL_FLOOR,
+    SWEEP_KL_SLACK,
+    SWEEP_MIN_AGREEMENT,
+    TABLE_COLUMNS,
+    _slug,
+    _stats,
+    method_table,
+    recommend_kl_weight,
+    result_rows,
+    summarise,
+    sweep_table,
+    write_outputs,
+)
+from face_concepts.methods.registry import get_method
+
+try:  # Python ≥ 3.11; older ones read config files when tomli is installed
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover
+    try:
+        import tomli as tomllib
+    except ModuleNotFoundError:
+        tomllib = None
+
+DEFAULTS: dict[str, Any] = {
+    "name": "benchmark",
+    "models": ["bundled:mobilenet_v2"],
+    "methods": ["face", "nmf", "craft", "ice"],
+    "classes": "auto",
+    "max_classes": 3,
+    "seeds": [0, 1, 2],
+    "n_concepts": 8,
+    "kl_weight": 1.0,
+    "encoder_kl_weight": 0.0,
+    "n_views": 24,
+    "n_heldout": 12,
+    "max_iter": 200,
+    "patch_size": 64,
+    "n_designs": 32,
+    "stability": False,
+    "out_dir": "runs/benchmark",
+    "sweep_kl_weights": [],
+    "sweep_n_concepts": [],
+    "sweep_max_classes": 1,
+    "sweep_seeds": [0],
+    "dataset": "bundled",
+    "dataset_root": "",
+}
+DATASETS = ("bundled", "fashion_mnist")
+CELL_SETTINGS: tuple[str, ...] = (
+    "n_concepts", "encoder_kl_weight", "n_views", "n_heldout", "max_iter", "patch_size",
+    "n_designs", "stability",
+)  # fmt: skip
+# Settings added later: recorded only when not at their default, so older stored cells stay valid.
+CELL_SETTINGS_IF_SET: tuple[str, ...] = ("dataset", "dataset_root")
+
+
+# ---------------------------------------------------------------------- configuration
+def load_config(config: str | Path | dict[str, Any] | None) -> dict[str, Any]:
+    """Defaults updated by a TOML file or a dict; unknown keys and bad values raise ValueError.
+
+    Examples
+    --------
+    >>> load_config({"seeds": [0], "methods": ["face", "nmf"]})["seeds"]
+    [0]
+    """
+    if config is None:
+        given: dict[str, Any] = {}
+    elif isinstance(config, dict):
+        given = dict(config)
+    elif isinstance(config, (str, Path)):
+        path = Path(config)
+        if not path.is_file():
+            raise ValueError(f"config file {str(path)!r} does not exist")
+        if tomllib is None:  # pragma: no cover
+            raise RuntimeError("reading a TOML config needs Python 3.11+ or the tomli package")
+        with path.open("rb") as fh:
+            given = tomllib.load(fh)
+        given.update(given.pop("benchmark", {}))  # a [benchmark] table, as the CLI writes it
+        if "out_dir" in given and not Path(given["out_dir"]).is_absolute():
+            given["out_dir"] = os.path.normpath(path.parent / given["out_dir"])
+    else:
+        raise TypeError(f"config must be a path, a dict or None, got {type(config).__name__}")
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown benchmark setting(s) {unknown}; valid: {sorted(DEFAULTS)}")
+    cfg = {**DEFAULTS, **given}
+    for m in cfg["methods"]:
+        get_method(m)
+    for key in ("n_concepts", "n_views", "n_heldout", "max_iter", "patch_size", "n_designs"):
+        check_int(cfg[key], key, minimum=1)
+    check_int(cfg["max_classes"], "max_classes", minimum=1)
+    for key in ("kl_weight", "encoder_kl_weight"):
+        check_float(cfg[key], key, minimum=0.0)
+    for key in ("seeds", "sweep_seeds", "models", "methods"):
+        if not isinstance(cfg[key], list) or not cfg[key]:
+            raise ValueError(f"{key} must be a non-empty list, got {cfg[key]!r}")
+    if cfg["classes"] != "auto" and not (
+        isinstance(cfg["classes"], list) and all(isinstance(c, int) for c in cfg["classes"])
+    ):
+        raise ValueError(f'classes must be "auto" or a list of class ids, got {cfg["classes"]!r}')
+    for lam in cfg["sweep_kl_weights"]:
+        check_float(lam, "sweep_kl_weights", minimum=0.0)
+    for r in cfg["sweep_n_concepts"]:
+        check_int(r, "sweep_n_concepts", minimum=1)
+    if cfg["dataset"] not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {cfg['dataset']!r}")
+    if cfg["dataset"] == "fashion_mnist" and cfg["dataset_root"]:
+        cfg["dataset_root"] = str(cfg["dataset_root"])
+    if not isinstance(cfg["stability"], bool):
+        raise ValueError(f"stability must be true or false, got {cfg['stability']!r}")
+    return cfg
+
+
+def _cells(cfg: dict[str, Any], model: str, classes: list[int]) -> list[dict[str, Any]]:
+    """Main cells (every method), λ-sweep and rank-sweep cells (FACE); identical keys merge."""
+    cells: dict[str, dict[str, Any]] = {}
+
+    def add(group: str, cid: int, method: str, lam: float, seed: int, r: int | None = None) -> None:
+        spec = get_method(method)
+        lam = float(spec.kl_weight if spec.kl_weight is not None else lam)
+        r = int(cfg["n_concepts"] if r is None else r)
+        # The configured r keeps the original key, so cells stored before rank sweeps existed stay valid.
+        rank = "" if r == cfg["n_concepts"] else f"__r{r}"
+        key = f"{_slug(model)}__{cid}__{method}__kl{lam:g}__s{seed}{rank}"
+        cells.setdefault(key, {"key": key, "groups": set(), "model": model, "class_id": cid,
+                               "method": method, "kl_weight": lam, "seed": int(seed),
+                               "n_concepts": r})  # fmt: skip
+        cells[key]["groups"].add(group)
+
+    for cid in classes:
+        for method in cfg["methods"]:
+            for seed in cfg["seeds"]:
+                add("main", cid, method, cfg["kl_weight"], seed)
+    for cid in classes[: cfg["sweep_max_classes"]]:
+        for lam in cfg["sweep_kl_weights"]:
+            for seed in cfg["sweep_seeds"]:
+                add("sweep", cid, "face", lam, seed)
+        for r in cfg["sweep_n_concepts"]:
+            for seed in cfg["sweep_seeds"]:
+                add("rank", cid, "face", cfg["kl_weight"], seed, r)
+    return list(cells.values())
+
+
+# ---------------------------------------------------------------------- running cells
+class DatasetUnavailableError(FileNotFoundError):
+    """The config's dataset is not on this machine (the message says how to install it)."""
+
+
+def _cell_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Settings besides the cell key that change a result: a stored cell is reused only if equal."""
+    out = {k: cfg[k] for k in CELL_SETTINGS}
+    out.update({k: cfg[k] for k in CELL_SETTINGS_IF_SET if cfg[k] != DEFAULTS[k]})
+    return out
+
+
+def _load_cell(path: Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    rec = json.loads(path.read_text(encoding="utf-8"))
+    return rec if rec.get("settings") == _cell_settings(cfg) else None
+
+
+def run_cell(split: Any, cell: dict[str, Any], source: Any, cfg: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Fit one cell and evaluate it on its fitting and held-out images; a JSON-able record.
+
+    ``source`` gives the images (:mod:`face_concepts.apps.benchmark.sources`): ``fit(n, seed)`` and
+    ``heldout(n, seed)`` batches and ``n_available`` (source photos or training images).
+    """
+    from face_concepts.pipeline.explainer import ConceptExplainer
+
+    seed = cell["seed"]
+    r = int(cell.get("n_concepts", cfg["n_concepts"]))
+    fit_x, held_x = source.fit(cfg["n_views"], seed), source.heldout(cfg["n_heldout"], seed)
+    ex = ConceptExplainer(
+        split, cell["method"], n_concepts=r, kl_weight=cell["kl_weight"],
+        patch_size=cfg["patch_size"], encoder_kl_weight=cfg["encoder_kl_weight"],
+        n_designs=cfg["n_designs"], max_iter=cfg["max_iter"], random_state=seed, progress=False,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        # A capped budget may stop before tol; n_iter and "converged" are recorded instead.
+        warnings.simplefilter("ignore")
+        ex.fit(fit_x, class_id=cell["class_id"])
+    fit_seconds = time.perf_counter() - t0
+    rep_fit = ex.evaluate(stability=cfg["stability"]).to_dict()
+    rep_held = ex.evaluate(held_x).to_dict()
+    rep_held["stability"] = rep_fit["stability"]  # a property of the bank, not of the images
+    info = ex.fit_info_
+    return {
+        **{k: v for k, v in cell.items() if k != "groups"},
+        "groups": sorted(cell["groups"]),
+        "class_name": ex.class_name(),
+        "n_photos": source.n_available,
+        "encoder_kl_weight": ex.effective_encoder_kl_weight,
+        "n_concepts": r,
+        "fit_seconds": round(fit_seconds, 3),
+        "n_iter": int(info["n_iter"]),
+        "converged": bool(info.get("converged", False)),
+        "settings": _cell_settings(cfg),
+        "metrics": {"fit": rep_fit, "heldout": rep_held},
+        "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def run_benchmark(
+    config_path_or_dict: str | Path | dict[str, Any] | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) a benchmark and write its CSV, markdown tables and figures.
+
+    Parameters
+    ----------
+    config_path_or_dict : path to a TOML file, dict or None
+        Settings (see ``DEFAULTS``); None runs the defaults.
+    out_dir : path, optional
+        Overrides the config's ``out_dir``.
+    progress : bool
+        A progress bar over cells on stderr.
+
+    Returns
+    -------
+    dict
+        ``out_dir``, ``csv``, ``markdown``, ``figures``, ``n_cells``, ``n_run``, ``n_skipped``,
+        ``recommended_kl_weight`` (per model), ``seconds``.
+
+    Examples
+    --------
+    >>> run_benchmark("benchmarks/configs/small.toml", out_dir="runs/small")  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    from face_concepts.apps.benchmark.sources import (
+        dataset_available,
+        load_benchmark_model,
+        load_sources,
+    )
+
+    start = time.perf_counter()
+    cfg = load_config(config_path_or_dict)
+    missing = dataset_available(cfg)
+    if missing is not None:
+        raise DatasetUnavailableError(missing)
+    out = Path(out_dir if out_dir is not None else cfg["out_dir"])
+    cfg["out_dir"] = str(out)
+    records, n_run, n_skipped = [], 0, 0
+    for model in cfg["models"]:
+        split = load_benchmark_model(model)
+        sources = load_sources(split, cfg)
+        cells = _cells(cfg, model, list(sources))
+        bar = tqdm(
+            cells, desc=f"benchmark {model}", unit="cell", disable=not progress, file=sys.stderr
+        )
+        for cell in bar:
+            path = out / "cells" / f"{cell['key']}.json"
+            stored = _load_cell(path, cfg)
+            if stored is not None:
+                stored["groups"] = sorted(cell["groups"])  # this config's use of the cell
+                records.append(stored)
+                n_skipped += 1
+                continue
+            bar.set_postfix_str(f"{cell['method']} class {cell['class_id']} seed {cell['seed']}")
+            rec = run_cell(split, cell, sources[cell["class_id"]], cfg)
+            atomic_write_json(path, rec)
+            records.append(rec)
+            n_run += 1
+    result = write_outputs(records, cfg, out)
+    result.update(n_cells=len(records), n_run=n_run, n_skipped=n_skipped)
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    return result

@@ -1,0 +1,1 @@
+"""Concept-extraction methods (FACE, FACE-paper, NMF, CRAFT, ICE) behind one interface."""

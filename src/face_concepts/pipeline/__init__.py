@@ -1,0 +1,1 @@
+"""Orchestration: the explainer, the shared bank, executors, persistence and explanations."""

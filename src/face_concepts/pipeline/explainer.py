@@ -1,0 +1,547 @@
+"""``ConceptExplainer``: images → patches → activations → factorise → encode → importance → metrics.
+
+One pipeline for every method (see :mod:`face_concepts.methods.registry`); every code that a metric or
+figure sees comes from the single non-negative encoder (:func:`face_concepts.decomposition.encode`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+
+from face_concepts._core.device import resolve_device
+from face_concepts._core.validation import check_float, check_int
+from face_concepts._core.warn import recording
+from face_concepts.activations.extract import extract_activations
+from face_concepts.data import (
+    ImageSet,
+    extract_patches,
+    load_images,
+    preprocess_images,
+    resize_patches,
+)
+from face_concepts.decomposition import FACE, encode
+from face_concepts.importance import sobol_indices
+from face_concepts.methods.registry import factorize, finite_difference_importance, get_method
+from face_concepts.metrics import MetricReport, compute_metrics, stability_folds
+
+N_TOP_CROPS = 8
+
+
+class ConceptExplainer:
+    """Extract, rank and evaluate the concepts a classifier uses for one class.
+
+    Parameters
+    ----------
+    split : ModelSplit
+        The model as features → mean pool → head (:func:`face_concepts.split_model`).
+    method : str
+        "face" (default), "face-paper", "nmf", "craft" or "ice".
+    n_concepts : int
+        r.
+    kl_weight : float
+        λ for FACE (ignored by methods that fix it: nmf/craft/ice use 0, face-paper 1e-5).
+        Default 1.0, unlike the engine ``FACE(kl_weight=1e-5)``, whose default is the authors'
+        demo value: at this objective's scale λ ≤ 1e-2 gives the same concepts as λ = 0 (plain
+        NMF), while λ = 1 changes them (C-Deletion 0.61 → 0.89 on MobileNetV2, the recommended
+        λ on Fashion-MNIST; ``benchmarks/results/reproduction.md``). The CLI uses 1.0 too.
+    patch_size, stride : int
+        Grid crops (method.md §4.2); stride defaults to ``int(0.8 · patch_size)``.
+    resize_patches : bool or None
+        Resize crops to the model input size (CRAFT) or not (FACE code); None: the method's.
+    encoder_kl_weight : "fit" or float
+        λ of the single encoder used for image codes and all metrics; "fit" uses the fit's λ.
+        Benchmarks comparing methods set one value for all methods.
+    n_designs : int
+        Sobol designs (method.md §5).
+    filter_correct : bool
+        Keep only images the model assigns to ``class_id`` (the authors' protocol).
+    batch_size : int
+        Images per forward pass.
+    max_iter, tol : optional
+        Passed to the solver.
+    random_state : int
+    device : str or None
+        Where the factorisation runs (default: CPU, or the model's device).
+    progress : bool
+        Progress bars on stderr.
+    verbose : bool
+        The solver's progress on stderr while fitting (iteration, objective, elapsed time).
+    cache_dir : path or None
+        On-disk activation cache (safetensors shards, checksummed, resumable); reused by later
+        runs on the same model, layer, preprocessing, patch settings and images.
+
+    Examples
+    --------
+    >>> from face_concepts import ConceptExplainer, load_model  # doctest: +SKIP
+    >>> explainer = ConceptExplainer(load_model("bundled:mobilenet_v2"), n_concepts=10)  # doctest: +SKIP
+    >>> explainer.fit("photos/cats", class_id=285).importance()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        split: Any,
+        method: str = "face",
+        *,
+        n_concepts: int = 10,
+        kl_weight: float = 1.0,
+        patch_size: int = 64,
+        stride: int | None = None,
+        resize_patches: bool | None = None,
+        encoder_kl_weight: str | float = "fit",
+        n_designs: int = 32,
+        filter_correct: bool = False,
+        batch_size: int = 64,
+        max_iter: int | None = None,
+        tol: float | None = None,
+        random_state: int = 0,
+        device: Any = None,
+        progress: bool = True,
+        cache_dir: Any = None,
+        verbose: bool = False,
+    ) -> None:
+        self.split = split
+        self.method = method
+        self.n_concepts = n_concepts
+        self.kl_weight = kl_weight
+        self.patch_size = patch_size
+        self.stride = stride
+        self.resize_patches = resize_patches
+        self.encoder_kl_weight = encoder_kl_weight
+        self.n_designs = n_designs
+        self.filter_correct = filter_correct
+        self.batch_size = batch_size
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.device = device
+        self.progress = progress
+        self.verbose = verbose
+        self.cache_dir = cache_dir
+
+    # ------------------------------------------------------------------ configuration
+    @property
+    def spec(self):
+        return get_method(self.method)
+
+    @property
+    def effective_kl_weight(self) -> float:
+        spec = self.spec
+        lam = spec.kl_weight if spec.kl_weight is not None else self.kl_weight
+        return check_float(lam, "kl_weight", minimum=0.0)
+
+    @property
+    def effective_encoder_kl_weight(self) -> float:
+        if self.encoder_kl_weight == "fit":
+            return self.effective_kl_weight
+        return check_float(self.encoder_kl_weight, "encoder_kl_weight", minimum=0.0)
+
+    def config(self) -> dict[str, Any]:
+        """Every setting of this explainer, JSON-serialisable (recorded with each result)."""
+        spec = self.spec
+        return {
+            "method": self.method,
+            "method_spec": spec.to_dict(),
+            "n_concepts": self.n_concepts,
+            "kl_weight": self.effective_kl_weight,
+            "patch_size": self.patch_size,
+            "stride": self.stride,
+            "resize_patches": self._resize(),
+            "encoder": self.encoder_settings(),
+            "n_designs": self.n_designs,
+            "filter_correct": self.filter_correct,
+            "batch_size": self.batch_size,
+            "max_iter": self.max_iter,
+            "tol": self.tol,
+            "random_state": self.random_state,
+        }
+
+    def encoder_settings(self) -> dict[str, Any]:
+        return {
+            "name": "face_concepts.decomposition.encode",
+            "kl_weight": self.effective_encoder_kl_weight,
+        }
+
+    def _resize(self) -> bool:
+        return (
+            self.spec.resize_patches if self.resize_patches is None else bool(self.resize_patches)
+        )
+
+    # ------------------------------------------------------------------ images in
+    def _as_batch(self, images: Any) -> tuple[torch.Tensor, ImageSet | None]:
+        if isinstance(images, torch.Tensor) and images.ndim == 4:
+            return images.float(), None
+        imageset = images if isinstance(images, ImageSet) else load_images(images)
+        if imageset.tensor is not None:
+            return imageset.tensor.float(), imageset
+        pre = getattr(self.split, "preprocess", None)
+        if pre is None:
+            raise ValueError(
+                "the model split has no preprocessing recorded; pass a preprocessed tensor (N, 3, H, W)"
+            )
+        return preprocess_images(imageset, pre), imageset
+
+    def _cache(self) -> Any:
+        if self.cache_dir is None:
+            return None
+        from face_concepts.activations.extract import ActivationCache
+
+        return ActivationCache(self.cache_dir)
+
+    def _pooled(self, x: torch.Tensor, patch: dict[str, Any] | None = None) -> torch.Tensor:
+        return extract_activations(
+            self.split,
+            x,
+            batch_size=self.batch_size,
+            progress=self.progress,
+            cache=self._cache(),
+            cache_key_extra={"patch": patch} if patch else None,
+        )
+
+    def _head(self) -> Any:
+        return self.split.head
+
+    def _rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Rows to factorise, the image index of each row, and the crops (None for spatial)."""
+        if self.spec.rows == "spatial":
+            fmap = extract_activations(
+                self.split, x, batch_size=self.batch_size, progress=self.progress, spatial=True
+            )
+            n, p, h, w = fmap.shape
+            rows = fmap.permute(0, 2, 3, 1).reshape(-1, p)
+            return rows, torch.arange(n).repeat_interleave(h * w), None
+        patches = extract_patches(x, self.patch_size, self.stride)
+        self.patch_settings_ = {
+            **patches.settings,
+            "resize_to": self._input_size() if self._resize() else None,
+        }
+        crops = patches.patches
+        if self._resize():
+            size = self._input_size()
+            inputs = (resize_patches(b, size) for b in crops.split(self.batch_size))
+            A = extract_activations(
+                self.split, inputs, batch_size=self.batch_size, progress=self.progress
+            )
+        else:
+            A = self._pooled(crops, patch=self.patch_settings_)
+        return A, patches.image_index, crops
+
+    def _input_size(self) -> int:
+        pre = getattr(self.split, "preprocess", None)
+        return int(pre.crop_size) if pre is not None and pre.crop_size else 224
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, images: Any, class_id: int) -> ConceptExplainer:
+        """Extract concepts of ``class_id`` from ``images`` (paths, folder, PIL images or tensor).
+
+        The warnings shown while fitting (and later evaluating) are kept in ``warnings_`` and
+        saved with the run, so that the atlas shows them too.
+        """
+        self.warnings_: list[str] = []
+        with recording(self.warnings_):
+            prepared = self._prepare_fit(images, class_id)
+            dev = resolve_device(self.device)
+            U, W, info = factorize(
+                self.spec,
+                prepared["rows"].to(dev),
+                self._head(),
+                n_concepts=prepared["n_concepts"],
+                kl_weight=self.effective_kl_weight,
+                random_state=self.random_state,
+                max_iter=self.max_iter,
+                tol=self.tol,
+                verbose=getattr(self, "verbose", False),
+            )
+            return self._adopt_fit(prepared, U, W, info)
+
+    # The two halves of ``fit``, also used by ``multiclass.SharedConceptExplainer``, which
+    # factorises the rows of several classes at once and then adopts the shared bank per class.
+    def _prepare_fit(self, images: Any, class_id: int) -> dict[str, Any]:
+        """Images → the rows to factorise (and what ``_adopt_fit`` needs besides the factors)."""
+        self.spec  # noqa: B018 -- an unknown method fails before any image is read
+        r = check_int(self.n_concepts, "n_concepts", minimum=1)
+        n_classes = getattr(self.split, "n_classes", None)
+        self.class_id_ = check_int(
+            class_id, "class_id", minimum=0, maximum=(n_classes - 1) if n_classes else None
+        )
+        x, imageset = self._as_batch(images)
+        self.n_skipped_ = len(imageset.skipped) if imageset is not None else 0
+        self.image_paths_ = [str(p) for p in imageset.paths if p] if imageset is not None else []
+        if self.filter_correct:
+            x = self._filter_correct(x)
+        A_img = self._pooled(x)
+        rows, index, crops = self._rows(x)
+        return {
+            "x": x,
+            "A_img": A_img,
+            "rows": rows,
+            "index": index,
+            "crops": crops,
+            "n_concepts": r,
+        }
+
+    def _adopt_fit(
+        self, prepared: dict[str, Any], U: torch.Tensor, W: torch.Tensor, info: dict[str, Any]
+    ) -> ConceptExplainer:
+        """Take ``W`` (and the rows' codes ``U``) as this explainer's fit; encode, rank."""
+        x, A_img, rows = prepared["x"], prepared["A_img"], prepared["rows"]
+        self.concept_bank_ = W.cpu()
+        self.row_codes_, self.row_index_ = U.cpu(), prepared["index"]
+        self.crops_ = prepared["crops"]
+        self.fit_info_ = info
+        self.n_images_ = int(x.shape[0])
+        self.example_images_ = x[:8].clone()  # for heatmaps in reports
+        # a fit replaces whatever run this explainer was loaded from
+        self.loaded_run_ = self.saved_crops_ = None
+        self.saved_top_crop_index_ = self.saved_top_crop_codes_ = None
+        self.image_activations_ = A_img
+        self.image_codes_ = self.encode_activations(A_img)
+        self.local_importance_ = self._local_importance(self.image_codes_)
+        self.importance_ = self.local_importance_.mean(dim=0)
+        self._rows_cache = rows
+        return self
+
+    def _filter_correct(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            pred = torch.cat([self.split.logits(b).argmax(1) for b in x.split(self.batch_size)])
+        keep = pred == self.class_id_
+        self.n_filtered_ = int((~keep).sum())
+        if not bool(keep.any()):
+            raise ValueError(
+                f"the model assigns none of the {x.shape[0]} images to class {self.class_id_}; nothing to explain"
+            )
+        return x[keep]
+
+    def _local_importance(self, U_img: torch.Tensor) -> torch.Tensor:
+        if self.spec.importance == "finite-difference":
+            return finite_difference_importance(
+                U_img, self.concept_bank_, self._head(), self.class_id_
+            )
+        return sobol_indices(
+            U_img, self.concept_bank_, self._head(), self.class_id_, n_designs=self.n_designs
+        )
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "concept_bank_"):
+            raise RuntimeError(
+                "this ConceptExplainer is not fitted yet; call fit(images, class_id) first"
+            )
+
+    # ------------------------------------------------------------------ using a fit
+    def encode_activations(self, A: torch.Tensor) -> torch.Tensor:
+        """Codes of pooled activations with the single encoder (W fixed)."""
+        self._check_fitted()
+        return encode(
+            A, self.concept_bank_, self._head(), kl_weight=self.effective_encoder_kl_weight
+        )
+
+    def transform(self, images: Any) -> torch.Tensor:
+        """Codes (n, r) of whole images."""
+        x, _ = self._as_batch(images)
+        return self.encode_activations(self._pooled(x))
+
+    def importance(self) -> torch.Tensor:
+        """Global importance (r,): mean over the fitting images of the local indices."""
+        self._check_fitted()
+        return self.importance_
+
+    def evaluate(
+        self, images: Any = None, *, stability: bool = False, split: str | None = None
+    ) -> MetricReport:
+        """Metrics of method.md §6 on ``images`` (default: the fitting images)."""
+        self._check_fitted()
+        if getattr(self, "warnings_", None) is None:
+            self.warnings_ = []
+        with recording(self.warnings_):
+            return self._evaluate(images, stability=stability, split=split)
+
+    def _evaluate(self, images: Any, *, stability: bool, split: str | None) -> MetricReport:
+        if images is None:
+            A, U, name = self.image_activations_, self.image_codes_, split or "fit"
+        else:
+            x, _ = self._as_batch(images)
+            A = self._pooled(x)
+            U, name = self.encode_activations(A), split or "heldout"
+        stab = self._stability() if stability else None
+        return compute_metrics(
+            A,
+            U,
+            self.concept_bank_,
+            self._head(),
+            self.class_id_,
+            self.importance_,
+            stability=stab,
+            encoder=self.encoder_settings(),
+            split=name,
+            random_state=self.random_state,
+        )
+
+    def _stability(self) -> float:
+        spec = self.spec
+
+        def fit_fn(rows: torch.Tensor) -> torch.Tensor:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _, W, _ = factorize(
+                    spec,
+                    rows,
+                    self._head(),
+                    n_concepts=self.n_concepts,
+                    kl_weight=self.effective_kl_weight,
+                    random_state=self.random_state,
+                    max_iter=self.max_iter,
+                    tol=self.tol,
+                )
+            return W
+
+        if getattr(self, "_rows_cache", None) is None:
+            raise ValueError(
+                "stability refits on the fit's rows (every crop's activations), which a saved run "
+                "does not hold; fit again to compute C-Stab"
+            )
+        return stability_folds(self._rows_cache, fit_fn, groups=self.row_index_.numpy())
+
+    def top_crops(self, k: int = N_TOP_CROPS) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices (r, k) of the crops with the largest codes per concept, and the crops in [0, 1].
+
+        A loaded run returns the top crops it saved (8-bit, at most the ``k`` it saved).
+        """
+        idx, crops, _ = self._top_crops(k)
+        return idx, crops
+
+    def _top_crops(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``top_crops`` and the codes (r·k, r) of those crops."""
+        self._check_fitted()
+        k = check_int(k, "k", minimum=1)
+        if self.crops_ is not None:
+            k = min(k, self.row_codes_.shape[0])
+            idx = self.row_codes_.topk(k, dim=0).indices.T.contiguous()
+            crops = self.crops_[idx.reshape(-1)]
+            pre = getattr(self.split, "preprocess", None)
+            crops = pre.denormalize(crops) if pre is not None else crops
+            return idx, crops, self.row_codes_[idx.reshape(-1)]
+        saved = getattr(self, "saved_crops_", None)
+        if saved is None:
+            if self.spec.rows == "spatial":
+                raise ValueError(
+                    f"method {self.method!r} factorises spatial positions; it has no crops"
+                )
+            raise ValueError("this explainer holds no crops (its run was saved without them)")
+        r = self.concept_bank_.shape[0]
+        per = saved.shape[0] // r
+        k = min(k, per)
+        rows = (torch.arange(r)[:, None] * per + torch.arange(k)[None, :]).reshape(-1)
+        index = getattr(self, "saved_top_crop_index_", None)
+        idx = index[:, :k].contiguous() if index is not None else rows.reshape(r, k)
+        codes = getattr(self, "saved_top_crop_codes_", None)
+        if codes is None:  # a run without them: each concept's own crops, by rank
+            codes = torch.zeros(r * k, r)
+            codes[torch.arange(r * k), torch.arange(r).repeat_interleave(k)] = 1.0
+        else:
+            codes = codes[rows]
+        return idx, saved[rows].float() / 255.0, codes
+
+    def concept_maps(self, images: Any) -> torch.Tensor:
+        """Where each concept is: spatial positions encoded, upsampled to the image (N, r, H, W)."""
+        from face_concepts.importance.concept_maps import spatial_concept_maps
+
+        x, _ = self._as_batch(images)
+        fmap = extract_activations(
+            self.split, x, batch_size=self.batch_size, progress=False, spatial=True
+        )
+        return spatial_concept_maps(
+            fmap,
+            self.concept_bank_,
+            self._head(),
+            kl_weight=self.effective_encoder_kl_weight,
+            image_size=tuple(x.shape[-2:]),
+        )
+
+    def class_name(self) -> str | None:
+        cats = getattr(self.split, "categories", None)
+        return cats[self.class_id_] if cats and hasattr(self, "class_id_") else None
+
+    # ------------------------------------------------------------------ explanations, figures
+    def explain(self, image: Any) -> Any:
+        """How much each concept contributes to the prediction on one image (CLI ``explain``).
+
+        ``image``: an image file, a PIL image or a preprocessed tensor (3, H, W) / (1, 3, H, W).
+        Returns an :class:`~face_concepts.pipeline.explain.Explanation`: ``["concepts"]`` (per
+        concept: code, contribution to the class logit, share, importance; by contribution),
+        ``.table()`` (the CLI's text) and ``.figure()`` (heatmaps of the top concepts).
+        """
+        from face_concepts.pipeline.explain import Explanation, explain_image
+
+        self._check_fitted()
+        result, x, maps = explain_image(self, image)
+        return Explanation(result, x, maps, self)
+
+    def plot_top_crops(self, k: int = N_TOP_CROPS, **kwargs: Any) -> Any:
+        """Figure: the ``k`` crops with the largest codes per concept, rows by importance.
+
+        Keyword arguments go to :func:`face_concepts.viz.top_crops` (``n_concepts``, ``labels``).
+        """
+        from face_concepts import viz
+
+        idx, crops, codes = self._top_crops(k)
+        kwargs.setdefault("class_name", self.class_name())
+        return viz.top_crops(crops, codes, self.importance(), k=idx.shape[1], **kwargs)
+
+    def plot_importance(self, **kwargs: Any) -> Any:
+        """Figure: the global importance of every concept (:func:`face_concepts.viz.importance_bar`)."""
+        from face_concepts import viz
+
+        kwargs.setdefault("class_name", self.class_name())
+        return viz.importance_bar(self.importance(), **kwargs)
+
+    def plot_heatmaps(self, images: Any, *, top: int = 6, **kwargs: Any) -> list[Any]:
+        """Figures, one per image: where the ``top`` most important concepts are in it.
+
+        ``images``: what :meth:`fit` accepts. Keyword arguments go to
+        :func:`face_concepts.viz.heatmap_overlay` (``concepts``, ``labels``, ``alpha``, ...).
+        """
+        from face_concepts import viz
+
+        self._check_fitted()
+        top = check_int(top, "top", minimum=1)
+        x, _ = self._as_batch(images)
+        maps = self.concept_maps(x)
+        order = torch.argsort(self.importance_, descending=True, stable=True)[:top].tolist()
+        kwargs.setdefault("concepts", order)
+        kwargs.setdefault("class_name", self.class_name())
+        kwargs.setdefault("preprocess", getattr(self.split, "preprocess", None))
+        return [
+            viz.heatmap_overlay(x[i], maps[i], importance=self.importance_, **kwargs)
+            for i in range(x.shape[0])
+        ]
+
+    def plot_curves(self, images: Any = None, **kwargs: Any) -> Any:
+        """Figure: deletion and insertion curves on ``images`` (default: the fitting images)."""
+        from face_concepts import viz
+
+        report = self.evaluate(images)
+        kwargs.setdefault("class_name", self.class_name())
+        return viz.curves({self.method: (report.deletion_curve, report.insertion_curve)}, **kwargs)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: Any, *, metrics: dict[str, Any] | None = None) -> Any:
+        """Write the run (ConceptBank: safetensors + JSON) to directory ``path``.
+
+        A loaded run (not refitted since) is written again whole: its top crops, example images
+        and metadata, and its saved metrics unless ``metrics`` is given.
+        """
+        from face_concepts.pipeline.persist import save_explainer
+
+        return save_explainer(self, path, metrics=metrics)
+
+    @classmethod
+    def load(cls, path: Any, split: Any = None) -> ConceptExplainer:
+        """A working explainer from a saved run (no refit); ``split`` defaults to the recorded model."""
+        from face_concepts.pipeline.persist import load_explainer
+
+        return load_explainer(cls, path, split)
+
+
+__all__ = ["FACE", "ConceptExplainer"]

@@ -1,0 +1,436 @@
+"""Concepts of many classes: one bank per class, or one bank shared by all of them.
+
+``SharedConceptExplainer`` fits **one** concept bank ``W`` on the pooled crops of several
+classes. The objective is FACE's own (method.md §2): its KL term already compares the full
+softmax of the model's prediction on the activations, ``softmax(h(A))``, with that of the
+reconstruction, so pooling rows of several classes asks ``W`` to keep every class's prediction.
+Each class then gets its own codes, Sobol importance relative to *its* logit and metrics, through
+an ordinary fitted :class:`~face_concepts.ConceptExplainer` that holds the shared ``W``
+(:meth:`SharedConceptExplainer.explainer`).
+
+:func:`fit_classes` runs many classes through an executor (:mod:`face_concepts.pipeline.executors`):
+one task per class (its own bank), or one task for the shared bank. Tasks return their run
+directories as bytes, which the caller writes: workers on other machines need no shared disk.
+
+Examples
+--------
+>>> from face_concepts import load_model  # doctest: +SKIP
+>>> shared = SharedConceptExplainer(load_model("bundled:mobilenet_v2"), n_concepts=12)  # doctest: +SKIP
+>>> shared.fit({285: "photos/cats", 207: "photos/dogs"}).importance().shape  # doctest: +SKIP
+torch.Size([2, 12])
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from face_concepts._core.device import resolve_device
+from face_concepts._core.io import atomic_write_bytes
+from face_concepts._core.warn import recording
+from face_concepts.methods.registry import factorize, get_method
+from face_concepts.pipeline.bank import ConceptBank
+from face_concepts.pipeline.explainer import N_TOP_CROPS, ConceptExplainer
+from face_concepts.pipeline.persist import _to_uint8
+
+__all__ = [
+    "CLASSES_DIR",
+    "ClassJob",
+    "SharedConceptExplainer",
+    "class_run_name",
+    "fit_class",
+    "fit_classes",
+    "fit_shared",
+]
+
+CLASSES_DIR = "classes"  # sub-runs of a shared bank: one ordinary run per class
+SHARED_DIR = "shared"
+# Settings of ConceptExplainer that a many-class run passes through (everything but the model).
+EXPLAINER_KEYS = (
+    "method", "n_concepts", "kl_weight", "patch_size", "stride", "resize_patches",
+    "encoder_kl_weight", "n_designs", "filter_correct", "batch_size", "max_iter", "tol",
+    "random_state", "device",
+)  # fmt: skip
+
+
+def class_run_name(class_id: int, class_name: str | None) -> str:
+    """Folder name of a class's run: ``"285_egyptian_cat"`` (or ``"285"`` without a name).
+
+    Examples
+    --------
+    >>> class_run_name(285, "Egyptian cat")
+    '285_egyptian_cat'
+    """
+    slug = "".join(ch if ch.isalnum() else "_" for ch in (class_name or "").lower()).strip("_")
+    return f"{class_id}_{slug}" if slug else str(class_id)
+
+
+class SharedConceptExplainer:
+    """One concept bank for several classes, with per-class importance and metrics.
+
+    Parameters are those of :class:`~face_concepts.ConceptExplainer` (model in the constructor,
+    data in :meth:`fit`); ``n_concepts`` is the size of the one shared bank.
+
+    Examples
+    --------
+    >>> shared = SharedConceptExplainer(split, n_concepts=6, progress=False)  # doctest: +SKIP
+    >>> shared.fit({0: images_a, 2: images_c}).importance().shape  # doctest: +SKIP
+    torch.Size([2, 6])
+    """
+
+    def __init__(
+        self,
+        split: Any,
+        method: str = "face",
+        *,
+        n_concepts: int = 10,
+        kl_weight: float = 1.0,
+        patch_size: int = 64,
+        stride: int | None = None,
+        resize_patches: bool | None = None,
+        encoder_kl_weight: str | float = "fit",
+        n_designs: int = 32,
+        filter_correct: bool = False,
+        batch_size: int = 64,
+        max_iter: int | None = None,
+        tol: float | None = None,
+        random_state: int = 0,
+        device: Any = None,
+        progress: bool = True,
+    ) -> None:
+        self.split, self.method, self.n_concepts = split, method, n_concepts
+        self.kl_weight, self.patch_size, self.stride = kl_weight, patch_size, stride
+        self.resize_patches, self.encoder_kl_weight = resize_patches, encoder_kl_weight
+        self.n_designs, self.filter_correct, self.batch_size = n_designs, filter_correct, batch_size
+        self.max_iter, self.tol, self.random_state = max_iter, tol, random_state
+        self.device, self.progress = device, progress
+
+    def _new_explainer(self) -> ConceptExplainer:
+        kwargs = {k: getattr(self, k) for k in EXPLAINER_KEYS if k != "method"}
+        return ConceptExplainer(self.split, self.method, progress=self.progress, **kwargs)
+
+    def fit(self, images_by_class: Mapping[int, Any]) -> SharedConceptExplainer:
+        """Fit one bank on the crops of every class; then codes, importance per class.
+
+        ``images_by_class`` maps class ids to what ``ConceptExplainer.fit`` accepts.
+        """
+        if not isinstance(images_by_class, Mapping) or not images_by_class:
+            raise ValueError(
+                "images_by_class must be a non-empty dict of class id to images, got "
+                f"{type(images_by_class).__name__} of length {len(images_by_class or ())}"
+            )
+        explainers = {int(c): self._new_explainer() for c in images_by_class}
+        if len(explainers) != len(images_by_class):
+            raise ValueError(f"class ids must be distinct, got {list(images_by_class)}")
+        self.warnings_: list[str] = []
+        with recording(self.warnings_):
+            self._fit(explainers, images_by_class)
+        for ex in explainers.values():  # each class's run keeps the fit's warnings
+            ex.warnings_ = list(self.warnings_)
+        return self
+
+    def _fit(
+        self, explainers: dict[int, ConceptExplainer], images_by_class: Mapping[int, Any]
+    ) -> None:
+        prepared = {
+            c: explainers[c]._prepare_fit(images, c)
+            for c, images in zip(explainers, images_by_class.values())
+        }
+        base = next(iter(explainers.values()))
+        rows = torch.cat([p["rows"] for p in prepared.values()])
+        U, W, info = factorize(
+            get_method(self.method),
+            rows.to(resolve_device(self.device)),
+            base._head(),
+            n_concepts=next(iter(prepared.values()))["n_concepts"],
+            kl_weight=base.effective_kl_weight,
+            random_state=self.random_state,
+            max_iter=self.max_iter,
+            tol=self.tol,
+        )
+        counts = [int(p["rows"].shape[0]) for p in prepared.values()]
+        for (c, ex), U_c in zip(explainers.items(), U.cpu().split(counts)):
+            ex._adopt_fit(prepared[c], U_c, W, info)
+        self.explainers_ = explainers
+        self.classes_ = list(explainers)
+        self.loaded_run_ = None  # a fit replaces any run this was loaded from
+        self.concept_bank_ = W.cpu()
+        self.row_codes_ = U.cpu()
+        self.row_class_ = torch.repeat_interleave(torch.tensor(self.classes_), torch.tensor(counts))
+        self.fit_info_ = info
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "explainers_"):
+            raise RuntimeError("this SharedConceptExplainer is not fitted yet; call fit first")
+
+    def explainer(self, class_id: int) -> ConceptExplainer:
+        """The fitted ConceptExplainer of one class (the shared ``W``, that class's importance)."""
+        self._check_fitted()
+        if class_id not in self.explainers_:
+            raise ValueError(f"class_id must be one of {self.classes_}, got {class_id!r}")
+        return self.explainers_[class_id]
+
+    def importance(self) -> torch.Tensor:
+        """Importance per class and concept, (n_classes, n_concepts), rows in ``classes_`` order."""
+        self._check_fitted()
+        return torch.stack([ex.importance_ for ex in self.explainers_.values()])
+
+    def evaluate(self, images_by_class: Mapping[int, Any] | None = None) -> dict[int, Any]:
+        """``{class id: MetricReport}`` on the fitting images or on the given held-out ones."""
+        self._check_fitted()
+        if images_by_class is None:
+            return {c: ex.evaluate() for c, ex in self.explainers_.items()}
+        return {int(c): self.explainer(int(c)).evaluate(x) for c, x in images_by_class.items()}
+
+    def save(self, path: Any, *, metrics: Mapping[int, dict[str, Any]] | None = None) -> Path:
+        """Write the shared run: its bank in ``path``, one ordinary run per class below it.
+
+        ``path/classes/<id>_<name>/`` are complete runs (``ConceptExplainer.load`` reads them);
+        ``path`` holds ``W``, ``class_importance`` (n_classes, r), ``importance`` (their mean
+        over classes), the top crops over all classes and the per-class metrics.
+        """
+        self._check_fitted()
+        out, metrics = Path(path), dict(metrics or {})
+        loaded = getattr(self, "loaded_run_", None)
+        if loaded is not None:
+            return self._save_loaded(loaded, out, metrics)
+        classes = []
+        for c, ex in self.explainers_.items():
+            name = class_run_name(c, ex.class_name())
+            ex.save(out / CLASSES_DIR / name, metrics=metrics.get(c))
+            entry = {"class_id": c, "class_name": ex.class_name(), "n_images": ex.n_images_}
+            classes.append({**entry, "run": f"{CLASSES_DIR}/{name}", "metrics": metrics.get(c)})
+        ConceptBank(self._tensors(), self._metadata(classes)).save(out)
+        return out
+
+    def _save_loaded(
+        self, loaded: ConceptBank, out: Path, metrics: dict[int, dict[str, Any]]
+    ) -> Path:
+        """A loaded shared run (not refitted since), written again whole: every class run and
+        what the shared bank holds (crops, example images, metadata), new metrics per class
+        where given."""
+        from face_concepts.pipeline.persist import save_loaded
+
+        meta = loaded.metadata
+        entries = {int(c["class_id"]): dict(c) for c in meta.get("classes") or []}
+        for c, ex in self.explainers_.items():
+            ex.save(out / entries[c]["run"], metrics=metrics.get(c))
+            if c in metrics:
+                entries[c]["metrics"] = metrics[c]
+        metadata = {**meta, "classes": list(entries.values())}
+        bank = ConceptBank(loaded.tensors, metadata)
+        return save_loaded(bank, out, {"W": self.concept_bank_})
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        imp = self.importance()
+        tensors = {"W": self.concept_bank_, "importance": imp.mean(0), "class_importance": imp}
+        tensors["classes"] = torch.tensor(self.classes_)
+        crops = [ex.crops_ for ex in self.explainers_.values()]
+        pre = getattr(self.split, "preprocess", None)
+        if all(c is not None for c in crops):
+            k = min(N_TOP_CROPS, self.row_codes_.shape[0])
+            idx = self.row_codes_.topk(k, dim=0).indices.T.contiguous()
+            top = torch.cat(crops)[idx.reshape(-1)]
+            tensors["crops"] = _to_uint8(pre.denormalize(top) if pre is not None else top)
+            tensors["top_crop_index"], tensors["top_crop_class"] = idx, self.row_class_[idx]
+            tensors["top_crop_codes"] = self.row_codes_[idx.reshape(-1)]
+        if pre is not None:  # two example images per class, for the atlas's heatmaps
+            ex = torch.cat([e.example_images_[:2] for e in self.explainers_.values()])
+            tensors["example_images"] = _to_uint8(pre.denormalize(ex))
+        return tensors
+
+    def _metadata(self, classes: list[dict[str, Any]]) -> dict[str, Any]:
+        base = next(iter(self.explainers_.values()))
+        split, info = self.split, dict(self.fit_info_)
+        model = split.description() if hasattr(split, "description") else {"name": "?"}
+        return {
+            "shared": True,
+            "model": model,
+            "class_id": None,
+            "class_name": None,
+            "classes": classes,
+            "config": base.config(),
+            "patch_settings": getattr(base, "patch_settings_", None),
+            "n_images": sum(c["n_images"] for c in classes),
+            "n_rows": int(self.row_codes_.shape[0]),
+            "fit": {k: v for k, v in info.items() if k != "history"},
+            "loss_history": info.get("history"),
+            "metrics": {},
+            "warnings": list(
+                dict.fromkeys(
+                    [
+                        *getattr(self, "warnings_", []),
+                        *(
+                            w
+                            for e in self.explainers_.values()
+                            for w in getattr(e, "warnings_", [])
+                        ),
+                    ]
+                )
+            ),
+        }
+
+    @classmethod
+    def load(cls, path: Any, split: Any = None) -> SharedConceptExplainer:
+        """A working shared explainer from :meth:`save`'s directory (no refit)."""
+        from face_concepts.models import load_model
+
+        root = Path(path)
+        bank = ConceptBank.load(root)
+        meta = bank.metadata
+        if not meta.get("shared"):
+            raise ValueError(f"the run at {root} is not a shared bank; use ConceptExplainer.load")
+        if split is None:
+            model = meta.get("model") or {}
+            split = load_model(
+                model.get("model"), layer=model.get("layer"), signed=model.get("transform")
+            )
+        cfg = meta["config"]
+        keys = [k for k in EXPLAINER_KEYS if k not in ("method", "device")]
+        kwargs = {k: cfg[k] for k in keys if k in cfg}
+        kwargs["encoder_kl_weight"] = cfg["encoder"]["kl_weight"]
+        self = cls(split, cfg["method"], progress=False, **kwargs)
+        self.explainers_ = {
+            int(c["class_id"]): ConceptExplainer.load(root / c["run"], split=split)
+            for c in meta["classes"]
+        }
+        self.classes_ = list(self.explainers_)
+        self.concept_bank_ = bank.W
+        self.fit_info_ = {**meta.get("fit", {}), "history": meta.get("loss_history")}
+        self.metadata_ = meta
+        self.loaded_run_ = bank
+        return self
+
+
+# ---------------------------------------------------------------------- many-class tasks
+@dataclass(frozen=True)
+class ClassJob:
+    """One class of a many-class run: its id, its images and optional held-out images.
+
+    ``images`` / ``heldout`` are anything ``ConceptExplainer.fit`` accepts; pass decoded images
+    (an ``ImageSet``) or tensors when workers cannot read the driver's files.
+    """
+
+    class_id: int
+    images: Any
+    heldout: Any = None
+
+
+def _on_device(split: Any, device: Any) -> Any:
+    # In a worker the split is the worker's own copy; moving it touches nothing in the driver.
+    return split if device is None else split.to(resolve_device(device))
+
+
+def _run_files(save: Callable[[Path], Any]) -> dict[str, bytes]:
+    """Save into a temporary directory and return ``{relative path: bytes}``."""
+    with tempfile.TemporaryDirectory(prefix="face-concepts-") as tmp:
+        save(Path(tmp))
+        return {
+            str(p.relative_to(tmp)): p.read_bytes()
+            for p in sorted(Path(tmp).rglob("*"))
+            if p.is_file()
+        }
+
+
+def _metrics(explainer: Any, heldout: Any) -> dict[str, Any]:
+    metrics = {"fit": explainer.evaluate().to_dict()}
+    if heldout is not None:
+        metrics["heldout"] = explainer.evaluate(heldout).to_dict()
+    return metrics
+
+
+def fit_class(job: ClassJob, *, split: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Task of per-class mode: fit, importance, metrics of one class; its run as bytes.
+
+    ``settings`` holds ConceptExplainer arguments (``EXPLAINER_KEYS``). Returns a summary with
+    ``"run"`` (folder name), ``"files"`` (``{relative path: bytes}``) and the metrics.
+    """
+    split = _on_device(split, settings.get("device"))
+    kwargs = {k: v for k, v in settings.items() if k in EXPLAINER_KEYS and k != "method"}
+    ex = ConceptExplainer(split, settings.get("method", "face"), progress=False, **kwargs)
+    ex.fit(job.images, job.class_id)
+    metrics = _metrics(ex, job.heldout)
+    info = ex.fit_info_
+    return {
+        "class_id": ex.class_id_, "class_name": ex.class_name(), "n_images": ex.n_images_,
+        "run": class_run_name(ex.class_id_, ex.class_name()), "n_iter": info.get("n_iter"),
+        "converged": info.get("converged"), "importance": ex.importance().tolist(),
+        "metrics": metrics, "files": _run_files(lambda d: ex.save(d, metrics=metrics)),
+    }  # fmt: skip
+
+
+def fit_shared(
+    jobs: Sequence[ClassJob], *, split: Any, settings: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Task of shared mode: one bank for all ``jobs``; per-class importance and metrics."""
+    split = _on_device(split, settings.get("device"))
+    kwargs = {k: v for k, v in settings.items() if k in EXPLAINER_KEYS and k != "method"}
+    shared = SharedConceptExplainer(split, settings.get("method", "face"), progress=False, **kwargs)
+    shared.fit({j.class_id: j.images for j in jobs})
+    metrics = {j.class_id: _metrics(shared.explainer(j.class_id), j.heldout) for j in jobs}
+    info = shared.fit_info_
+    classes = [
+        {"class_id": c, "class_name": ex.class_name(), "n_images": ex.n_images_,
+         "run": f"{SHARED_DIR}/{CLASSES_DIR}/{class_run_name(c, ex.class_name())}",
+         "importance": ex.importance().tolist(), "metrics": metrics[c]}
+        for c, ex in shared.explainers_.items()
+    ]  # fmt: skip
+    return {
+        "run": SHARED_DIR, "n_iter": info.get("n_iter"), "converged": info.get("converged"),
+        "classes": classes, "files": _run_files(lambda d: shared.save(d, metrics=metrics)),
+    }  # fmt: skip
+
+
+def _write(out: Path, result: dict[str, Any]) -> None:
+    run = out / result.pop("run_dir_name")
+    for rel, data in result.pop("files").items():
+        atomic_write_bytes(run / rel, data)
+
+
+def fit_classes(
+    split: Any,
+    jobs: Sequence[ClassJob],
+    out: Any,
+    *,
+    settings: Mapping[str, Any],
+    shared: bool = False,
+    executor: Any = None,
+    on_done: Callable[[int, Any], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Fit many classes through ``executor`` and write their runs under ``out``.
+
+    Per-class mode writes ``out/<id>_<name>/`` per class (one task each); shared mode writes
+    ``out/shared/`` (one task). Returns one summary per class (per-class mode) or one for the
+    shared bank, with ``run_dir`` set and the file bytes dropped.
+
+    Examples
+    --------
+    >>> fit_classes(split, [ClassJob(0, x0), ClassJob(2, x2)], "runs/atlas",
+    ...             settings={"n_concepts": 5})  # doctest: +SKIP
+    """
+    from face_concepts.pipeline.executors import LocalExecutor
+
+    jobs = list(jobs)
+    if not jobs or not all(isinstance(j, ClassJob) for j in jobs):
+        raise ValueError("jobs must be a non-empty list of ClassJob")
+    ids = [j.class_id for j in jobs]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"class ids must be distinct, got {ids}")
+    get_method(settings.get("method", "face"))  # fail on a typo before any work
+    executor = executor if executor is not None else LocalExecutor()
+    common = {"split": split, "settings": dict(settings)}
+    if shared:
+        results = executor.map(fit_shared, [jobs], shared=common, on_done=on_done)
+    else:
+        results = executor.map(fit_class, jobs, shared=common, on_done=on_done)
+    root = Path(out)
+    for r in results:
+        r["run_dir_name"] = r["run"]
+        _write(root, r)
+        r["run_dir"] = str(root / r["run"])
+    return results
