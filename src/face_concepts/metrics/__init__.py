@@ -5,6 +5,7 @@ encode), pooled whole-image activations ``A_bar`` (n, p), the concept bank ``W``
 head ``h`` ((n, p) -> (n, C) logits), the class of interest and the global importance (r,).
 
 - faithfulness: :func:`accuracy_on_reconstruction` (Acc, agreement), :func:`kl_divergence`,
+  :func:`certified_agreement` (agreement certified by the KL, Pinsker),
   :func:`deletion_curve` / :func:`c_deletion` / :func:`c_deletion_paper`,
   :func:`insertion_curve` / :func:`c_insertion`, :func:`c_mu_fidelity`
 - reconstruction: :func:`mse`, :func:`relative_l2`
@@ -33,6 +34,7 @@ from face_concepts.metrics.faithfulness import (
     c_deletion_paper,
     c_insertion,
     c_mu_fidelity,
+    certified_agreement,
     concept_order,
     default_subset_size,
     deletion_curve,
@@ -59,6 +61,7 @@ __all__ = [
     "c_deletion_paper",
     "c_insertion",
     "c_mu_fidelity",
+    "certified_agreement",
     "compute_metrics",
     "concept_order",
     "default_subset_size",

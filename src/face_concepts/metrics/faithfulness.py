@@ -1,4 +1,5 @@
-"""Faithfulness metrics of method.md §6: Acc, D_KL, C-Deletion, C-Insertion, C-μFidelity.
+"""Faithfulness metrics of method.md §6: Acc, D_KL, certified agreement, C-Deletion, C-Insertion,
+C-μFidelity.
 
 Every function takes codes ``U_hat`` (n, r) produced by the single encoder and the concept bank
 ``W`` (r, p); none of them encodes. The head ``h`` maps (n, p) activations to (n, C) logits.
@@ -20,6 +21,7 @@ from torch import nn
 
 from face_concepts._core.seeding import make_generator
 from face_concepts._core.validation import as_float_tensor, check_int
+from face_concepts.decomposition.losses import kl_rows
 from face_concepts.models.head import affine_parameters
 
 Head = Callable[[torch.Tensor], torch.Tensor]
@@ -230,10 +232,59 @@ def kl_divergence(
 
 
 def _kl_from_logits(logits_a: torch.Tensor, logits_r: torch.Tensor) -> float:
+    return float(_kl_rows_from_logits(logits_a, logits_r).mean())
+
+
+def _kl_rows_from_logits(logits_a: torch.Tensor, logits_r: torch.Tensor) -> torch.Tensor:
+    """Per-image ``KL(softmax logits_a ‖ softmax logits_r)`` in float64 (the losses kernel)."""
     # log-softmax in float64 keeps tiny probabilities from underflowing to log(0).
-    log_p = torch.log_softmax(logits_a.double(), dim=1)
-    log_q = torch.log_softmax(logits_r.double(), dim=1)
-    return float((log_p.exp() * (log_p - log_q)).sum(dim=1).mean())
+    return kl_rows(torch.log_softmax(logits_a.double(), dim=1), logits_r.double())
+
+
+def certified_agreement(
+    A_bar: torch.Tensor,
+    U_hat: torch.Tensor,
+    W: torch.Tensor,
+    head: Head,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> float:
+    """Share of images whose top-1 agreement is *certified* by the KL (the paper's Pinsker bound).
+
+    Let ``p = softmax h(Ā_i)`` (the model), ``q = softmax h(Û_i W)`` (the reconstruction), ``a``
+    the top-1 class of ``p`` and ``m = p_a − max_{c≠a} p_c`` its margin. If ``q``'s top-1 were
+    another class ``b`` (``q_b ≥ q_a``), then ``p_a − p_b ≤ (p_a − q_a) + (q_b − p_b)``, so
+    ``m ≤ |p_a − q_a| + |p_b − q_b| ≤ Σ_c |p_c − q_c| = 2·TV(p, q)``. Pinsker's inequality
+    ``TV(p, q) ≤ √(KL(p ‖ q) / 2)`` then gives ``m ≤ √(2·KL(p ‖ q))``. Contrapositive: an image
+    with ``m > √(2·KL(p ‖ q))`` keeps its top-1 class (strictly: ``q_a − q_b ≥ m − 2·TV > 0``)
+    for *every* ``q`` in that KL ball, not only this one. The share of such images is therefore
+    a lower bound on :func:`accuracy_on_reconstruction`'s agreement; images whose top two
+    classes tie under ``p`` (``m = 0``) are never certified.
+
+    Examples
+    --------
+    >>> A = torch.rand(6, 4); W = torch.rand(3, 4); U = torch.rand(6, 3)
+    >>> 0 <= certified_agreement(A, U, W, torch.nn.Linear(4, 2)) <= 1
+    True
+    """
+    U, Wt = _check_codes(U_hat, W)
+    A = _check_activations(A_bar, U, Wt)
+    logits_a = head_logits(A, head, batch_size=batch_size)
+    return _certified_from_logits(
+        logits_a, reconstruction_logits(U, Wt, head, batch_size=batch_size)
+    )
+
+
+def _certified_from_logits(logits_a: torch.Tensor, logits_r: torch.Tensor) -> float:
+    if logits_a.shape[0] == 0:
+        return float("nan")
+    p = torch.softmax(logits_a.double(), dim=1)
+    if p.shape[1] < 2:  # one class: nothing can swap
+        return 1.0
+    top2 = p.topk(2, dim=1).values
+    margin = top2[:, 0] - top2[:, 1]
+    kl = _kl_rows_from_logits(logits_a, logits_r).clamp_min(0.0)  # rounding can dip below 0
+    return float((margin > torch.sqrt(2.0 * kl)).double().mean())
 
 
 def _curve(

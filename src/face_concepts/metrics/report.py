@@ -1,6 +1,6 @@
 """``MetricReport``: every method.md §6 metric for one class on one image set, and its filler.
 
-The key names are fixed (checks, the CLI and users read them): ``acc, agreement, kl, mse,
+The key names are fixed (checks, the CLI and users read them): ``acc, agreement, certified, kl, mse,
 rel_l2, c_deletion, c_deletion_paper, c_insertion, c_mu_fidelity, c_gini, density, hoyer,
 stability`` plus the curves ``deletion_curve`` and ``insertion_curve``. Metadata (image and
 concept counts, class, split name, encoder settings, metric settings) travels with them.
@@ -26,6 +26,7 @@ from face_concepts.metrics.stability import stability as bank_stability
 METRIC_KEYS: tuple[str, ...] = (
     "acc",
     "agreement",
+    "certified",
     "kl",
     "mse",
     "rel_l2",
@@ -45,7 +46,9 @@ CURVE_KEYS: tuple[str, ...] = ("deletion_curve", "insertion_curve")
 class MetricReport:
     """The §6 metrics of one class on one image set (``split``: e.g. ``"fit"``, ``"heldout"``).
 
-    ``stability`` is ``None`` when it was not computed (it needs refits). ``c_deletion`` is the
+    ``stability`` is ``None`` when it was not computed (it needs refits). ``certified`` is the
+    share of images whose agreement the KL certifies (:func:`~face_concepts.metrics.faithfulness.
+    certified_agreement`, a lower bound on ``agreement``). ``c_deletion`` is the
     AOPC over ``r + 1`` points; ``c_deletion_paper`` the authors' ``r + 2`` normalisation.
 
     Examples
@@ -68,6 +71,8 @@ class MetricReport:
     density: float
     hoyer: float
     stability: float | None = None
+    # None only in reports saved before it existed (it is always computed now).
+    certified: float | None = None
     deletion_curve: list[float] = field(default_factory=list)
     insertion_curve: list[float] = field(default_factory=list)
     acc_original: float | None = None
@@ -93,7 +98,8 @@ class MetricReport:
         """Inverse of :meth:`to_dict`. Unknown keys are ignored (reports from newer versions)."""
         if not isinstance(data, Mapping):
             raise TypeError(f"data must be a mapping, got {type(data).__name__}")
-        missing = [k for k in METRIC_KEYS if k != "stability" and k not in data]
+        optional = ("stability", "certified")  # certified: absent from older saved reports
+        missing = [k for k in METRIC_KEYS if k not in optional and k not in data]
         if missing:
             raise ValueError(f"metric report is missing key(s) {missing}")
         known = {f.name for f in fields(cls)}
@@ -178,6 +184,7 @@ def compute_metrics(
     return MetricReport(
         acc=acc,
         agreement=agreement,
+        certified=fa._certified_from_logits(logits_a, logits_r),
         kl=fa._kl_from_logits(logits_a, logits_r),
         mse=mse(A, U, Wt),
         rel_l2=relative_l2(A, U, Wt),

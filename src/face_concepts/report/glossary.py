@@ -18,6 +18,12 @@ METRIC_HELP: dict[str, tuple[str, str, str]] = {
         "share of images whose top-1 prediction is the same on the reconstruction as on the "
         "original activations",
     ),
+    "certified": (
+        "Certified",
+        "↑",
+        "share of images whose top-1 margin p₁ − p₂ exceeds √(2·KL): by Pinsker no distribution "
+        "that close can change their prediction (a guaranteed lower bound on Agreement)",
+    ),
     "kl": (
         "D_KL",
         "↓",
