@@ -1,4 +1,4 @@
-"""Patches (method.md §4.2): grid vs naive loops and CRAFT's own code, random crops, resizing."""
+"""Patches (docs/method.md §7.3): grid vs naive loops and CRAFT's own code, random crops, resizing."""
 
 from __future__ import annotations
 

@@ -102,7 +102,7 @@ def test_kl_decreases_with_lambda_and_agreement_reaches_one():
 
 
 def _authors_loop(A, U, W, head, lam, steps, lr=5e-4, tol=1e-3):
-    """A straightforward re-implementation of the authors' training loop (method.md §3)."""
+    """A straightforward re-implementation of the authors' training loop (docs/method.md §4.4)."""
     U = U.clone().requires_grad_(True)
     W = W.clone().requires_grad_(True)
     opt = torch.optim.Adam([U, W], lr=lr)

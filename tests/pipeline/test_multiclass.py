@@ -1,7 +1,7 @@
 """Shared concept banks (one W for several classes) and per-class many-class runs.
 
 Oracles: the shared fit is FACE on the concatenated rows of every class (same W, and its
-objective is the method.md §2 objective written out with the KL over the *full* softmax);
+objective is the docs/method.md §2.1 objective written out with the KL over the *full* softmax);
 per-class importance is Sobol on that class's codes for that class's logit; per-class mode
 gives exactly the banks of separate ``ConceptExplainer`` fits.
 """

@@ -1,7 +1,7 @@
 """Images in: files, folders, class folders, ``.npz``, tensors, dataset adapters, patches.
 
 Decoding (EXIF orientation, every Pillow mode → RGB), preprocessing described by the model's
-own metadata (:class:`Preprocess`), grid/random patches (method.md §4.2) and the real photos
+own metadata (:class:`Preprocess`), grid/random patches (docs/method.md §7.3) and the real photos
 that ship with installed packages.
 """
 

@@ -1,4 +1,4 @@
-"""Patches (crops) of a preprocessed batch, as in method.md §4.2.
+"""Patches (crops) of a preprocessed batch, as in docs/method.md §7.3.
 
 The FACE code feeds a grid of 64-px crops (stride ``int(0.8 * 64) = 51``, no padding, 16 per
 224-px image) to the feature extractor at native size; CRAFT first resizes each crop to the

@@ -8,7 +8,7 @@ Notation (used everywhere in the project, following the paper):
 - ``h`` — the classifier head mapping ``(n, p)`` features to ``(n, C)`` logits.
 - ``P = softmax(h(A))``, ``Q = softmax(h(U W))`` row-wise.
 
-Objective (method.md §2, the authors' code scaling so that their λ values transfer)::
+Objective (docs/method.md §2.1, the authors' code scaling so that their λ values transfer)::
 
     L(U, W) = mean_ij (A − U W)²_ij + λ · (1/n) Σ_i KL(P_i ‖ Q_i)
 

@@ -1,4 +1,4 @@
-"""The single non-negative encoder (method.md §4.5).
+"""The single non-negative encoder (docs/method.md §6).
 
 Codes for new activations minimise the *same* objective as the fit, over ``U ≥ 0`` with the
 concept bank ``W`` fixed: ``mean (A − U W)² + λ · KL(softmax h(A) ‖ softmax h(U W))``. With

@@ -34,7 +34,7 @@ SOLVER_CHOICES = ("auto", *SOLVERS)
 
 
 class FACE(BaseEstimator):
-    """Faithful concept extraction: ``A ≈ U W`` with the head's prediction kept (method.md §2).
+    """Faithful concept extraction: ``A ≈ U W`` with the head's prediction kept (docs/method.md §2).
 
     Minimises ``mean (A − U W)² + kl_weight · (1/n) Σ_i KL(softmax h(A_i) ‖ softmax h((UW)_i))``
     over ``U, W ≥ 0``.
@@ -336,7 +336,7 @@ class FACE(BaseEstimator):
         return encode(A.to(W.device, W.dtype), W, self.head, kl_weight=lam)
 
     def transform(self, A: Any, *, kl_weight: float | None = None) -> torch.Tensor:
-        """Codes ``U ≥ 0`` for ``A`` with ``W`` fixed: the single encoder (method.md §4.5).
+        """Codes ``U ≥ 0`` for ``A`` with ``W`` fixed: the single encoder (docs/method.md §6).
 
         ``kl_weight`` defaults to the fit's λ; pass 0 for plain non-negative least squares.
         """

@@ -2,7 +2,7 @@
 
 - ``nndsvd``: Boutsidis & Gallopoulos (2008), as in scikit-learn (zeros stay zero).
 - ``nndsvda``: ``nndsvd`` with zeros filled by the mean of ``A`` (scikit-learn's default).
-- ``nndsvd-authors``: the FACE authors' variant (method.md §3): first pair ``√s₀|u₀|, √s₀|v₀|``;
+- ``nndsvd-authors``: the FACE authors' variant (docs/method.md §3): first pair ``√s₀|u₀|, √s₀|v₀|``;
   for ``i ≥ 1`` the positive or negative parts (larger product of norms), each normalised to
   unit norm and scaled by ``√s_i`` (no product-of-norms factor).
 - ``random``: ``sqrt(mean(A) / r) · |N(0, 1)|`` from a seeded CPU generator (scikit-learn's).

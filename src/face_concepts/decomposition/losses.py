@@ -1,4 +1,4 @@
-"""The FACE objective (method.md §2) as pure functions.
+"""The FACE objective (docs/method.md §2.1) as pure functions.
 
 ``L(U, W) = mean_ij (A − U W)²_ij + λ · (1/n) Σ_i KL(P_i ‖ Q_i)`` with ``P = softmax(h(A))``,
 ``Q = softmax(h(U W))`` — the authors' code scaling (``F.mse_loss`` + ``F.kl_div(...,
@@ -36,7 +36,7 @@ def face_objective(
     head: Callable[[torch.Tensor], torch.Tensor] | None,
     kl_weight: float,
 ) -> float:
-    """The method.md §2 objective, computed the obvious way (materialising ``U W``).
+    """The docs/method.md §2.1 objective, computed the obvious way (materialising ``U W``).
 
     Parameters
     ----------

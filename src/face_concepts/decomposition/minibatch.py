@@ -1,7 +1,7 @@
 """Mini-batch (streaming) FACE: memory independent of the number of rows ``n``.
 
 Algorithm — a stochastic majorise–minimise scheme (Mairal et al. 2010, online dictionary
-learning / online NMF) extended to the KL term. Per row the objective of method.md §2 is
+learning / online NMF) extended to the KL term. Per row the objective of docs/method.md §2.1 is
 ``ℓ_i(W) = (1/p)‖a_i − u_i W‖² + λ KL(P_i ‖ softmax(z_i))`` with ``z_i = u_i W Vᵀ + b`` for an
 affine head, and ``L = (1/n) Σ_i ℓ_i``. For each mini-batch ``A_b``:
 

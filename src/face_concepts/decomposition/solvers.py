@@ -1,4 +1,4 @@
-"""Solvers for ``min_{U, W ≥ 0} L(U, W)`` (method.md §2), chosen from a registry.
+"""Solvers for ``min_{U, W ≥ 0} L(U, W)`` (docs/method.md §2), chosen from a registry.
 
 ``hals`` (default for affine heads and plain NMF) — alternating block updates; the objective
 is convex in each block and every block update is monotone.

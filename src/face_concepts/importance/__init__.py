@@ -2,7 +2,7 @@
 
 ``sobol_indices(U, W, head, class_id)`` gives local (per-image) total indices, shape
 (n_images, n_concepts); ``sobol_importance`` their mean over images (the global ranking of
-method.md §5). ``gradient_input`` is the cheap alternative, exact for affine heads.
+docs/method.md §8.1). ``gradient_input`` is the cheap alternative, exact for affine heads.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Two kinds of map, both of shape (n_images, n_concepts, H, W):
 
 * :func:`spatial_concept_maps` (what CRAFT and Xplique call concept attribution maps, and the
-  heatmaps of method.md §4.6): every spatial position of an image's feature map is treated as
+  heatmaps of docs/method.md §7.7): every spatial position of an image's feature map is treated as
   an activation vector, encoded with the single encoder against the concept bank, and each
   concept's channel is upsampled bilinearly to the image. Cheap, but it says where the
   *features* look like a concept, not what in the *input* produces the code.

@@ -1,4 +1,4 @@
-"""Quasi-Monte Carlo mask designs for Sobol total indices (method.md §5).
+"""Quasi-Monte Carlo mask designs for Sobol total indices (docs/method.md §8.1).
 
 A design for ``r`` concepts is built from ``N_d`` points of a low-discrepancy sequence in
 ``2r`` dimensions: ``A_s`` is the first ``r`` columns, ``B_s`` the last ``r``, and for each

@@ -47,7 +47,7 @@ def _safe_ratio(num: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
 def jansen(outputs: torch.Tensor, n_designs: int) -> torch.Tensor:
     """Jansen (1999) estimator: ``S_T,i = Σ_j (y_A,j − y_{C^i},j)² / (2 N_d Var(y_A))``.
 
-    ``Var`` is the unbiased sample variance of ``y_A``, as in method.md §5 and Craft-xai.
+    ``Var`` is the unbiased sample variance of ``y_A``, as in docs/method.md §8.1 and Craft-xai.
 
     Parameters
     ----------

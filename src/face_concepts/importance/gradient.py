@@ -1,4 +1,4 @@
-"""Gradient×Input concept importance: ``u_i · ∂ logit_c(u W) / ∂u_i`` (method.md §5).
+"""Gradient×Input concept importance: ``u_i · ∂ logit_c(u W) / ∂u_i`` (docs/method.md §8.2).
 
 For an affine head ``h(x) = x Vᵀ + b`` the class logit is ``Σ_i u_i (W Vᵀ)_{i,c} + b_c``, so
 Gradient×Input is that sum's terms: an exact additive decomposition of the logit (minus the

@@ -1,4 +1,4 @@
-"""Sobol total-order concept importance (method.md §5), vectorised over images and masks.
+"""Sobol total-order concept importance (docs/method.md §8.1), vectorised over images and masks.
 
 For an image code ``u`` (one row of ``U``) and each mask ``m`` of the design, the output is
 the raw class logit ``y = h((u ⊙ m) W)[class_id]``. The per-image indices come from an

@@ -1,4 +1,4 @@
-"""Metrics of method.md §6, as pure functions on tensors, plus :class:`MetricReport`.
+"""Metrics of docs/method.md §9, as pure functions on tensors, plus :class:`MetricReport`.
 
 All metrics take codes ``U_hat`` produced by the single non-negative encoder (they never
 encode), pooled whole-image activations ``A_bar`` (n, p), the concept bank ``W`` (r, p), the

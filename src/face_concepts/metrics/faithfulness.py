@@ -1,4 +1,4 @@
-"""Faithfulness metrics of method.md §6: Acc, D_KL, certified agreement, C-Deletion, C-Insertion,
+"""Faithfulness metrics of docs/method.md §9.1: Acc, D_KL, certified agreement, C-Deletion, C-Insertion,
 C-μFidelity.
 
 Every function takes codes ``U_hat`` (n, r) produced by the single encoder and the concept bank
@@ -378,7 +378,7 @@ def _aopc(curve: object, divisor_extra: int, *, warn: bool = True) -> float:
 
 
 def c_deletion(curve: torch.Tensor) -> float:
-    """AOPC of a deletion curve: ``Σ_{k=0}^{r} (d(0) − d(k)) / (r + 1)`` (method.md §6).
+    """AOPC of a deletion curve: ``Σ_{k=0}^{r} (d(0) − d(k)) / (r + 1)`` (docs/method.md §9.1).
 
     If the class is never predicted (``d(0) = 0``) the score is 0 when the curve stays at 0 and
     negative when deleting concepts makes the class appear; a ``RuntimeWarning`` says so.

@@ -1,4 +1,4 @@
-"""Reconstruction metrics of method.md §6: MSE and relative ℓ2 of ``Ā − Û W``.
+"""Reconstruction metrics of docs/method.md §9.2: MSE and relative ℓ2 of ``Ā − Û W``.
 
 Both accumulate in float64 over row blocks, so they stay exact-enough and bounded in memory on
 large activation matrices (patches as well as whole images).

@@ -1,4 +1,4 @@
-"""``MetricReport``: every method.md §6 metric for one class on one image set, and its filler.
+"""``MetricReport``: every docs/method.md §9 metric for one class on one image set, and its filler.
 
 The key names are fixed (checks, the CLI and users read them): ``acc, agreement, certified, kl, mse,
 rel_l2, c_deletion, c_deletion_paper, c_insertion, c_mu_fidelity, c_gini, density, hoyer,

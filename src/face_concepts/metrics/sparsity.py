@@ -1,4 +1,4 @@
-"""Concentration and sparsity metrics of method.md §6: C-Gini, code density, Hoyer sparsity.
+"""Concentration and sparsity metrics of docs/method.md §9.3: C-Gini, code density, Hoyer sparsity.
 
 - :func:`gini` concentrates on the global importance vector (higher: fewer concepts matter).
 - :func:`density` is what the FACE authors call "sparsity": the mean fraction of non-zero codes

@@ -1,4 +1,4 @@
-"""Concept stability of method.md §6: agreement of concept banks refitted on different folds.
+"""Concept stability of docs/method.md §9.4: agreement of concept banks refitted on different folds.
 
 Concepts are defined up to permutation and scale, so banks are compared after L2-normalising
 their rows and matching them with the Hungarian algorithm on ``1 − cosine``.
@@ -108,7 +108,7 @@ def stability_folds(
     """C-Stab: refit on each training split of a seeded K-fold and compare the banks.
 
     ``fit_fn(A_subset) -> W`` refits a concept bank (r, p) on the rows it is given; the
-    method.md defaults are 5 folds over images with ``random_state=42`` (the authors' setting).
+    docs/method.md §9.4 defaults are 5 folds over images with ``random_state=42`` (the authors' setting).
     Pass ``groups`` (image id per row) when ``A`` holds several patches per image.
 
     Examples

@@ -1,4 +1,4 @@
-"""``ModelSplit``: a classifier written as ``f = h ∘ pool ∘ g`` (method.md §1).
+"""``ModelSplit``: a classifier written as ``f = h ∘ pool ∘ g`` (docs/method.md §1).
 
 ``features`` (g) maps images to a non-negative (N, p, H, W) map, ``pool`` averages it over space
 to the activations ``A`` (N, p), and ``head`` (h) maps ``A`` to logits (N, C). ``verify`` checks

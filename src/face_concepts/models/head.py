@@ -1,7 +1,7 @@
 """Recognise affine classifier heads and expose ``h(x) = x Vᵀ + b``.
 
 An affine head lets the engine compute logits of a reconstruction as ``U (W Vᵀ) + b`` without
-materialising ``U W`` (method.md §2). Recognised: ``nn.Linear``; ``nn.Sequential`` of Linear
+materialising ``U W`` (docs/method.md §2.2). Recognised: ``nn.Linear``; ``nn.Sequential`` of Linear
 layers and layers that are the identity in eval mode (Dropout, Identity, Flatten on 2-D input);
 anything exposing ``affine_parameters() -> (V, b)``. Composed Linear layers are folded.
 """

@@ -1,7 +1,7 @@
 """How much each concept of a run contributes to one image's prediction, and where it is.
 
 The contribution of concept ``i`` to the logit of the run's class ``c`` is Gradient×Input on
-the image's codes ``u`` (method.md §5): for an affine head ``h(x) = x Vᵀ + b`` it is exactly
+the image's codes ``u`` (docs/method.md §8.2): for an affine head ``h(x) = x Vᵀ + b`` it is exactly
 ``u_i (W Vᵀ)[i, c]``, and the contributions add up to ``h(u W)_c − b_c``. The rest of the
 model's logit is the bias and the reconstruction residual ``h(a)_c − h(u W)_c``.
 """

@@ -48,14 +48,14 @@ class ConceptExplainer:
         NMF), while λ = 1 changes them (C-Deletion 0.61 → 0.89 on MobileNetV2, the recommended
         λ on Fashion-MNIST; ``benchmarks/results/reproduction.md``). The CLI uses 1.0 too.
     patch_size, stride : int
-        Grid crops (method.md §4.2); stride defaults to ``int(0.8 · patch_size)``.
+        Grid crops (docs/method.md §7.3); stride defaults to ``int(0.8 · patch_size)``.
     resize_patches : bool or None
         Resize crops to the model input size (CRAFT) or not (FACE code); None: the method's.
     encoder_kl_weight : "fit" or float
         λ of the single encoder used for image codes and all metrics; "fit" uses the fit's λ.
         Benchmarks comparing methods set one value for all methods.
     n_designs : int
-        Sobol designs (method.md §5).
+        Sobol designs (docs/method.md §8.1).
     filter_correct : bool
         Keep only images the model assigns to ``class_id`` (the authors' protocol).
     batch_size : int
@@ -350,7 +350,7 @@ class ConceptExplainer:
     def evaluate(
         self, images: Any = None, *, stability: bool = False, split: str | None = None
     ) -> MetricReport:
-        """Metrics of method.md §6 on ``images`` (default: the fitting images)."""
+        """Metrics of docs/method.md §9 on ``images`` (default: the fitting images)."""
         self._check_fitted()
         if getattr(self, "warnings_", None) is None:
             self.warnings_ = []

@@ -1,7 +1,7 @@
 """Concepts of many classes: one bank per class, or one bank shared by all of them.
 
 ``SharedConceptExplainer`` fits **one** concept bank ``W`` on the pooled crops of several
-classes. The objective is FACE's own (method.md §2): its KL term already compares the full
+classes. The objective is FACE's own (docs/method.md §2.1): its KL term already compares the full
 softmax of the model's prediction on the activations, ``softmax(h(A))``, with that of the
 reconstruction, so pooling rows of several classes asks ``W`` to keep every class's prediction.
 Each class then gets its own codes, Sobol importance relative to *its* logit and metrics, through

@@ -1,4 +1,4 @@
-"""One-line explanations of the metrics (method.md §6), shared by the atlas and the CLI tables."""
+"""One-line explanations of the metrics (docs/method.md §9), shared by the atlas and the CLI tables."""
 
 from __future__ import annotations
 

@@ -134,7 +134,7 @@ def curves(
 
 
 def _scores(deletion: np.ndarray, insertion: np.ndarray) -> tuple[float, float]:
-    # The metrics module owns the score definitions (method.md §6); imported here lazily so
+    # The metrics module owns the score definitions (docs/method.md §9); imported here lazily so
     # that drawing curves never depends on it unless scores are requested.
     import torch
 

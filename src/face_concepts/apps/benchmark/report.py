@@ -23,7 +23,7 @@ import torch
 from face_concepts._core.io import atomic_write_bytes
 from face_concepts.metrics.report import METRIC_KEYS
 
-# Paper layout (method.md §8): label, metric key, better direction.
+# Paper layout (docs/method.md §11): label, metric key, better direction.
 TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("Acc", "acc", "↑"),
     ("Agree", "agreement", "↑"),
