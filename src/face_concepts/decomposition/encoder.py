@@ -3,7 +3,9 @@
 Codes for new activations minimise the *same* objective as the fit, over ``U ≥ 0`` with the
 concept bank ``W`` fixed: ``mean (A − U W)² + λ · KL(softmax h(A) ‖ softmax h(U W))``. With
 ``kl_weight = 0`` it is non-negative least squares. Every method and metric in face-concepts
-encodes through this function, so comparisons isolate the factorisation.
+encodes through this function, so comparisons isolate the factorisation. The bank may be signed
+(``bank="signed"``, ``semi_nmf.py``): the codes are non-negative all the same, and ``A`` may then
+be signed too.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 
 from face_concepts._core.validation import as_float_tensor, check_float, check_int
 from face_concepts.decomposition._head import Head
-from face_concepts.decomposition.losses import kl_rows
+from face_concepts.decomposition.losses import HEAD_REQUIRED, kl_rows
 from face_concepts.decomposition.newton import solve_codes_newton
 from face_concepts.decomposition.problem import make_problem
 from face_concepts.decomposition.solvers import (
@@ -79,6 +81,7 @@ def encode(
     tol: float = 1e-7,
     U0: torch.Tensor | None = None,
     batch_size: int | None = None,
+    signed: bool | None = None,
 ) -> torch.Tensor:
     """Non-negative codes ``U`` for activations ``A`` given the concept bank ``W``.
 
@@ -98,6 +101,9 @@ def encode(
         Warm start; default is clamped least squares.
     batch_size : int, optional
         Encode rows in chunks of this size (rows are independent, so results do not change).
+    signed : bool or None
+        Whether ``W`` is a signed bank (then ``A`` may be signed); None: whether ``W`` has a
+        negative entry. A non-negative bank needs ``A ≥ 0``.
 
     Returns
     -------
@@ -109,8 +115,12 @@ def encode(
     >>> encode(A, W)
     tensor([[1., 2.]])
     """
-    A = as_float_tensor(A, "A", non_negative=True)
-    W = as_float_tensor(W, "W", dtype=A.dtype, device=A.device, non_negative=True)
+    A = as_float_tensor(A, "A")
+    W = as_float_tensor(W, "W", dtype=A.dtype, device=A.device)
+    if signed is None:
+        signed = bool((W < 0).any())
+    if not signed:
+        as_float_tensor(A, "A", non_negative=True)
     kl_weight = check_float(kl_weight, "kl_weight", minimum=0.0)
     check_int(max_iter, "max_iter", minimum=1)
     if W.shape[1] != A.shape[1]:
@@ -118,7 +128,7 @@ def encode(
     h = None
     if kl_weight > 0:
         if head is None:
-            raise ValueError("head is required when kl_weight > 0")
+            raise ValueError(HEAD_REQUIRED)
         h = Head(head, dtype=A.dtype, device=A.device)
     n = A.shape[0]
     bs = n if batch_size is None else check_int(batch_size, "batch_size", minimum=1)

@@ -27,7 +27,10 @@ from face_concepts.decomposition import minibatch as mb
 from face_concepts.decomposition._head import Head
 from face_concepts.decomposition.encoder import encode, solve_codes
 from face_concepts.decomposition.init import INITS, initialize
+from face_concepts.decomposition.losses import HEAD_REQUIRED
 from face_concepts.decomposition.problem import make_problem
+from face_concepts.decomposition.semi_nmf import SOLVERS as SIGNED_SOLVERS
+from face_concepts.decomposition.semi_nmf import check_bank
 from face_concepts.decomposition.solvers import DEFAULTS, SOLVERS, evaluate
 
 SOLVER_CHOICES = ("auto", *SOLVERS)
@@ -37,7 +40,7 @@ class FACE(BaseEstimator):
     """Faithful concept extraction: ``A ≈ U W`` with the head's prediction kept (docs/method.md §2).
 
     Minimises ``mean (A − U W)² + kl_weight · (1/n) Σ_i KL(softmax h(A_i) ‖ softmax h((UW)_i))``
-    over ``U, W ≥ 0``.
+    over ``U, W ≥ 0`` (``bank="signed"``: over ``U ≥ 0`` and any ``W``).
 
     Parameters
     ----------
@@ -79,6 +82,11 @@ class FACE(BaseEstimator):
         Default 0.1: at n = 10⁵ (MobileNetV2 features, λ = 1, one pass of 2048-row batches)
         0.7, 0.3, 0.1, 0.03, 0.01 ended at objective 2.21, 1.40, 1.37, 1.38, 1.38 — the KL
         term's statistics are linearised at past logits, and old ones mislead.
+    bank : {"nonnegative", "signed"}
+        "nonnegative" (default): NMF, ``W ≥ 0`` and ``A ≥ 0`` required. "signed": Semi-NMF
+        (:mod:`~face_concepts.decomposition.semi_nmf`), codes ``U ≥ 0`` but concepts are signed
+        directions, for layers with signed activations (``A`` may then be signed); init "auto"
+        is "signed-svd"; solvers "hals" and "pgd" (not "adam").
 
     Attributes
     ----------
@@ -125,6 +133,7 @@ class FACE(BaseEstimator):
         verbose: bool = False,
         batch_size: int | None = None,
         forget_factor: float = 0.1,
+        bank: str = "nonnegative",
     ) -> None:
         self.head = head
         self.n_concepts = n_concepts
@@ -138,11 +147,16 @@ class FACE(BaseEstimator):
         self.verbose = verbose
         self.batch_size = batch_size
         self.forget_factor = forget_factor
+        self.bank = bank
+
+    def _signed(self) -> bool:
+        """Whether the bank is signed (``bank="signed"``); validates ``bank``."""
+        return check_bank(self.bank, self.solver)
 
     # -- validation -------------------------------------------------------------------------
     def _validate(self, A: Any) -> tuple[torch.Tensor, Head | None, str, int, float]:
         dev = resolve_device(self.device, like=A if isinstance(A, torch.Tensor) else None)
-        A = as_float_tensor(A, "A", non_negative=True, device=dev)
+        A = as_float_tensor(A, "A", non_negative=not self._signed(), device=dev)
         n, p = A.shape
         if not bool(A.any()):
             # Every factorisation of 0 is W = 0: a silent, useless bank. Say why instead.
@@ -163,9 +177,7 @@ class FACE(BaseEstimator):
             head = Head(self.head, dtype=A.dtype, device=dev)
             head.check(p)
         elif lam > 0:
-            raise ValueError(
-                "head is required when kl_weight > 0 (use NMF for plain factorisation)"
-            )
+            raise ValueError(HEAD_REQUIRED)
         solver = self.solver
         if solver == "auto":
             solver = "hals" if (lam == 0 or head.is_affine) else "pgd"
@@ -201,11 +213,12 @@ class FACE(BaseEstimator):
     def _fit(self, A: Any, U0: Any = None, W0: Any = None) -> torch.Tensor:
         A, head, solver, r, lam = self._validate(A)
         init = self.init
+        signed = self._signed()
         if init == "auto":
-            init = "nndsvd-authors" if solver == "adam" else "nndsvda"
+            init = "signed-svd" if signed else "nndsvd-authors" if solver == "adam" else "nndsvda"
         if (U0 is not None or W0 is not None) and init != "custom":
             raise ValueError("U0/W0 are only used with init='custom'")
-        U, W = initialize(A, r, init, random_state=self.random_state, U0=U0, W0=W0)
+        U, W = initialize(A, r, init, random_state=self.random_state, U0=U0, W0=W0, signed=signed)
         prob = make_problem(A, head, lam)
         callback = None
         if self.verbose:
@@ -221,7 +234,7 @@ class FACE(BaseEstimator):
                     )
 
         options = {"warm_start": init != "custom"} if solver == "hals" else {}
-        res = SOLVERS[solver](
+        res = (SIGNED_SOLVERS if signed else SOLVERS)[solver](
             prob,
             U,
             W,
@@ -269,10 +282,12 @@ class FACE(BaseEstimator):
     # -- mini-batch -------------------------------------------------------------------------
     def _online_start(self, A0: Any, W0: Any = None, *, from_bank: bool = False) -> mb.OnlineState:
         dev = resolve_device(self.device, like=A0 if isinstance(A0, torch.Tensor) else None)
-        A0 = as_float_tensor(A0, "A", non_negative=True, device=dev)
+        signed = self._signed()
+        A0 = as_float_tensor(A0, "A", non_negative=not signed, device=dev)
         head, r, lam, init = mb.validate(self, A0)
         init = "custom" if from_bank else init
         options = {
+            "signed": signed,
             "random_state": self.random_state,
             "forget_factor": mb.check_forget_factor(self.forget_factor),
             "W0": W0,
@@ -283,7 +298,9 @@ class FACE(BaseEstimator):
     def _fit_minibatch(self, A: Any, W0: Any, keep_codes: bool) -> torch.Tensor | None:
         source = mb.check_source(A)
         batch_size = mb.check_batch_size(self.batch_size)
-        state = self._online_start(mb.first_batch(source, batch_size), W0)
+        state = self._online_start(
+            mb.first_batch(source, batch_size, non_negative=not self._signed()), W0
+        )
         settings = {
             "max_iter": check_int(
                 mb.default_setting(self.max_iter, "max_iter"), "max_iter", minimum=1
@@ -311,7 +328,9 @@ class FACE(BaseEstimator):
             from_bank = hasattr(self, "concept_bank_")  # continue from a full-batch fit
             W0 = self.concept_bank_ if from_bank else W0
             state = self._online = self._online_start(A, W0, from_bank=from_bank)
-        A = as_float_tensor(A, "A", non_negative=True, device=state.W.device, dtype=state.W.dtype)
+        A = as_float_tensor(
+            A, "A", non_negative=not state.signed, device=state.W.device, dtype=state.W.dtype
+        )
         if A.shape[1] != state.W.shape[1]:
             raise ValueError(f"A has {A.shape[1]} features, expected {state.W.shape[1]}")
         self.batch_objective_ = mb.step(state, A).total
@@ -333,7 +352,7 @@ class FACE(BaseEstimator):
             else check_float(kl_weight, "kl_weight", minimum=0.0)
         )
         W = self.concept_bank_
-        return encode(A.to(W.device, W.dtype), W, self.head, kl_weight=lam)
+        return encode(A.to(W.device, W.dtype), W, self.head, kl_weight=lam, signed=self._signed())
 
     def transform(self, A: Any, *, kl_weight: float | None = None) -> torch.Tensor:
         """Codes ``U ≥ 0`` for ``A`` with ``W`` fixed: the single encoder (docs/method.md §6).
@@ -341,7 +360,9 @@ class FACE(BaseEstimator):
         ``kl_weight`` defaults to the fit's λ; pass 0 for plain non-negative least squares.
         """
         self._check_fitted()
-        A = as_float_tensor(A, "A", non_negative=True, device=self.concept_bank_.device)
+        A = as_float_tensor(
+            A, "A", non_negative=not self._signed(), device=self.concept_bank_.device
+        )
         if A.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"A has {A.shape[1]} features, but this model was fitted on {self.n_features_in_}"
@@ -363,7 +384,9 @@ class FACE(BaseEstimator):
     def score(self, A: Any, y: Any = None) -> float:
         """Negative objective of ``A`` encoded with the fitted bank (higher is better)."""
         self._check_fitted()
-        A = as_float_tensor(A, "A", non_negative=True, device=self.concept_bank_.device)
+        A = as_float_tensor(
+            A, "A", non_negative=not self._signed(), device=self.concept_bank_.device
+        )
         U = self.transform(A)
         head = (
             Head(self.head, dtype=A.dtype, device=A.device) if float(self.kl_weight) > 0 else None
@@ -374,7 +397,7 @@ class FACE(BaseEstimator):
 class NMF(FACE):
     """Plain NMF with the same solvers, encoder and contract as :class:`FACE` (λ = 0, no head).
 
-    Minimises ``mean (A − U W)²`` over ``U, W ≥ 0``.
+    Minimises ``mean (A − U W)²`` over ``U, W ≥ 0`` (``bank="signed"``: Semi-NMF, ``W`` free).
 
     Examples
     --------
@@ -396,6 +419,7 @@ class NMF(FACE):
         verbose: bool = False,
         batch_size: int | None = None,
         forget_factor: float = 0.1,
+        bank: str = "nonnegative",
     ) -> None:
         super().__init__(
             None,
@@ -410,6 +434,7 @@ class NMF(FACE):
             verbose=verbose,
             batch_size=batch_size,
             forget_factor=forget_factor,
+            bank=bank,
         )
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:

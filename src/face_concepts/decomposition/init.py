@@ -5,7 +5,11 @@
 - ``nndsvd-authors``: the FACE authors' variant (docs/method.md §3): first pair ``√s₀|u₀|, √s₀|v₀|``;
   for ``i ≥ 1`` the positive or negative parts (larger product of norms), each normalised to
   unit norm and scaled by ``√s_i`` (no product-of-norms factor).
-- ``random``: ``sqrt(mean(A) / r) · |N(0, 1)|`` from a seeded CPU generator (scikit-learn's).
+- ``random``: ``sqrt(mean(A) / r) · |N(0, 1)|`` from a seeded CPU generator (scikit-learn's;
+  ``mean |A|`` for a signed ``A``).
+- ``signed-svd`` (the signed bank's, ``semi_nmf.py``): each singular triplet ``s u vᵀ`` is
+  written ``s u⁺ vᵀ + s u⁻ (−v)ᵀ`` with ``u± = max(±u, 0)``: two non-negative code columns and
+  two opposite directions, so the start reproduces the rank-⌊r/2⌋ SVD exactly.
 All use the leading r singular triplets: a full SVD for small ``A``, a seeded randomized one for
 large ``A`` (the authors' code uses a full SVD).
 """
@@ -18,7 +22,8 @@ import torch
 
 from face_concepts._core.seeding import make_generator
 
-INITS = ("nndsvd", "nndsvda", "nndsvd-authors", "random", "custom")
+INITS = ("nndsvd", "nndsvda", "nndsvd-authors", "random", "custom", "signed-svd")
+SIGNED_INITS = ("signed-svd", "random", "custom")  # those that the signed bank accepts
 
 
 # From this size (n·p) on, and with r ≤ min(n, p) / 8, the leading r singular triplets come from
@@ -97,10 +102,28 @@ def nndsvd(
 def random_init(A: torch.Tensor, r: int, random_state: object) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's random init, drawn on the CPU from a local generator."""
     g = make_generator(random_state)
-    avg = math.sqrt(max(float(A.double().mean()), 1e-12) / r)
+    avg = math.sqrt(max(float(A.double().abs().mean()), 1e-12) / r)
     U = avg * torch.randn(A.shape[0], r, generator=g, dtype=torch.float64).abs()
     W = avg * torch.randn(r, A.shape[1], generator=g, dtype=torch.float64).abs()
     return U.to(device=A.device, dtype=A.dtype), W.to(device=A.device, dtype=A.dtype)
+
+
+def signed_svd(A: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The signed bank's start (module docstring): ``U ≥ 0``, ``W`` signed, ``U W`` = the best
+    rank-⌊r/2⌋ approximation of ``A`` (a part of a triplet that is zero is skipped)."""
+    Us, S, Vh = _thin_svd(A, r)
+    n, p = A.shape
+    U = torch.zeros(n, r, dtype=torch.float64, device=A.device)
+    W = torch.zeros(r, p, dtype=torch.float64, device=A.device)
+    k = 0
+    for j in range(S.shape[0]):
+        root = S[j].sqrt()
+        for sign in (1.0, -1.0):
+            part = (sign * Us[:, j]).clamp(min=0)
+            if k < r and float(part.norm()) > 1e-12:
+                U[:, k], W[k] = root * part, sign * root * Vh[j]
+                k += 1
+    return U.to(A.dtype), W.to(A.dtype)
 
 
 def initialize(
@@ -111,8 +134,19 @@ def initialize(
     random_state: object = None,
     U0: torch.Tensor | None = None,
     W0: torch.Tensor | None = None,
+    signed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dispatch on ``init``; ``custom`` takes ``U0``/``W0`` (copied, validated)."""
+    """Dispatch on ``init``; ``custom`` takes ``U0``/``W0`` (copied, validated). ``signed``: the
+    bank ``W`` may have either sign (``bank="signed"``); the codes are always ≥ 0."""
+    if signed and init not in SIGNED_INITS:
+        raise ValueError(
+            f"init={init!r} starts a non-negative bank; with bank='signed' use one of "
+            f"{list(SIGNED_INITS)} (or 'auto')"
+        )
+    if init == "signed-svd":
+        if not signed:
+            raise ValueError("init='signed-svd' gives a signed bank: use it with bank='signed'")
+        return signed_svd(A, r)
     if init in ("nndsvd", "nndsvda", "nndsvd-authors"):
         return nndsvd(A, r, variant=init)
     if init == "random":
@@ -127,7 +161,11 @@ def initialize(
                 f"custom init shapes must be U0 {(A.shape[0], r)} and W0 {(r, A.shape[1])}, "
                 f"got {tuple(U0.shape)} and {tuple(W0.shape)}"
             )
-        if bool((U0 < 0).any()) or bool((W0 < 0).any()):
-            raise ValueError("custom init U0 and W0 must be non-negative")
+        if bool((U0 < 0).any()):
+            raise ValueError("custom init U0 must be non-negative")
+        if not signed and bool((W0 < 0).any()):
+            raise ValueError(
+                "custom init W0 must be non-negative (or fit with bank='signed' for a signed bank)"
+            )
         return U0, W0
     raise ValueError(f"init must be one of {list(INITS)}, got {init!r}")

@@ -66,22 +66,22 @@ batches end 0.46 % above the converged full-batch fit in an eleventh of its time
 
 from __future__ import annotations
 
-import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from sklearn.exceptions import ConvergenceWarning
-from tqdm.auto import tqdm
 
+from face_concepts._core.progress import Progress
 from face_concepts._core.seeding import make_generator
 from face_concepts._core.validation import as_float_tensor
 from face_concepts.decomposition._head import Head
 from face_concepts.decomposition.encoder import _warm_start, encode, solve_codes
 from face_concepts.decomposition.init import initialize
-from face_concepts.decomposition.losses import Terms
+from face_concepts.decomposition.losses import Terms, kl_rows
 from face_concepts.decomposition.problem import make_problem
+from face_concepts.decomposition.semi_nmf import eig_of, minimise_surrogate_signed
 from face_concepts.decomposition.solvers import (
     Problem,
     _Curvature,
@@ -174,7 +174,7 @@ def kl_bound(Z: torch.Tensor, Z0: torch.Tensor, logP: torch.Tensor, s: float = 1
     With ``s = 1`` (Böhning's bound) it is an upper bound, equal to the KL at ``Z0``.
     """
     P = logP.exp()
-    kl0 = (P * (logP - torch.log_softmax(Z0, dim=1))).sum(dim=1)
+    kl0 = kl_rows(logP, Z0, P)
     D = Z - Z0
     g = torch.softmax(Z0, dim=1) - P
     BD = 0.5 * (D - D.mean(dim=1, keepdim=True))
@@ -274,29 +274,33 @@ class OnlineState:
     previous: Statistics | None = None  # statistics at the end of the previous pass
     curv: _Curvature = field(default_factory=_Curvature)  # inner isotropic bound of K
     trust: _Curvature = field(default_factory=lambda: _Curvature(TRUST_START))  # s of s·B
+    signed: bool = False  # the signed bank (semi_nmf.py): W unconstrained, Q_s minimised exactly
+    K_eig: tuple[torch.Tensor, torch.Tensor] | None = None  # eigenpairs of K (signed, λ > 0)
 
 
 def start(
     A0: torch.Tensor, r: int, head: Head | None, lam: float, init: str, options: dict[str, Any]
 ) -> OnlineState:
-    """Initialise ``W`` from the first batch ``A0`` (``options``: random_state, forget_factor, W0)."""
+    """Initialise ``W`` from the first batch ``A0`` (``options``: random_state, forget_factor,
+    W0, signed)."""
     if A0.shape[0] < r:
         raise ValueError(
             f"batch_size gives a first batch of {A0.shape[0]} rows, fewer than n_concepts={r}; "
             "use batch_size >= n_concepts"
         )
     W0 = options.get("W0")
+    signed = bool(options.get("signed", False))
     if W0 is not None and init != "custom":
         raise ValueError("W0 is only used with init='custom'")
     if init == "custom":
         if W0 is None:
             raise ValueError("init='custom' with batch_size needs W0 passed to fit")
-        W0 = as_float_tensor(W0, "W0", non_negative=True, dtype=A0.dtype, device=A0.device)
+        W0 = as_float_tensor(W0, "W0", non_negative=not signed, dtype=A0.dtype, device=A0.device)
         if W0.shape != (r, A0.shape[1]):
             raise ValueError(f"W0 must have shape {(r, A0.shape[1])}, got {tuple(W0.shape)}")
         W = W0.clone()
     else:
-        _, W = initialize(A0, r, init, random_state=options.get("random_state"))
+        _, W = initialize(A0, r, init, random_state=options.get("random_state"), signed=signed)
     p = A0.shape[1]
     C = head.V.shape[0] if lam > 0 else 0
     z = {"dtype": torch.float64, "device": A0.device}
@@ -306,16 +310,19 @@ def start(
     state = OnlineState(
         W, stats, head, lam, options["forget_factor"], make_generator(options.get("random_state"))
     )
+    state.signed = signed
     if lam > 0:
         prob = make_problem(A0[:2], head, lam)
         Vc = prob.Vc
         state.K = 0.5 * (Vc.T @ Vc)
         state.kappa = 0.5 * centred_spectral_norm_sq(prob)
+        if signed:
+            state.K_eig = eig_of(state.K)
     return state
 
 
 def _revive_dead(state: OnlineState, A: torch.Tensor) -> None:
-    dead = (state.W.sum(dim=1) <= 0).nonzero().flatten().tolist()
+    dead = (state.W.abs().sum(dim=1) <= 0).nonzero().flatten().tolist()
     for k in dead:
         i = int(torch.randint(A.shape[0], (1,), generator=state.generator))
         state.W[k] = A[i]
@@ -351,7 +358,10 @@ def _update_w(state: OnlineState, prob: Problem, U: torch.Tensor, f0: float) -> 
     V = state.head.V if state.lam > 0 else None
     while True:
         Q = Surrogate(state.stats, V, state.K, state.lam, state.trust.s)
-        W = minimise_surrogate(state.W, Q, state.kappa, state.curv)
+        if state.signed:
+            W = minimise_surrogate_signed(Q, state.K_eig, state.W.shape[1], state.W.dtype)
+        else:
+            W = minimise_surrogate(state.W, Q, state.kappa, state.curv)
         if state.lam == 0 or evaluate(prob, U, W).total <= f0 or not state.trust.next_try():
             break
     state.trust.relax()
@@ -381,21 +391,19 @@ def run_epochs(
     for epoch in range(1, max_iter + 1):
         sums, rows = [0.0, 0.0, 0.0], 0
         bar = _bar(total, f"epoch {epoch}", verbose)
-        for A in rechunk(source, batch_size, p):
+        for A in rechunk(source, batch_size, p, non_negative=not state.signed):
             A = A.to(device=state.W.device, dtype=state.W.dtype)
             t = step(state, A)
             m = A.shape[0]
             sums = [sums[0] + m * t.total, sums[1] + m * t.recon, sums[2] + m * t.kl]
             rows += m
             bar.update(m)
-            bar.set_postfix(objective=f"{sums[0] / rows:.4g}", refresh=False)
+            bar.set_postfix(f"objective (online estimate) {sums[0] / rows:.6g}")
         bar.close()
         state.n_epoch, state.previous = rows, state.stats.copy()
         cur = sums[0] / rows
         for name, s in zip(("total", "recon", "kl"), sums, strict=True):
             history[name].append(s / rows)
-        if verbose:
-            print(f"epoch {epoch}: objective (online estimate) {cur:.6g}")
         if prev is not None and abs(prev - cur) <= tol * abs(prev):
             converged = True
             break
@@ -403,10 +411,9 @@ def run_epochs(
     return epoch, converged, history
 
 
-def _bar(total: int | None, desc: str, verbose: bool) -> Any:
-    """A tqdm bar over rows on stderr (shown when ``verbose``)."""
-    return tqdm(total=total, desc=desc, unit="row", unit_scale=True, leave=False,
-                file=sys.stderr, disable=not verbose)  # fmt: skip
+def _bar(total: int | None, desc: str, verbose: bool) -> Progress:
+    """Progress over rows on stderr (shown when ``verbose``): one summary line per pass."""
+    return Progress(total, desc, unit="row", enabled=verbose)
 
 
 def streaming_objective(
@@ -417,15 +424,24 @@ def streaming_objective(
     lam: float,
     keep_codes: bool = False,
     verbose: bool = False,
+    signed: bool = False,
 ) -> tuple[Terms, torch.Tensor | None]:
     """The §2 objective on all rows with ``W`` and the single encoder's codes, batch by batch."""
     sums, rows, codes = [0.0, 0.0], 0, []
     p = W.shape[1]
     h = Head(head, dtype=W.dtype, device=W.device) if lam > 0 else None
     bar = _bar(total_rows(source), "objective pass", verbose)
-    for A in rechunk(source, batch_size, p):
+    for A in rechunk(source, batch_size, p, non_negative=not signed):
         A = A.to(device=W.device, dtype=W.dtype)
-        U = encode(A, W, head, kl_weight=lam, max_iter=FINAL_CODE_MAX_ITER, tol=FINAL_CODE_TOL)
+        U = encode(
+            A,
+            W,
+            head,
+            kl_weight=lam,
+            max_iter=FINAL_CODE_MAX_ITER,
+            tol=FINAL_CODE_TOL,
+            signed=signed,
+        )
         t = evaluate(make_problem(A, h, lam), U, W)
         m = A.shape[0]
         sums = [sums[0] + m * t.recon, sums[1] + m * t.kl]
@@ -460,6 +476,7 @@ def fit_stream(
         state.lam,
         settings.get("keep_codes", False),
         settings["verbose"],
+        state.signed,
     )
     return StreamResult(state.W, n_epochs, converged, history, obj, U)
 

@@ -90,8 +90,13 @@ def projected_newton_cg(
     evaluate: Callable[[torch.Tensor], tuple[Terms, torch.Tensor]],
     f_cur: Terms,
     cg_iterations: int,
+    *,
+    project: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None, Terms]:
     """One projected Newton-CG step of Bertsekas' method on a block ``X ≥ 0``.
+
+    ``project=False``: the block is unconstrained (the signed bank of ``semi_nmf.py``): no
+    active set, no projection, a plain Newton-CG step with the same Armijo search.
 
     ``g``: the gradient at ``X``; ``hvp(D)``: the Hessian times ``D``; ``precondition(R)``: an
     approximate inverse Hessian times ``R``; ``diag``: positive curvature scale of the active
@@ -99,8 +104,11 @@ def projected_newton_cg(
     ``(X', extra or None, Terms)``: ``X`` itself (and ``None``) when no step decreases the
     objective.
     """
-    eps = min(EPS_ACTIVE, float((X - (X - g).clamp(min=0)).norm()))
-    free = ~((X <= eps) & (g > 0))
+    if project:
+        eps = min(EPS_ACTIVE, float((X - (X - g).clamp(min=0)).norm()))
+        free = ~((X <= eps) & (g > 0))
+    else:
+        free = torch.ones_like(X, dtype=torch.bool)
     d_free = _conjugate_gradient(
         lambda D: hvp(D * free) * free, lambda R: precondition(R) * free, g * free, cg_iterations
     )
@@ -109,7 +117,7 @@ def projected_newton_cg(
     g_d_free = float((g * d_free).sum())
     t = 1.0
     for _ in range(MAX_HALVINGS):
-        Xn = (X - t * d).clamp(min=0)
+        Xn = (X - t * d).clamp(min=0) if project else X - t * d
         f_new, extra = evaluate(Xn)
         expected = t * g_d_free + float(torch.where(free, zero, g * (X - Xn)).sum())
         if f_new.total <= f_cur.total - ARMIJO * max(expected, 0.0) and f_new.total <= f_cur.total:
@@ -154,10 +162,12 @@ def bank_newton_step(
     *,
     cg_iterations: int | None = None,
     UtA: torch.Tensor | None = None,
+    signed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, Terms, torch.Tensor]:
     """One projected Newton-CG step on ``W`` from ``(U, W)`` whose objective is ``f_cur`` (and
     logits ``Z``, if known). Returns ``(W, logits, objective terms, UᵀA)``; the input ``W``
-    (with its logits) when no step decreases the objective."""
+    (with its logits) when no step decreases the objective. ``signed``: ``W`` unconstrained
+    (no projection; the signed bank)."""
     UtU = U.T @ U
     UtA = U.T @ prob.A if UtA is None else UtA
     if Z is None:
@@ -175,6 +185,7 @@ def bank_newton_step(
         lambda X: _objective(prob, U, UtU, UtA, X),
         f_cur,
         CG_ITERATIONS if cg_iterations is None else cg_iterations,
+        project=not signed,
     )
     return Wn, (Z if Zn is None else Zn), f_new, UtA
 

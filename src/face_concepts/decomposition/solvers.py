@@ -288,7 +288,13 @@ def w_step(
 
 
 def kkt_residual(
-    prob: Problem, U: torch.Tensor, W: torch.Tensor, Z: torch.Tensor | None, total: float
+    prob: Problem,
+    U: torch.Tensor,
+    W: torch.Tensor,
+    Z: torch.Tensor | None,
+    total: float,
+    *,
+    signed: bool = False,
 ) -> float:
     """Scale-free first-order optimality measure of ``(U, W)`` (0 exactly at a KKT point).
 
@@ -296,6 +302,7 @@ def kkt_residual(
     (zero where a variable is 0 and its gradient ≥ 0): per concept, the relative decrease of
     ``L`` available per unit relative move of its codes and of its bank row. It does not change
     under the factorisation's rescaling ``(U D, D⁻¹ W)``, unlike the gradient norm.
+    ``signed``: ``W`` is unconstrained (the signed bank), its whole gradient counts.
     """
     a2 = 2.0 * prob.alpha
     gU = a2 * (U @ (W @ W.T) - prob.A @ W.T)
@@ -308,7 +315,7 @@ def kkt_residual(
         gW += prob.beta * ((U.T @ G) @ prob.head.V)
     zero = torch.zeros((), dtype=U.dtype, device=U.device)
     pU = torch.where((U <= 0) & (gU >= 0), zero, gU)
-    pW = torch.where((W <= 0) & (gW >= 0), zero, gW)
+    pW = gW if signed else torch.where((W <= 0) & (gW >= 0), zero, gW)
     per_concept = U.norm(dim=0) * pU.norm(dim=0) + W.norm(dim=1) * pW.norm(dim=1)
     return float(per_concept.sum()) / max(total, 1e-300)
 
@@ -453,8 +460,7 @@ def _loss_terms(
     R = U @ W
     mse = F.mse_loss(R, prob.A)
     if prob.kl_weight > 0:
-        logQ = torch.log_softmax(prob.head.logits(R), dim=1)
-        return mse, F.kl_div(logQ, prob.logP, reduction="batchmean", log_target=True)
+        return mse, kl_rows(prob.logP, prob.head.logits(R), prob.P).mean()
     return mse, torch.zeros((), dtype=mse.dtype, device=mse.device)
 
 
@@ -464,9 +470,15 @@ def _materialised_loss(prob: Problem, U: torch.Tensor, W: torch.Tensor) -> torch
 
 
 def pg_block(
-    f: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, step: float, n_steps: int
+    f: Callable[[torch.Tensor], torch.Tensor],
+    X: torch.Tensor,
+    step: float,
+    n_steps: int,
+    *,
+    project: bool = True,
 ) -> tuple[torch.Tensor, float]:
-    """``n_steps`` projected-gradient steps on ``f`` over X ≥ 0 with Armijo backtracking.
+    """``n_steps`` projected-gradient steps on ``f`` over X ≥ 0 with Armijo backtracking
+    (``project=False``: over all X, for the signed bank).
 
     Accepts a step only when ``f(X⁺) ≤ f(X) + ⟨g, X⁺ − X⟩ + ‖X⁺ − X‖² / (2 step)``, which
     implies ``f(X⁺) ≤ f(X)``. Returns the new X and the step to start from next time.
@@ -480,7 +492,7 @@ def pg_block(
         accepted = False
         with torch.no_grad():
             for _ in range(40):
-                Xn = (X - step * g).clamp_(min=0)
+                Xn = (X - step * g).clamp_(min=0) if project else X - step * g
                 d = Xn - X
                 bound = fx + float((g * d).sum()) + float((d * d).sum()) / (2 * step)
                 if float(f(Xn)) <= bound:
@@ -503,15 +515,19 @@ def solve_pgd(
     tol: float = 1e-5,
     inner_steps: int = 5,
     callback: Callable[[int, Terms], None] | None = None,
+    signed: bool = False,
 ) -> SolverResult:
-    """Alternating projected gradient (autograd): any differentiable head."""
+    """Alternating projected gradient (autograd): any differentiable head. ``signed``: ``W``
+    unconstrained (the signed bank, ``semi_nmf.py``); the codes stay ≥ 0."""
     res = SolverResult(U=U, W=W, n_iter=0, converged=False)
     prev = evaluate(prob, U, W)
     _record(res.history, prev)
     su, sw = 1.0, 1.0
     for t in range(1, max_iter + 1):
         U, su = pg_block(lambda X, W=W: _materialised_loss(prob, X, W), U, su, inner_steps)
-        W, sw = pg_block(lambda X, U=U: _materialised_loss(prob, U, X), W, sw, inner_steps)
+        W, sw = pg_block(
+            lambda X, U=U: _materialised_loss(prob, U, X), W, sw, inner_steps, project=not signed
+        )
         cur = evaluate(prob, U, W)
         _record(res.history, cur)
         res.n_iter = t

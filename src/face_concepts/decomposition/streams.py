@@ -17,18 +17,22 @@ from face_concepts._core.validation import as_float_tensor, check_choice, check_
 from face_concepts.activations.extract import CachedActivations, _rechunk
 from face_concepts.decomposition._head import Head
 from face_concepts.decomposition.init import INITS
+from face_concepts.decomposition.losses import HEAD_REQUIRED
 
 
-def rechunk(source: Any, batch_size: int, p: int | None = None) -> Iterator[torch.Tensor]:
+def rechunk(
+    source: Any, batch_size: int, p: int | None = None, non_negative: bool = True
+) -> Iterator[torch.Tensor]:
     """Batches of exactly ``batch_size`` rows (the last may be shorter) from a tensor or an
     iterable of (m, p) tensors; only ``batch_size`` + one source item are held at a time.
+    ``non_negative=False``: signed rows (the signed bank).
     """
     if isinstance(source, torch.Tensor) or not isinstance(source, Iterable):
-        source = [as_float_tensor(source, "A", non_negative=True)]
+        source = [as_float_tensor(source, "A", non_negative=non_negative)]
 
     def checked() -> Iterator[torch.Tensor]:
         for item in source:
-            t = as_float_tensor(item, "A batch", non_negative=True)
+            t = as_float_tensor(item, "A batch", non_negative=non_negative)
             if p is not None and t.shape[1] != p:
                 raise ValueError(f"A batch has {t.shape[1]} features, expected {p}")
             yield t
@@ -58,9 +62,9 @@ def total_rows(source: Any) -> int | None:
     return None
 
 
-def first_batch(source: Any, batch_size: int) -> torch.Tensor:
+def first_batch(source: Any, batch_size: int, non_negative: bool = True) -> torch.Tensor:
     """The first batch of a pass (used to validate and initialise)."""
-    for A in rechunk(source, batch_size):
+    for A in rechunk(source, batch_size, non_negative=non_negative):
         return A
     raise ValueError("A is empty: the source yielded no rows")
 
@@ -79,9 +83,7 @@ def validate(est: Any, A0: torch.Tensor) -> tuple[Head | None, int, float, str]:
     head = None
     if lam > 0:
         if est.head is None:
-            raise ValueError(
-                "head is required when kl_weight > 0 (use NMF for plain factorisation)"
-            )
+            raise ValueError(HEAD_REQUIRED)
         head = Head(est.head, dtype=A0.dtype, device=A0.device)
         head.check(p)
         if not head.is_affine:
@@ -90,7 +92,8 @@ def validate(est: Any, A0: torch.Tensor) -> tuple[Head | None, int, float, str]:
                 "when kl_weight > 0: its running statistics use h(x) = x Vᵀ + b. Fit this head "
                 "with batch_size=None (solver 'pgd')"
             )
-    return head, r, lam, "nndsvda" if init == "auto" else init
+    auto = "signed-svd" if getattr(est, "bank", None) == "signed" else "nndsvda"
+    return head, r, lam, auto if init == "auto" else init
 
 
 def check_batch_size(batch_size: Any) -> int:

@@ -1,0 +1,192 @@
+"""The signed concept bank: Semi-NMF with FACE's KL term (``bank="signed"``).
+
+``min_{U ≥ 0, W} α‖A − U W‖² + β Σ_i KL(P_i ‖ softmax(h(U_i W)))`` — the objective of
+``solvers.py`` with the bank ``W`` unconstrained: the codes stay non-negative (a patch is an
+additive mix of concepts) while a concept is a *direction* of the layer's signed feature space
+(Ding, Li & Jordan 2010, "Convex and semi-nonnegative matrix factorizations"). It is what a
+layer with signed activations needs (MobileNetV3, EfficientNet, ConvNeXt, RegNet blocks,
+transformers' tokens): ``A`` itself may then be signed.
+
+The solver has the structure of ``hals`` (alternating blocks, monotone):
+
+- **U-block**: unchanged (``solvers._u_block``): a projected Newton iteration per row with an
+  affine head and λ > 0, MM-HALS sweeps (exact non-negative least squares) at λ = 0. Neither
+  assumes ``W ≥ 0``.
+- **W-block**: an *unconstrained* convex problem. At λ = 0 it is least squares, solved exactly:
+  ``W = (UᵀU)⁻¹ UᵀA`` (Cholesky, with a relative jitter for a rank-deficient ``UᵀU``). At λ > 0
+  one Newton-CG step of ``newton_cg.bank_newton_step`` without the projection (the same exact
+  Hessian-vector products, ``(UᵀU)⁻¹`` preconditioner and Armijo search).
+- **start**: ``init="signed-svd"`` (``init.signed_svd``), then for λ > 0 a plain Semi-NMF warm
+  start (λ = 0, to ``solvers.WARM_TOL``), as the non-negative path does.
+
+Non-affine heads (ConvNeXt's LayerNorm head) use ``pgd`` with the W-step unprojected
+(``solvers.solve_pgd(signed=True)``). The mini-batch W-update is :func:`minimise_surrogate_signed`
+(closed form). ``adam`` (the authors' parity solver) has no signed variant.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from face_concepts.decomposition.losses import Terms, factored_objective
+from face_concepts.decomposition.newton_cg import bank_newton_step
+from face_concepts.decomposition.problem import Problem
+from face_concepts.decomposition.solvers import (
+    WARM_MAX_ITER,
+    WARM_TOL,
+    SolverResult,
+    _Curvature,
+    _finish,
+    _record,
+    _stop_test,
+    _terms_at,
+    _u_block,
+    solve_pgd,
+)
+
+BANKS = ("nonnegative", "signed")
+JITTER = 1e-10  # relative ridge on UᵀU (a concept whose codes are all 0 gets a zero direction)
+
+
+def least_squares_bank(UtU: torch.Tensor, UtA: torch.Tensor) -> torch.Tensor:
+    """``argmin_W ‖A − U W‖²`` from the Gram products: ``(UᵀU + εI)⁻¹ UᵀA``, in float64."""
+    G = UtU.double()
+    eps = JITTER * float(G.diagonal().mean()) + 1e-300
+    L = torch.linalg.cholesky(G + eps * torch.eye(G.shape[0], dtype=G.dtype, device=G.device))
+    return torch.cholesky_solve(UtA.double(), L).to(UtA.dtype)
+
+
+def bank_step(
+    prob: Problem,
+    U: torch.Tensor,
+    W: torch.Tensor,
+    Z: torch.Tensor | None,
+    f_cur: Terms,
+    UtA: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, Terms, torch.Tensor]:
+    """The signed W-block from ``(U, W)`` whose objective is ``f_cur``: exact least squares at
+    λ = 0, one unprojected Newton-CG step at λ > 0. Returns ``(W, logits or None, terms, UᵀA)``;
+    never raises the objective (a least-squares step that would, in rounding, is not taken)."""
+    UtA = U.T @ prob.A if UtA is None else UtA
+    if prob.kl_weight > 0:
+        return bank_newton_step(prob, U, W, Z, f_cur, UtA=UtA, signed=True)
+    UtU = U.T @ U
+    Wn = least_squares_bank(UtU, UtA)
+    terms = factored_objective(prob.sq_norm_A, UtA, UtU, Wn, prob.n, prob.p, 0.0, 0.0)
+    if terms.total > f_cur.total:
+        return W, Z, f_cur, UtA
+    return Wn, None, terms, UtA
+
+
+def solve_semi_nmf(
+    prob: Problem,
+    U: torch.Tensor,
+    W: torch.Tensor,
+    *,
+    max_iter: int = 1000,
+    tol: float = 1e-5,
+    max_inner: int = 10,
+    warm_start: bool = False,
+    callback: Callable[[int, Terms], None] | None = None,
+) -> SolverResult:
+    """Alternating U-block / signed W-block updates (module docstring); the stop rule of
+    ``hals`` (windowed relative decrease below ``tol``, else ``max_iter`` with a warning).
+    ``warm_start`` (λ > 0): first fit plain Semi-NMF from ``(U, W)`` to ``WARM_TOL``."""
+    if not prob.factored:
+        raise ValueError("solver='hals' needs an affine head (or kl_weight=0); use solver='pgd'")
+    res = SolverResult(U=U, W=W, n_iter=0, converged=False)
+    if warm_start and prob.kl_weight > 0:
+        plain = Problem(A=prob.A, head=None, kl_weight=0.0, sq_norm_A=prob.sq_norm_A)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            warm = solve_semi_nmf(plain, U, W, max_iter=WARM_MAX_ITER, tol=WARM_TOL)
+        U, W, res.warm_iter = warm.U, warm.W, warm.n_iter
+    curv = _Curvature()
+    with torch.no_grad():
+        prev, Z = _terms_at(prob, U, W)
+        _record(res.history, prev)
+        for t in range(1, max_iter + 1):
+            U, Z, f_u, UtA = _u_block(prob, U, W, Z, max_inner, prev.total, curv)
+            W, Z, cur, _ = bank_step(prob, U, W, Z, f_u, UtA)
+            _record(res.history, cur)
+            res.n_iter = t
+            if callback is not None:
+                callback(t, cur)
+            if _stop_test(res.history["total"], tol):
+                res.converged = True
+                break
+            prev = cur
+    _finish(res.history, res.n_iter, max_iter, res.converged, "hals")
+    res.U, res.W = U, W
+    return res
+
+
+# The signed counterparts of ``solvers.SOLVERS`` (``FACE(bank="signed", solver=...)``).
+SOLVERS: dict[str, Callable[..., SolverResult]] = {
+    "hals": solve_semi_nmf,
+    "pgd": functools.partial(solve_pgd, signed=True),
+}
+
+
+def check_bank(bank: Any, solver: str) -> bool:
+    """Validate ``bank`` (and that ``solver`` has a signed variant); True for the signed bank."""
+    if bank not in BANKS:
+        raise ValueError(f"bank must be one of {list(BANKS)}, got {bank!r}")
+    signed = bank == "signed"
+    if signed and solver not in ("auto", *SOLVERS):
+        raise ValueError(
+            f"solver={solver!r} has no signed bank (it is the authors' non-negative Adam loop); "
+            f"with bank='signed' use solver 'auto', {' or '.join(map(repr, SOLVERS))}"
+        )
+    return signed
+
+
+# ----------------------------------------------------------------------------- mini-batch
+def minimise_surrogate_signed(
+    Q: Any, K_eig: tuple[torch.Tensor, torch.Tensor] | None, p: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """The exact minimiser over all ``W`` of the mini-batch surrogate ``Q_s``
+    (``minibatch.Surrogate``, whose statistics are ``S = S_uu``, ``S_a = S_ua``)::
+
+        Q_s(W) = (1/p)(⟨S, WWᵀ⟩ − 2⟨S_a, W⟩) + λ(⟨M, W⟩ + ½ s ⟨S, W K Wᵀ⟩)
+
+    Its gradient vanishes at ``S W (2/p · I + λ s K) = (2/p) S_a − λ M``: a Cholesky solve on
+    the concept side (r × r) and, with ``K = E diag(k) Eᵀ`` (``K_eig = (k, E)`` from
+    :func:`eig_of`, once per fit), a diagonal solve on the feature side.
+    """
+    S, Sa = Q.st.UtU, Q.st.UtA
+    a2 = 2.0 / p
+    rhs = a2 * Sa
+    if Q.lam > 0:
+        rhs = rhs - Q.lam * Q.linear()
+    X = least_squares_bank(S, rhs)  # S⁻¹ rhs (float64)
+    if Q.lam > 0:
+        k, E = K_eig
+        X = ((X.double() @ E) / (a2 + Q.lam * Q.s * k)) @ E.T
+    else:
+        X = X / a2
+    return X.to(dtype)
+
+
+def eig_of(K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(eigenvalues clamped ≥ 0, eigenvectors)`` of the symmetric PSD ``K``, in float64."""
+    k, E = torch.linalg.eigh(K.double())
+    return k.clamp(min=0), E
+
+
+__all__ = [
+    "BANKS",
+    "SOLVERS",
+    "bank_step",
+    "check_bank",
+    "eig_of",
+    "least_squares_bank",
+    "minimise_surrogate_signed",
+    "solve_semi_nmf",
+]
