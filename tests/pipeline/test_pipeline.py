@@ -91,8 +91,8 @@ def test_every_method_runs_through_the_same_pipeline(method, split, views):
         warnings.simplefilter("ignore")
         ex.fit(views[0][:3], class_id=285)
     rep = ex.evaluate(views[1]).to_dict()
-    assert ex.config()["method"] == method
-    assert ex.config()["resize_patches"] == (method == "craft")
+    assert ex.run_config()["method"] == method == ex.config.method
+    assert ex.run_config()["resize_patches"] == (method == "craft")
     assert rep["n_concepts"] == 3
     if method == "ice":
         assert ex.crops_ is None and ex.row_codes_.shape[0] == 3 * 7 * 7

@@ -27,10 +27,14 @@ from face_concepts.importance import sobol_indices
 from face_concepts.methods.registry import factorize, finite_difference_importance, get_method
 from face_concepts.metrics import MetricReport, compute_metrics, stability_folds
 
+from face_concepts.pipeline.config import DEFAULTS as _D
+from face_concepts.pipeline.config import ExplainerConfig, config_attributes
+
 N_TOP_CROPS = 8
 
 
 class ConceptExplainer:
+@config_attributes
     """Extract, rank and evaluate the concepts a classifier uses for one class.
 
     Parameters
@@ -83,43 +87,43 @@ class ConceptExplainer:
     def __init__(
         self,
         split: Any,
-        method: str = "face",
+        method: str = _D.method,
         *,
-        n_concepts: int = 10,
-        kl_weight: float = 1.0,
-        patch_size: int = 64,
-        stride: int | None = None,
-        resize_patches: bool | None = None,
-        encoder_kl_weight: str | float = "fit",
-        n_designs: int = 32,
-        filter_correct: bool = False,
-        batch_size: int = 64,
-        max_iter: int | None = None,
-        tol: float | None = None,
-        random_state: int = 0,
-        device: Any = None,
-        progress: bool = True,
-        cache_dir: Any = None,
-        verbose: bool = False,
+        n_concepts: int = _D.n_concepts,
+        kl_weight: float = _D.kl_weight,
+        patch_size: int = _D.patch_size,
+        stride: int | None = _D.stride,
+        resize_patches: bool | None = _D.resize_patches,
+        encoder_kl_weight: str | float = _D.encoder_kl_weight,
+        n_designs: int = _D.n_designs,
+        filter_correct: bool = _D.filter_correct,
+        batch_size: int = _D.batch_size,
+        max_iter: int | None = _D.max_iter,
+        tol: float | None = _D.tol,
+        random_state: int = _D.random_state,
+        device: Any = _D.device,
+        progress: bool = _D.progress,
+        cache_dir: Any = _D.cache_dir,
+        verbose: bool = _D.verbose,
     ) -> None:
         self.split = split
-        self.method = method
-        self.n_concepts = n_concepts
-        self.kl_weight = kl_weight
-        self.patch_size = patch_size
-        self.stride = stride
-        self.resize_patches = resize_patches
-        self.encoder_kl_weight = encoder_kl_weight
-        self.n_designs = n_designs
-        self.filter_correct = filter_correct
-        self.batch_size = batch_size
-        self.max_iter = max_iter
-        self.tol = tol
-        self.random_state = random_state
-        self.device = device
-        self.progress = progress
-        self.verbose = verbose
-        self.cache_dir = cache_dir
+        # The one copy of every setting (validated); the attributes below read and write it.
+        self.config = ExplainerConfig(
+            method=method, n_concepts=n_concepts, kl_weight=kl_weight, patch_size=patch_size,
+            stride=stride, resize_patches=resize_patches, encoder_kl_weight=encoder_kl_weight,
+            n_designs=n_designs, filter_correct=filter_correct, batch_size=batch_size,
+            max_iter=max_iter, tol=tol, random_state=random_state, device=device,
+            progress=progress, cache_dir=cache_dir, verbose=verbose,
+        )  # fmt: skip
+
+    @classmethod
+    def from_config(cls, split: Any, config: ExplainerConfig) -> ConceptExplainer:
+        """An explainer of ``split`` with the settings of ``config``."""
+        if not isinstance(config, ExplainerConfig):
+            raise TypeError(f"config must be an ExplainerConfig, got {type(config).__name__}")
+        self = cls.__new__(cls)
+        self.split, self.config = split, config
+        return self
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -138,8 +142,9 @@ class ConceptExplainer:
             return self.effective_kl_weight
         return check_float(self.encoder_kl_weight, "encoder_kl_weight", minimum=0.0)
 
-    def config(self) -> dict[str, Any]:
-        """Every setting of this explainer, JSON-serialisable (recorded with each result)."""
+    def run_config(self) -> dict[str, Any]:
+        """Every setting of this fit, as a run records it (JSON; the method's λ and resizing
+        resolved; :meth:`ExplainerConfig.from_dict` reads it back)."""
         spec = self.spec
         return {
             "method": self.method,
@@ -252,7 +257,7 @@ class ConceptExplainer:
                 random_state=self.random_state,
                 max_iter=self.max_iter,
                 tol=self.tol,
-                verbose=getattr(self, "verbose", False),
+                verbose=self.verbose,
             )
             return self._adopt_fit(prepared, U, W, info)
 

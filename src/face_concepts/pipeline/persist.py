@@ -75,7 +75,7 @@ def save_explainer(explainer: Any, path: Any, *, metrics: dict[str, Any] | None 
         else {"name": type(split).__name__},
         "class_id": explainer.class_id_,
         "class_name": explainer.class_name(),
-        "config": explainer.config(),
+        "config": explainer.run_config(),
         "patch_settings": getattr(explainer, "patch_settings_", None),
         "n_images": explainer.n_images_,
         "n_skipped": getattr(explainer, "n_skipped_", 0),
@@ -139,24 +139,9 @@ def load_explainer(cls: type, path: Any, split: Any = None) -> Any:
             f"(layer {model_meta.get('layer')}), but the given model has fingerprint {fp} "
             f"(layer {getattr(split, 'layer', None)})"
         )
-    cfg = meta["config"]
-    enc = cfg["encoder"]["kl_weight"]
-    ex = cls(
-        split,
-        cfg["method"],
-        n_concepts=cfg["n_concepts"],
-        kl_weight=cfg["kl_weight"],
-        patch_size=cfg["patch_size"],
-        stride=cfg["stride"],
-        resize_patches=cfg["resize_patches"],
-        encoder_kl_weight=enc,
-        n_designs=cfg["n_designs"],
-        filter_correct=cfg["filter_correct"],
-        batch_size=cfg["batch_size"],
-        max_iter=cfg["max_iter"],
-        tol=cfg["tol"],
-        random_state=cfg["random_state"],
-    )
+    from face_concepts.pipeline.config import ExplainerConfig
+
+    ex = cls.from_config(split, ExplainerConfig.from_dict(meta["config"]))
     t = bank.tensors
     ex.concept_bank_ = t["W"]
     ex.importance_ = t["importance"]

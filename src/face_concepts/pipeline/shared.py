@@ -37,6 +37,8 @@ from face_concepts.methods.registry import factorize, get_method
 from face_concepts.pipeline.bank import ConceptBank
 from face_concepts.pipeline.explainer import N_TOP_CROPS, ConceptExplainer
 from face_concepts.pipeline.persist import _to_uint8
+from face_concepts.pipeline.config import DEFAULTS as _D
+from face_concepts.pipeline.config import ExplainerConfig, config_attributes
 
 __all__ = [
     "CLASSES_DIR",
@@ -50,12 +52,6 @@ __all__ = [
 
 CLASSES_DIR = "classes"  # sub-runs of a shared bank: one ordinary run per class
 SHARED_DIR = "shared"
-# Settings of ConceptExplainer that a many-class run passes through (everything but the model).
-EXPLAINER_KEYS = (
-    "method", "n_concepts", "kl_weight", "patch_size", "stride", "resize_patches",
-    "encoder_kl_weight", "n_designs", "filter_correct", "batch_size", "max_iter", "tol",
-    "random_state", "device",
-)  # fmt: skip
 
 
 def class_run_name(class_id: int, class_name: str | None) -> str:
@@ -72,6 +68,7 @@ def class_run_name(class_id: int, class_name: str | None) -> str:
 
 class SharedConceptExplainer:
     """One concept bank for several classes, with per-class importance and metrics.
+@config_attributes
 
     Parameters are those of :class:`~face_concepts.ConceptExplainer` (model in the constructor,
     data in :meth:`fit`); ``n_concepts`` is the size of the one shared bank.
@@ -86,33 +83,46 @@ class SharedConceptExplainer:
     def __init__(
         self,
         split: Any,
-        method: str = "face",
+        method: str = _D.method,
         *,
-        n_concepts: int = 10,
-        kl_weight: float = 1.0,
-        patch_size: int = 64,
-        stride: int | None = None,
-        resize_patches: bool | None = None,
-        encoder_kl_weight: str | float = "fit",
-        n_designs: int = 32,
-        filter_correct: bool = False,
-        batch_size: int = 64,
-        max_iter: int | None = None,
-        tol: float | None = None,
-        random_state: int = 0,
-        device: Any = None,
-        progress: bool = True,
+        n_concepts: int = _D.n_concepts,
+        kl_weight: float = _D.kl_weight,
+        patch_size: int = _D.patch_size,
+        stride: int | None = _D.stride,
+        resize_patches: bool | None = _D.resize_patches,
+        encoder_kl_weight: str | float = _D.encoder_kl_weight,
+        n_designs: int = _D.n_designs,
+        filter_correct: bool = _D.filter_correct,
+        batch_size: int = _D.batch_size,
+        max_iter: int | None = _D.max_iter,
+        tol: float | None = _D.tol,
+        random_state: int = _D.random_state,
+        device: Any = _D.device,
+        progress: bool = _D.progress,
+        cache_dir: Any = _D.cache_dir,
+        verbose: bool = _D.verbose,
     ) -> None:
-        self.split, self.method, self.n_concepts = split, method, n_concepts
-        self.kl_weight, self.patch_size, self.stride = kl_weight, patch_size, stride
-        self.resize_patches, self.encoder_kl_weight = resize_patches, encoder_kl_weight
-        self.n_designs, self.filter_correct, self.batch_size = n_designs, filter_correct, batch_size
-        self.max_iter, self.tol, self.random_state = max_iter, tol, random_state
-        self.device, self.progress = device, progress
+        self.split = split
+        self.config = ExplainerConfig(
+            method=method, n_concepts=n_concepts, kl_weight=kl_weight, patch_size=patch_size,
+            stride=stride, resize_patches=resize_patches, encoder_kl_weight=encoder_kl_weight,
+            n_designs=n_designs, filter_correct=filter_correct, batch_size=batch_size,
+            max_iter=max_iter, tol=tol, random_state=random_state, device=device,
+            progress=progress, cache_dir=cache_dir, verbose=verbose,
+        )  # fmt: skip
+
+    @classmethod
+    def from_config(cls, split: Any, config: ExplainerConfig) -> SharedConceptExplainer:
+        """A shared explainer of ``split`` with the settings of ``config``."""
+        if not isinstance(config, ExplainerConfig):
+            raise TypeError(f"config must be an ExplainerConfig, got {type(config).__name__}")
+        self = cls.__new__(cls)
+        self.split, self.config = split, config
+        return self
 
     def _new_explainer(self) -> ConceptExplainer:
-        kwargs = {k: getattr(self, k) for k in EXPLAINER_KEYS if k != "method"}
-        return ConceptExplainer(self.split, self.method, progress=self.progress, **kwargs)
+        # every class reads (and caches) its activations with the same settings, cache_dir too
+        return ConceptExplainer.from_config(self.split, self.config)
 
     def fit(self, images_by_class: Mapping[int, Any]) -> SharedConceptExplainer:
         """Fit one bank on the crops of every class; then codes, importance per class.
@@ -154,6 +164,7 @@ class SharedConceptExplainer:
             tol=self.tol,
         )
         counts = [int(p["rows"].shape[0]) for p in prepared.values()]
+            verbose=self.verbose,
         for (c, ex), U_c in zip(explainers.items(), U.cpu().split(counts)):
             ex._adopt_fit(prepared[c], U_c, W, info)
         self.explainers_ = explainers
@@ -254,7 +265,7 @@ class SharedConceptExplainer:
             "class_id": None,
             "class_name": None,
             "classes": classes,
-            "config": base.config(),
+            "config": base.run_config(),
             "patch_settings": getattr(base, "patch_settings_", None),
             "n_images": sum(c["n_images"] for c in classes),
             "n_rows": int(self.row_codes_.shape[0]),
@@ -290,11 +301,7 @@ class SharedConceptExplainer:
             split = load_model(
                 model.get("model"), layer=model.get("layer"), signed=model.get("transform")
             )
-        cfg = meta["config"]
-        keys = [k for k in EXPLAINER_KEYS if k not in ("method", "device")]
-        kwargs = {k: cfg[k] for k in keys if k in cfg}
-        kwargs["encoder_kl_weight"] = cfg["encoder"]["kl_weight"]
-        self = cls(split, cfg["method"], progress=False, **kwargs)
+        self = cls.from_config(split, ExplainerConfig.from_dict(meta["config"], progress=False))
         self.explainers_ = {
             int(c["class_id"]): ConceptExplainer.load(root / c["run"], split=split)
             for c in meta["classes"]
@@ -326,54 +333,61 @@ def _on_device(split: Any, device: Any) -> Any:
     return split if device is None else split.to(resolve_device(device))
 
 
-def _run_files(save: Callable[[Path], Any]) -> dict[str, bytes]:
-    """Save into a temporary directory and return ``{relative path: bytes}``."""
+def _run_files(fit: Callable[[Path], Any]) -> tuple[Any, dict[str, bytes]]:
+    """``fit(folder)`` into a temporary folder: its result and ``{relative path: bytes}``."""
     with tempfile.TemporaryDirectory(prefix="face-concepts-") as tmp:
-        save(Path(tmp))
-        return {
+        result = fit(Path(tmp))
+        return result, {
             str(p.relative_to(tmp)): p.read_bytes()
             for p in sorted(Path(tmp).rglob("*"))
             if p.is_file()
         }
 
 
-def _metrics(explainer: Any, heldout: Any) -> dict[str, Any]:
-    metrics = {"fit": explainer.evaluate().to_dict()}
-    if heldout is not None:
-        metrics["heldout"] = explainer.evaluate(heldout).to_dict()
-    return metrics
+def _task_config(settings: ExplainerConfig | Mapping[str, Any]) -> ExplainerConfig:
+    # a task has no terminal of its own: no progress bars (cache_dir and the rest are kept)
+    return ExplainerConfig.coerce(settings).replace(progress=False)
 
 
-def fit_class(job: ClassJob, *, split: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
+def fit_class(
+    job: ClassJob, *, split: Any, settings: ExplainerConfig | Mapping[str, Any]
+) -> dict[str, Any]:
     """Task of per-class mode: fit, importance, metrics of one class; its run as bytes.
 
-    ``settings`` holds ConceptExplainer arguments (``EXPLAINER_KEYS``). Returns a summary with
-    ``"run"`` (folder name), ``"files"`` (``{relative path: bytes}``) and the metrics.
+    ``settings``: an :class:`~face_concepts.pipeline.config.ExplainerConfig` or a dict of its
+    settings. Returns a summary with ``"run"`` (folder name), ``"files"``
+    (``{relative path: bytes}``) and the metrics.
     """
-    split = _on_device(split, settings.get("device"))
-    kwargs = {k: v for k, v in settings.items() if k in EXPLAINER_KEYS and k != "method"}
-    ex = ConceptExplainer(split, settings.get("method", "face"), progress=False, **kwargs)
-    ex.fit(job.images, job.class_id)
-    metrics = _metrics(ex, job.heldout)
+    from face_concepts.pipeline.jobs import fit_evaluate_save
+
+    config = _task_config(settings)
+    ex = ConceptExplainer.from_config(_on_device(split, config.device), config)
+    result, files = _run_files(
+        lambda d: fit_evaluate_save(ex, job.images, job.class_id, heldout=job.heldout, out=d)
+    )
     info = ex.fit_info_
     return {
         "class_id": ex.class_id_, "class_name": ex.class_name(), "n_images": ex.n_images_,
         "run": class_run_name(ex.class_id_, ex.class_name()), "n_iter": info.get("n_iter"),
         "converged": info.get("converged"), "importance": ex.importance().tolist(),
-        "metrics": metrics, "files": _run_files(lambda d: ex.save(d, metrics=metrics)),
+        "metrics": result.metrics, "files": files,
     }  # fmt: skip
 
 
 def fit_shared(
-    jobs: Sequence[ClassJob], *, split: Any, settings: Mapping[str, Any]
+    jobs: Sequence[ClassJob], *, split: Any, settings: ExplainerConfig | Mapping[str, Any]
 ) -> dict[str, Any]:
     """Task of shared mode: one bank for all ``jobs``; per-class importance and metrics."""
-    split = _on_device(split, settings.get("device"))
-    kwargs = {k: v for k, v in settings.items() if k in EXPLAINER_KEYS and k != "method"}
-    shared = SharedConceptExplainer(split, settings.get("method", "face"), progress=False, **kwargs)
-    shared.fit({j.class_id: j.images for j in jobs})
-    metrics = {j.class_id: _metrics(shared.explainer(j.class_id), j.heldout) for j in jobs}
-    info = shared.fit_info_
+    from face_concepts.pipeline.jobs import fit_evaluate_save
+
+    config = _task_config(settings)
+    shared = SharedConceptExplainer.from_config(_on_device(split, config.device), config)
+    images = {j.class_id: j.images for j in jobs}
+    heldout = {j.class_id: j.heldout for j in jobs if j.heldout is not None}
+    result, files = _run_files(
+        lambda d: fit_evaluate_save(shared, images, heldout=heldout, out=d)
+    )
+    metrics, info = result.metrics, shared.fit_info_
     classes = [
         {"class_id": c, "class_name": ex.class_name(), "n_images": ex.n_images_,
          "run": f"{SHARED_DIR}/{CLASSES_DIR}/{class_run_name(c, ex.class_name())}",
@@ -382,7 +396,7 @@ def fit_shared(
     ]  # fmt: skip
     return {
         "run": SHARED_DIR, "n_iter": info.get("n_iter"), "converged": info.get("converged"),
-        "classes": classes, "files": _run_files(lambda d: shared.save(d, metrics=metrics)),
+        "classes": classes, "files": files,
     }  # fmt: skip
 
 
@@ -397,7 +411,7 @@ def fit_classes(
     jobs: Sequence[ClassJob],
     out: Any,
     *,
-    settings: Mapping[str, Any],
+    settings: ExplainerConfig | Mapping[str, Any],
     shared: bool = False,
     executor: Any = None,
     on_done: Callable[[int, Any], None] | None = None,
@@ -421,9 +435,9 @@ def fit_classes(
     ids = [j.class_id for j in jobs]
     if len(set(ids)) != len(ids):
         raise ValueError(f"class ids must be distinct, got {ids}")
-    get_method(settings.get("method", "face"))  # fail on a typo before any work
+    config = ExplainerConfig.coerce(settings)  # a typo fails here, before any work
     executor = executor if executor is not None else LocalExecutor()
-    common = {"split": split, "settings": dict(settings)}
+    common = {"split": split, "settings": config}
     if shared:
         results = executor.map(fit_shared, [jobs], shared=common, on_done=on_done)
     else:
