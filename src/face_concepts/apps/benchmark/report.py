@@ -2,8 +2,10 @@
 
 ``write_outputs`` turns the stored cell records into ``results.csv`` (one row per cell, group
 and split), ``results.md`` (tables in the paper's layout, mean ± std over classes × seeds; the λ
-and rank sweeps with their recommended points) and the figures: mean deletion/insertion curves
-per method and Pareto plots of the sweeps (rel-ℓ2 vs KL, coloured by code density).
+and rank sweeps with their recommended points; per model the paired differences face − each
+other method over the class × seed cells, by :mod:`face_concepts.apps.benchmark.stats`) and the
+figures: mean deletion/insertion curves per method and Pareto plots of the sweeps (rel-ℓ2 vs KL,
+coloured by code density).
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import numpy as np
 import torch
 
 from face_concepts._core.io import atomic_write_bytes
+from face_concepts.apps.benchmark.stats import claim, paired_difference
 from face_concepts.metrics.report import METRIC_KEYS
 
 # Paper layout (docs/method.md §11): label, metric key, better direction.
 TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("Acc", "acc", "↑"),
     ("Agree", "agreement", "↑"),
+    ("Cert", "certified", "↑"),
     ("Acc(Ā)", "acc_original", ""),
     ("MSE", "mse", "↓"),
     ("rel-ℓ2", "rel_l2", "↓"),
@@ -165,6 +169,66 @@ def sweep_table(summary: dict[float, dict[str, tuple[float, float, int]]], what:
     return "\n".join(lines)
 
 
+def paired_comparisons(rows: list[dict[str, Any]], *, model: str, reference: str = "face", split: str = "heldout", group: str = "main") -> dict[str, dict[str, Any]]:  # fmt: skip
+    """``{other method: {metric: PairedComparison}}`` of ``reference − other`` over paired cells.
+
+    A cell is one (class, seed) of ``model`` in ``group``; every metric of the paper's table
+    (``TABLE_COLUMNS`` with a better direction) is compared by
+    :func:`~face_concepts.apps.benchmark.stats.paired_difference`.
+    """
+    sel = [r for r in rows if r["group"] == group and r["model"] == model and r["split"] == split]
+    per_method: dict[str, list[dict[str, Any]]] = {}
+    for r in sel:
+        per_method.setdefault(r["method"], []).append(r)
+    if reference not in per_method:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for other in per_method:
+        if other == reference:
+            continue
+        out[other] = {}
+        for _, key, arrow in TABLE_COLUMNS:
+            if not arrow:
+                continue
+            values = [{(r["class_id"], r["seed"]): r.get(key) for r in per_method[m]} for m in (reference, other)]  # fmt: skip
+            out[other][key] = paired_difference(*values, names=(reference, other))
+    return out
+
+
+def paired_table(comparisons: dict[str, dict[str, Any]], reference: str = "face") -> str:
+    """Markdown: rows metrics, columns ``reference − other``: mean [95 % CI], sign test, verdict.
+
+    The verdict claims an ordering only where the bootstrap interval excludes 0.
+    """
+    others = list(comparisons)
+    head = ["metric", *(f"{reference} − {o}" for o in others)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, key, arrow in TABLE_COLUMNS:
+        if not arrow:
+            continue
+        cells = [f"{label} {arrow}"]
+        for o in others:
+            c = comparisons[o][key]
+            word = {"holds": f"{reference} better", "does not hold": f"{reference} worse"}.get(claim(c, arrow), c.verdict)  # fmt: skip
+            cells.append("n/a" if c.n == 0 else f"{c.cell()}: **{word}**" if c.ordering else f"{c.cell()}: {word}")  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _paired_lines(rows: list[dict[str, Any]], model: str) -> tuple[list[str], dict[str, Any]]:
+    comparisons = paired_comparisons(rows, model=model)
+    if not comparisons:
+        return [], {}
+    n = max(c.n for per in comparisons.values() for c in per.values())
+    title = f"## {model}: paired differences, face − each method (held-out, {n} class × seed cells)"
+    note = (
+        "Mean of the per-cell difference, bootstrap 95 % interval (10,000 resamples, seeded), "
+        "two-sided sign test; an ordering is claimed only where the interval excludes 0."
+    )
+    md = ["", title, "", note, "", paired_table(comparisons)]
+    return md, {o: {k: c.to_dict() for k, c in per.items()} for o, per in comparisons.items()}
+
+
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
@@ -235,12 +299,14 @@ def write_outputs(records: list[dict[str, Any]], cfg: dict[str, Any], out: Path)
     writer.writerows(rows)
     atomic_write_bytes(out / "results.csv", buf.getvalue().encode("utf-8"))
     md = [f"# Benchmark `{cfg['name']}`", "", *_header_lines(cfg, records)]
-    figures, recommended, recommended_rank = [], {}, {}
+    figures, recommended, recommended_rank, paired = [], {}, {}, {}
     for model in cfg["models"]:
         lams = {r["method"]: r["kl_weight"] for r in records if r["model"] == model and "main" in r["groups"]}  # fmt: skip
         for split_name, title in (("fit", "fitting views"), ("heldout", "held-out views")):
             st = summarise(rows, group="main", model=model, split=split_name, by="method")
             md += ["", f"## {model}: {title} (mean ± std over classes × seeds)", "", method_table(st, lams)]  # fmt: skip
+        lines, paired[model] = _paired_lines(rows, model)
+        md += lines
         if lams:
             path = out / f"curves_{_slug(model)}.png"
             atomic_write_bytes(path, _png(_curves_figure(records, model)))
@@ -254,7 +320,7 @@ def write_outputs(records: list[dict[str, Any]], cfg: dict[str, Any], out: Path)
     atomic_write_bytes(out / "results.md", ("\n".join(md) + "\n").encode("utf-8"))
     return {"out_dir": str(out), "csv": str(out / "results.csv"), "markdown": str(out / "results.md"),
             "figures": figures, "recommended_kl_weight": recommended,
-            "recommended_n_concepts": recommended_rank}  # fmt: skip
+            "recommended_n_concepts": recommended_rank, "paired": paired}  # fmt: skip
 
 
 def _header_lines(cfg: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
