@@ -26,15 +26,15 @@ from face_concepts.decomposition import FACE, encode
 from face_concepts.importance import sobol_indices
 from face_concepts.methods.registry import factorize, finite_difference_importance, get_method
 from face_concepts.metrics import MetricReport, compute_metrics, stability_folds
-
 from face_concepts.pipeline.config import DEFAULTS as _D
 from face_concepts.pipeline.config import ExplainerConfig, config_attributes
+
 
 N_TOP_CROPS = 8
 
 
-class ConceptExplainer:
 @config_attributes
+class ConceptExplainer:
     """Extract, rank and evaluate the concepts a classifier uses for one class.
 
     Parameters

@@ -35,10 +35,10 @@ from face_concepts._core.io import atomic_write_bytes
 from face_concepts._core.warn import recording
 from face_concepts.methods.registry import factorize, get_method
 from face_concepts.pipeline.bank import ConceptBank
-from face_concepts.pipeline.explainer import N_TOP_CROPS, ConceptExplainer
-from face_concepts.pipeline.persist import _to_uint8
 from face_concepts.pipeline.config import DEFAULTS as _D
 from face_concepts.pipeline.config import ExplainerConfig, config_attributes
+from face_concepts.pipeline.explainer import N_TOP_CROPS, ConceptExplainer
+from face_concepts.pipeline.persist import _to_uint8
 
 __all__ = [
     "CLASSES_DIR",
@@ -66,9 +66,9 @@ def class_run_name(class_id: int, class_name: str | None) -> str:
     return f"{class_id}_{slug}" if slug else str(class_id)
 
 
+@config_attributes
 class SharedConceptExplainer:
     """One concept bank for several classes, with per-class importance and metrics.
-@config_attributes
 
     Parameters are those of :class:`~face_concepts.ConceptExplainer` (model in the constructor,
     data in :meth:`fit`); ``n_concepts`` is the size of the one shared bank.
@@ -162,9 +162,9 @@ class SharedConceptExplainer:
             random_state=self.random_state,
             max_iter=self.max_iter,
             tol=self.tol,
+            verbose=self.verbose,
         )
         counts = [int(p["rows"].shape[0]) for p in prepared.values()]
-            verbose=self.verbose,
         for (c, ex), U_c in zip(explainers.items(), U.cpu().split(counts)):
             ex._adopt_fit(prepared[c], U_c, W, info)
         self.explainers_ = explainers
