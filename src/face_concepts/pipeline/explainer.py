@@ -45,8 +45,11 @@ class ConceptExplainer:
         "face" (default), "face-paper", "nmf", "craft" or "ice".
     n_concepts : int
         r.
-    kl_weight : float
+    kl_weight : float or "auto"
         λ for FACE (ignored by methods that fix it: nmf/craft/ice use 0, face-paper 1e-5).
+        "auto": ``fit`` picks the smallest λ on a grid whose top-1 agreement on held-out
+        fitting images reaches ``target_agreement`` (:mod:`face_concepts.pipeline.auto_lambda`;
+        the search is in ``fit_info_["auto_kl_weight"]``, saved with the run).
         Default 1.0, unlike the engine ``FACE(kl_weight=1e-5)``, whose default is the authors'
         demo value: at this objective's scale λ ≤ 1e-2 gives the same concepts as λ = 0 (plain
         NMF), while λ = 1 changes them (C-Deletion 0.61 → 0.89 on MobileNetV2, the recommended
@@ -90,7 +93,8 @@ class ConceptExplainer:
         method: str = _D.method,
         *,
         n_concepts: int = _D.n_concepts,
-        kl_weight: float = _D.kl_weight,
+        kl_weight: float | str = _D.kl_weight,
+        target_agreement: float = _D.target_agreement,
         patch_size: int = _D.patch_size,
         stride: int | None = _D.stride,
         resize_patches: bool | None = _D.resize_patches,
@@ -114,6 +118,7 @@ class ConceptExplainer:
             n_designs=n_designs, filter_correct=filter_correct, batch_size=batch_size,
             max_iter=max_iter, tol=tol, random_state=random_state, device=device,
             progress=progress, cache_dir=cache_dir, verbose=verbose,
+            target_agreement=target_agreement,
         )  # fmt: skip
 
     @classmethod
@@ -134,6 +139,10 @@ class ConceptExplainer:
     def effective_kl_weight(self) -> float:
         spec = self.spec
         lam = spec.kl_weight if spec.kl_weight is not None else self.kl_weight
+        if lam == "auto":  # the λ that fit chose
+            from face_concepts.pipeline.auto_lambda import chosen_kl_weight
+
+            return chosen_kl_weight(self)
         return check_float(lam, "kl_weight", minimum=0.0)
 
     @property
@@ -248,6 +257,11 @@ class ConceptExplainer:
         with recording(self.warnings_):
             prepared = self._prepare_fit(images, class_id)
             dev = resolve_device(self.device)
+            if self.spec.kl_weight is None and self.kl_weight == "auto":
+                from face_concepts.pipeline import auto_lambda
+
+                U, W, info = auto_lambda.fit_explainer(self, prepared, dev)
+                return self._adopt_fit(prepared, U, W, info)
             U, W, info = factorize(
                 self.spec,
                 prepared["rows"].to(dev),

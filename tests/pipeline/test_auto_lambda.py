@@ -1,0 +1,172 @@
+"""kl_weight="auto" (pipeline/auto_lambda.py): the grid, warm starts, planted data, no-reach, saving."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from _tiny import tiny_split
+from face_concepts import ConceptExplainer
+from face_concepts.decomposition import FACE
+from face_concepts.metrics import accuracy_on_reconstruction, kl_divergence, relative_l2
+from face_concepts.metrics.split import train_test_split_indices
+from face_concepts.pipeline import auto_lambda as al
+from face_concepts.pipeline.config import ExplainerConfig
+
+
+def planted(n: int = 60, seed: int = 0) -> tuple[torch.Tensor, nn.Module]:
+    """Rows whose large features have rank 2 and whose class is decided by two small ones.
+
+    With r = 2 plain NMF (λ = 0) spends its concepts on the large features and loses the sign
+    of x4 − x5, which the head reads with weight ±40: only a large enough λ keeps it.
+    """
+    g = torch.Generator().manual_seed(seed)
+    big = torch.rand(n, 2, generator=g, dtype=torch.float64) @ (
+        2 * torch.rand(2, 4, generator=g, dtype=torch.float64)
+    )
+    small = 0.1 * torch.rand(n, 2, generator=g, dtype=torch.float64)
+    head = nn.Linear(6, 2).double()
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.weight[0, 4], head.weight[0, 5] = 40.0, -40.0
+    return torch.cat([big, small], 1), head
+
+
+def _search(A, head, r=2, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        U, W, info = al.fit_auto_kl_weight(A, torch.arange(A.shape[0]), A, head, n_concepts=r, **kw)  # fmt: skip
+    return U, W, info["auto_kl_weight"], [w for w in caught if w.category is al.AutoKLWeightWarning]
+
+
+def test_the_target_is_reached_on_planted_data_where_a_larger_lambda_is_needed() -> None:
+    A, head = planted()
+    U, W, rec, warned = _search(A, head)
+    lams = [p["kl_weight"] for p in rec["points"]]
+    assert lams == list(al.DEFAULT_GRID[: len(lams)])  # tried in grid order, stopped early
+    assert rec["reached"] and not warned
+    assert rec["chosen"] == lams[-1] > 0.0
+    # Every smaller λ missed the target, the chosen one reaches it: the smallest that does.
+    assert all(p["agreement"] < 0.99 for p in rec["points"][:-1])
+    assert rec["points"][-1]["agreement"] >= 0.99
+    assert rec["points"][0]["agreement"] < 0.6  # plain NMF loses the class here
+    # The recorded held-out scores are the metrics' own, recomputed on the held-out images.
+    fit_idx, held_idx = train_test_split_indices(A.shape[0], 0.2, 0)
+    assert (rec["n_fit_images"], rec["n_heldout_images"]) == (len(fit_idx), len(held_idx))
+    Wf = FACE(head, 2, kl_weight=0.0, random_state=0).fit(A[torch.as_tensor(fit_idx)]).concept_bank_  # fmt: skip
+    Ah = A[torch.as_tensor(held_idx)]
+    Uh = al.encode(Ah, Wf, head, kl_weight=0.0)
+    first = rec["points"][0]
+    assert first["agreement"] == accuracy_on_reconstruction(Ah, Uh, Wf, head, 0)[1]
+    assert first["kl"] == pytest.approx(kl_divergence(Ah, Uh, Wf, head), rel=1e-9)
+    assert first["rel_l2"] == pytest.approx(relative_l2(Ah, Uh, Wf), rel=1e-9)
+    assert 0.0 <= first["certified"] <= first["agreement"]
+    # The refit on all rows keeps the chosen λ's faithfulness on the whole set.
+    assert accuracy_on_reconstruction(A, al.encode(A, W, head, kl_weight=rec["chosen"]), W, head, 0)[1] >= 0.95  # fmt: skip
+    assert U.shape == (A.shape[0], 2)
+
+
+def test_grid_is_checked_monotone() -> None:
+    assert al.check_grid(al.DEFAULT_GRID) == al.DEFAULT_GRID
+    assert all(b > a for a, b in zip(al.DEFAULT_GRID, al.DEFAULT_GRID[1:]))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        al.check_grid([0.0, 1.0, 0.1])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        al.check_grid([1.0, 1.0])
+    with pytest.raises(ValueError, match=">= 0"):
+        al.check_grid([-1.0, 1.0])
+    with pytest.raises(ValueError, match="empty"):
+        al.check_grid([])
+
+
+def test_warm_starts_each_lambda_from_the_previous_one(monkeypatch) -> None:
+    A, head = planted()
+    seen = []
+    real = FACE.fit_transform
+
+    def spy(self, X, y=None, *, U0=None, W0=None):
+        seen.append((self.kl_weight, self.init, None if W0 is None else W0.clone(), X.shape[0]))
+        U = real(self, X, y, U0=U0, W0=W0)
+        seen[-1] += (self.concept_bank_.clone(), U.clone())
+        return U
+
+    monkeypatch.setattr(FACE, "fit_transform", spy)
+    _, _, rec, _ = _search(A, head)
+    n_search = len(rec["points"])
+    assert len(seen) == n_search + 1  # the search, then one refit
+    assert seen[0][1] == "auto" and seen[0][2] is None  # the first λ starts cold
+    for prev, cur in itertools.pairwise(seen):
+        assert cur[1] == "custom"
+        torch.testing.assert_close(cur[2], prev[4])  # W0 = the previous fit's bank
+    assert [p["init"] for p in rec["points"]][1:] == ["custom"] * (n_search - 1)
+    # The refit: all rows, at the chosen λ, from the chosen λ's bank.
+    assert seen[-1][0] == rec["chosen"] and seen[-1][3] == A.shape[0]
+    # A warm start pays: fewer iterations than a cold fit at the same λ on the same rows.
+    fit_idx, _ = train_test_split_indices(A.shape[0], 0.2, 0)
+    cold = FACE(head, 2, kl_weight=rec["points"][1]["kl_weight"], random_state=0)
+    cold.fit(A[torch.as_tensor(fit_idx)])
+    assert rec["points"][1]["n_iter"] < cold.n_iter_ + cold.n_warm_iter_
+
+
+def test_no_lambda_reaches_the_target_warns_and_keeps_the_best() -> None:
+    A, head = planted()
+    # A grid that stops below the λ this data needs (0.1 reaches it, see the test above).
+    _, _, rec, warned = _search(A, head, grid=(0.0, 1e-3, 1e-2))
+    assert not rec["reached"] and len(warned) == 1
+    text = str(warned[0].message)
+    assert "\n" not in text and "no λ on the grid" in text and "target_agreement" in text
+    assert [p["kl_weight"] for p in rec["points"]] == [0.0, 1e-3, 1e-2]  # the whole grid
+    best = max(p["agreement"] for p in rec["points"])
+    assert best < 0.99
+    assert rec["chosen"] == min(p["kl_weight"] for p in rec["points"] if p["agreement"] == best)
+
+
+def test_bad_settings_are_one_clear_line() -> None:
+    A, head = planted(n=10)
+    with pytest.raises(ValueError, match="target_agreement"):
+        _search(A, head, target_agreement=1.5)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        al.fit_auto_kl_weight(A[:1], torch.zeros(1, dtype=torch.long), A[:1], head, n_concepts=1)
+    with pytest.raises(ValueError, match="'auto' or a number"):
+        ExplainerConfig(kl_weight="automatic")
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        ExplainerConfig(target_agreement=2.0)
+    ex = ConceptExplainer(tiny_split("test:auto-unfitted"), kl_weight="auto")
+    with pytest.raises(ValueError, match="fit first"):
+        _ = ex.effective_kl_weight
+
+
+def test_explainer_auto_records_the_search_and_the_run_keeps_it(tmp_path) -> None:
+    split = tiny_split("test:auto")
+    x = torch.rand(10, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    ex = ConceptExplainer(split, n_concepts=3, kl_weight="auto", patch_size=8, progress=False)
+    ex.target_agreement = 0.999
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ex.fit(x, class_id=0)
+    rec = ex.fit_info_["auto_kl_weight"]
+    assert rec["target_agreement"] == 0.999
+    assert (rec["n_fit_images"], rec["n_heldout_images"]) == (8, 2)
+    assert ex.kl_weight == "auto" and ex.effective_kl_weight == rec["chosen"]
+    assert ex.run_config()["kl_weight"] == rec["chosen"]  # the run records the λ it used
+    assert ex.encoder_settings()["kl_weight"] == rec["chosen"]  # encoder "fit": that λ
+    ex.save(tmp_path / "run")
+    loaded = ConceptExplainer.load(tmp_path / "run", split)
+    assert loaded.fit_info_["auto_kl_weight"] == rec
+    assert loaded.kl_weight == rec["chosen"] and loaded.effective_kl_weight == rec["chosen"]
+    torch.testing.assert_close(loaded.concept_bank_, ex.concept_bank_)
+
+
+def test_methods_that_fix_lambda_ignore_auto() -> None:
+    split = tiny_split("test:auto-nmf")
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    ex = ConceptExplainer(split, "nmf", n_concepts=2, kl_weight="auto", patch_size=8, progress=False)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ex.fit(x, class_id=0)
+    assert "auto_kl_weight" not in ex.fit_info_ and ex.effective_kl_weight == 0.0
