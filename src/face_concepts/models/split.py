@@ -13,7 +13,12 @@ VGG                           up to ``classifier.4`` (ReLU), 1×1 map  ``classif
 ConvNeXt                      ``features`` (signed, no ReLU)          LayerNorm2d + Linear
 RegNet, ShuffleNetV2, MNASNet last stage (ReLU)                       ``fc`` / ``classifier``
 timm CNNs (avg global pool)   ``forward_features``                    ``forward_head``
+ViT, DeiT, Swin               patch tokens after the final norm       see ``models/vit.py``
 ============================  ======================================  ==========================
+
+Vision transformers (torchvision ViT and Swin, timm ViT/DeiT/Swin): the patch tokens after the
+final norm are the map (the grid from the patch size); class-token models get a map whose spatial
+mean is the class token, so the split stays exact (:mod:`face_concepts.models.vit`).
 
 VGG is the exception: its head is ``AdaptiveAvgPool2d(7)`` → flatten → classifier, so no mean
 pool of a conv map feeds it; the only exact split with a mean pool is inside the classifier
@@ -69,6 +74,7 @@ from face_concepts.models._modules import (
     Truncated,
 )
 from face_concepts.models.base import ModelSplit
+from face_concepts.models.vit import transformer_parts
 
 __all__ = ["ModelSplit", "split_model"]
 
@@ -86,6 +92,7 @@ class _Parts:
     features: nn.Module
     head: nn.Module
     layer: str
+    input_size: int | None = None  # the model's native input side, where it has one (ViT)
 
 
 def _seq(model: nn.Module, names: Sequence[str]) -> nn.Sequential:
@@ -122,6 +129,11 @@ def _torchvision_parts(model: nn.Module) -> _Parts | None:
     if isinstance(model, tvm.MNASNet):
         return _Parts(model.layers, model.classifier, "layers")
     return None
+
+
+def _transformer_parts(model: nn.Module) -> _Parts | None:
+    found = transformer_parts(model)
+    return None if found is None else _Parts(*found)
 
 
 def _timm_parts(model: nn.Module) -> _Parts | None:
@@ -208,7 +220,10 @@ def split_model(
     if layer is not None and not isinstance(layer, str):
         raise TypeError(f"layer must be a module name (str) or None, got {type(layer).__name__}")
     model.eval()
-    parts = _torchvision_parts(model) or _timm_parts(model)
+    parts = _torchvision_parts(model) or _transformer_parts(model) or _timm_parts(model)
+    if input_size is None and parts is not None and parts.input_size is not None:
+        if preprocess is None or preprocess.crop_size is None:
+            input_size = parts.input_size  # a ViT accepts only its own image size
     common = {
         "preprocess": preprocess,
         "name": name,
@@ -221,7 +236,8 @@ def split_model(
             raise TypeError(
                 f"no default split for {type(model).__name__} (supported: torchvision ResNet, "
                 "MobileNetV2/V3, EfficientNet, DenseNet, VGG, ConvNeXt, RegNet, ShuffleNetV2, "
-                "MNASNet, timm CNNs); pass layer=<module name> or build ModelSplit(features, head)"
+                "MNASNet, ViT, Swin; timm CNNs, ViT, DeiT, Swin); pass layer=<module name> or "
+                "build ModelSplit(features, head)"
             )
         split = ModelSplit(parts.features, parts.head, layer=parts.layer, **common)
     else:
