@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from _tiny import tiny_split
-from face_concepts import ConceptExplainer
+from face_concepts import ConceptExplainer, viz
 from face_concepts.decomposition import FACE
 from face_concepts.metrics import accuracy_on_reconstruction, kl_divergence, relative_l2
 from face_concepts.metrics.split import train_test_split_indices
 from face_concepts.pipeline import auto_lambda as al
 from face_concepts.pipeline.config import ExplainerConfig
+from face_concepts.report import ModelCache, build_report
 
 
 def planted(n: int = 60, seed: int = 0) -> tuple[torch.Tensor, nn.Module]:
@@ -160,6 +161,31 @@ def test_explainer_auto_records_the_search_and_the_run_keeps_it(tmp_path) -> Non
     assert loaded.fit_info_["auto_kl_weight"] == rec
     assert loaded.kl_weight == rec["chosen"] and loaded.effective_kl_weight == rec["chosen"]
     torch.testing.assert_close(loaded.concept_bank_, ex.concept_bank_)
+    # The atlas shows the search: its card with the Pareto plot and the choice.
+    cache = ModelCache()
+    cache.put(split, "test:auto", None, None)
+    html = build_report(tmp_path / "run", cache=cache).read_text(encoding="utf-8")
+    assert "λ chosen for you" in html and f"chose λ = {rec['chosen']:g}" in html
+
+
+def test_pareto_figure_plots_every_tried_lambda_and_marks_the_choice() -> None:
+    pts = [
+        {"kl_weight": 0.0, "rel_l2": 0.1, "kl": 0.3, "agreement": 0.5},
+        {"kl_weight": 0.1, "rel_l2": 0.15, "kl": 0.05, "agreement": 0.9},
+        {"kl_weight": 1.0, "rel_l2": 0.3, "kl": 0.002, "agreement": 1.0},
+    ]
+    fig = viz.kl_weight_pareto(pts, chosen=0.1, target_agreement=0.99)
+    ax = fig.axes[0]
+    line = ax.get_lines()[0]
+    assert list(line.get_xdata()) == [0.1, 0.15, 0.3] and list(line.get_ydata()) == [0.3, 0.05, 0.002]  # fmt: skip
+    ring = ax.collections[0].get_offsets()
+    assert ring.tolist() == [[0.15, 0.05]]  # the chosen point
+    assert ax.get_yscale() == "log" and "0.99" in ax.get_title()
+    assert [t.get_text() for t in ax.texts][1] == "λ=0.1, agree 0.900"
+    with pytest.raises(ValueError, match="empty"):
+        viz.kl_weight_pareto([])
+    with pytest.raises(ValueError, match="rel_l2"):
+        viz.kl_weight_pareto([{"kl_weight": 0.0, "kl": 0.1}])
 
 
 def test_methods_that_fix_lambda_ignore_auto() -> None:

@@ -143,6 +143,16 @@ def _chart_figures(view: RunView) -> None:
             view.notes.append(f"loss history not drawn: {exc}")
     else:
         view.notes.append("this run recorded no loss history (the solver keeps none)")
+    search = (view.metadata.get("fit") or {}).get("auto_kl_weight")  # kl_weight="auto"
+    if isinstance(search, dict) and search.get("points"):
+        try:
+            fig = viz.kl_weight_pareto(
+                search["points"], search.get("chosen"),
+                target_agreement=search.get("target_agreement"),
+            )  # fmt: skip
+            view.figures["auto_kl_weight"] = figure_png(fig)
+        except (ValueError, TypeError) as exc:
+            view.notes.append(f"λ search not drawn: {exc}")
 
 
 def concept_contributions(explainer: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -185,6 +185,23 @@ def _figure(view: RunView, key: str, caption: str) -> str:
     return f"<h3>{escape(caption)}</h3>{_img(view.figures[key], caption)}"
 
 
+def _auto_kl_weight_card(view: RunView) -> str:
+    """The card of a ``kl_weight="auto"`` fit: the choice, why, and the Pareto plot."""
+    search = (view.metadata.get("fit") or {}).get("auto_kl_weight")
+    if not isinstance(search, dict) or "auto_kl_weight" not in view.figures:
+        return ""
+    grid = ", ".join(f"{v:g}" for v in search.get("grid", []))
+    tried = ", ".join(f"{p['kl_weight']:g}" for p in search["points"])
+    text = (
+        f"kl_weight='auto' chose λ = {search.get('chosen'):g}: {search.get('reason', '')} "
+        f"(held out: {search.get('n_heldout_images', '?')} of the fitting images; grid {grid}; "
+        f"tried {tried}). Each point is the held-out reconstruction error against the held-out "
+        "KL at one λ; the ring marks the chosen λ."
+    )
+    caption = "λ chosen for you: reconstruction against KL over the tried λ"
+    return f'{_figure(view, "auto_kl_weight", caption)}<p class="help">{escape(text)}</p>'
+
+
 def _run_article(view: RunView) -> str:
     meta = view.metadata
     fit = meta.get("fit") or {}
@@ -207,6 +224,7 @@ def _run_article(view: RunView) -> str:
         + f"{concepts}"
         + _figure(view, "curves", f"Deletion and insertion curves ({view.curves_split} images)")
         + _figure(view, "loss", "Loss history")
+        + _auto_kl_weight_card(view)
         + _config_block(view)
         + "</article>"
     )

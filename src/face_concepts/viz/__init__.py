@@ -6,6 +6,7 @@ nothing is shown or written (call ``fig.savefig(path)``), and no global figure s
 - :func:`heatmap_overlay`: concept maps over an image
 - :func:`curves`: deletion and insertion curves of several methods
 - :func:`loss_history`: objective terms per iteration of a fit
+- :func:`kl_weight_pareto`: the λ search of ``kl_weight="auto"`` (rel-ℓ2 against KL)
 
 Class names for titles come from the caller (e.g. the weights' metadata categories).
 
@@ -19,7 +20,14 @@ Examples
 
 from __future__ import annotations
 
-from face_concepts.viz.charts import curves, importance_bar, loss_history
+from face_concepts.viz.charts import curves, importance_bar, kl_weight_pareto, loss_history
 from face_concepts.viz.concepts import heatmap_overlay, top_crops
 
-__all__ = ["curves", "heatmap_overlay", "importance_bar", "loss_history", "top_crops"]
+__all__ = [
+    "curves",
+    "heatmap_overlay",
+    "importance_bar",
+    "kl_weight_pareto",
+    "loss_history",
+    "top_crops",
+]

@@ -203,3 +203,66 @@ def _numeric(values: Any) -> np.ndarray | None:
     except (TypeError, ValueError):
         return None
     return arr if arr.ndim == 1 and arr.size else None
+
+
+def kl_weight_pareto(
+    points: Sequence[Mapping[str, Any]],
+    chosen: float | None = None,
+    *,
+    target_agreement: float | None = None,
+    title: str | None = None,
+) -> Figure:
+    """The λ search of ``kl_weight="auto"``: held-out rel-ℓ2 (x) against KL (y), one point per λ.
+
+    Parameters
+    ----------
+    points : sequence of mappings
+        One per tried λ, with keys ``kl_weight``, ``rel_l2``, ``kl`` and optionally
+        ``agreement`` (the record's ``"points"``, :mod:`face_concepts.pipeline.auto_lambda`).
+    chosen : float, optional
+        The chosen λ: marked with a ring and named in the legend.
+    target_agreement : float, optional
+        Named in the title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axis; each point is labelled with its λ (and agreement); a log KL axis when every
+        KL is positive.
+
+    Examples
+    --------
+    >>> pts = [{"kl_weight": 0.0, "rel_l2": 0.1, "kl": 0.3, "agreement": 0.8},
+    ...        {"kl_weight": 1.0, "rel_l2": 0.2, "kl": 0.01, "agreement": 1.0}]
+    >>> fig = kl_weight_pareto(pts, chosen=1.0)
+    >>> [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    ['tried λ', 'chosen λ = 1']
+    """
+    if not points:
+        raise ValueError("points is empty: the λ search recorded no tried λ")
+    try:
+        lams = [float(p["kl_weight"]) for p in points]
+        x = np.array([float(p["rel_l2"]) for p in points])
+        y = np.array([float(p["kl"]) for p in points])
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"every point needs kl_weight, rel_l2 and kl; {exc!r}") from exc
+    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(x, y, "-o", color="0.45", zorder=1, label="tried λ")
+    for i, (p, lam) in enumerate(zip(points, lams)):
+        agree = p.get("agreement")
+        label = f"λ={lam:g}" + (f", agree {float(agree):.3f}" if agree is not None else "")
+        # Close points (small λ) often coincide: stagger the labels so that all stay legible.
+        ax.annotate(label, (x[i], y[i]), fontsize=8, xytext=(6, 10 * (i % 3) - 10), textcoords="offset points")  # fmt: skip
+    if chosen is not None and float(chosen) in lams:
+        i = lams.index(float(chosen))
+        ax.scatter([x[i]], [y[i]], s=160, facecolors="none", edgecolors="tab:red", linewidths=2, zorder=3, label=f"chosen λ = {float(chosen):g}")  # fmt: skip
+    if np.all(y > 0):
+        ax.set_yscale("log")  # KL spans orders of magnitude over the grid
+    ax.set_xlabel("relative ℓ2 reconstruction error (held-out) ↓")
+    ax.set_ylabel("D_KL (held-out) ↓")
+    target = f" (target agreement {target_agreement:g})" if target_agreement is not None else ""
+    ax.set_title(title or f"λ chosen for you{target}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
