@@ -89,7 +89,8 @@ class ExplainerConfig:
         "defaults to the authors' 1e-5, which gives the same concepts as λ = 0 at this "
         "objective's scale (benchmarks/results/reproduction.md); 1.0 is where the KL term "
         "changes them. 'auto': the smallest λ on the grid 0, 0.01, 0.1, 1, 10, 100 whose top-1 "
-        "agreement on 20 % of the images held out reaches target_agreement, then refitted on all",
+        "agreement on a held-out fifth of the images reaches target_agreement, then refitted on "
+        "all of them",
         kind=(float, str),
         minimum=0.0,
     )
