@@ -30,11 +30,12 @@ def recording(sink: list[str]) -> Iterator[list[str]]:
 
     Examples
     --------
-    >>> import sys
     >>> seen = []
-    >>> with recording(seen):
-    ...     warnings.warn("the solver did not converge", stacklevel=1)  # doctest: +SKIP
-    >>> seen  # doctest: +SKIP
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("always")
+    ...     with recording(seen):
+    ...         warnings.warn("the solver did not   converge", stacklevel=1)
+    >>> seen
     ['the solver did not converge']
     """
     original = warnings.showwarning

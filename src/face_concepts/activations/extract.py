@@ -345,7 +345,18 @@ class CachedActivations:
 
     Examples
     --------
-    >>> # FACE(head, 25, batch_size=4096).fit(CachedActivations(cache, key))  # doctest: +SKIP
+    >>> import tempfile
+    >>> from tqdm import tqdm
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> cache = ActivationCache(tmp.name, shard_size=4)
+    >>> A = torch.rand(10, 3)
+    >>> _ = cache.run("key", A[:, :, None, None], lambda c: c.flatten(1), tqdm(disable=True))
+    >>> source = CachedActivations(cache, "key")  # e.g. FACE(head, batch_size=4096).fit(source)
+    >>> len(source), [shard.shape[0] for shard in source]
+    (10, [4, 4, 2])
+    >>> torch.equal(torch.cat(list(source)), A)
+    True
+    >>> tmp.cleanup()
     """
 
     def __init__(self, cache: ActivationCache, key: str) -> None:
@@ -423,7 +434,7 @@ def extract_activations(
     --------
     >>> import torchvision
     >>> from face_concepts.models import split_model
-    >>> split = split_model(torchvision.models.mobilenet_v2(), input_size=64)
+    >>> split = split_model(torchvision.models.mobilenet_v2().eval(), input_size=64)
     >>> extract_activations(split, torch.randn(5, 3, 64, 64), batch_size=2, progress=False).shape
     torch.Size([5, 1280])
     """

@@ -59,7 +59,9 @@ def resolve_imagenet_class_folder(
 
     Examples
     --------
-    >>> resolve_imagenet_class_folder("/nonexistent", 0, ["tench"])  # doctest: +SKIP
+    >>> resolve_imagenet_class_folder("/nonexistent", 0, ["tench"])
+    Traceback (most recent call last):
+    FileNotFoundError: ImageNet root '/nonexistent' is not a folder
     """
     root_s = os.fspath(root)
     if not os.path.isdir(root_s):

@@ -253,7 +253,9 @@ def load_class_folders(
 
     Examples
     --------
-    >>> load_class_folders("/nonexistent")  # doctest: +SKIP
+    >>> load_class_folders("/nonexistent")
+    Traceback (most recent call last):
+    FileNotFoundError: root '/nonexistent' is not a folder
     """
     root_s = os.fspath(root)
     if not os.path.isdir(root_s):

@@ -111,7 +111,7 @@ class FACE(BaseEstimator):
 
     Examples
     --------
-    >>> torch.manual_seed(0)
+    >>> _ = torch.manual_seed(0)
     >>> A = torch.rand(50, 8); head = torch.nn.Linear(8, 3)
     >>> U = FACE(head, n_concepts=3, kl_weight=1.0, random_state=0).fit_transform(A)
     >>> U.shape

@@ -209,7 +209,7 @@ def split_model(
     Examples
     --------
     >>> import torchvision
-    >>> split = split_model(torchvision.models.resnet18(), input_size=64)
+    >>> split = split_model(torchvision.models.resnet18().eval(), input_size=64)
     >>> split.layer, split.n_features, split.is_affine
     ('layer4', 512, True)
     """
