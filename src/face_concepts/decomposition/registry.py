@@ -1,0 +1,26 @@
+"""The solver registry: every full-batch solver by name, with its default ``max_iter`` / ``tol``.
+
+``solvers.py`` holds ``hals``, ``pgd`` and ``adam``; ``linearised.py`` the solver for heads that
+are not affine. ``FACE(solver=...)`` looks names up here (``estimators.py``); ``"auto"`` picks
+``hals`` for an affine head (or λ = 0) and ``linearised`` otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from face_concepts.decomposition.linearised import solve_linearised
+from face_concepts.decomposition.solvers import DEFAULTS as _CORE_DEFAULTS
+from face_concepts.decomposition.solvers import SOLVERS as _CORE
+from face_concepts.decomposition.solvers import SolverResult
+
+SOLVERS: dict[str, Callable[..., SolverResult]] = {**_CORE, "linearised": solve_linearised}
+DEFAULTS: dict[str, dict[str, float]] = {
+    **_CORE_DEFAULTS,
+    "linearised": {"max_iter": 1000, "tol": 1e-5},
+}
+
+
+def auto_solver(kl_weight: float, affine: bool) -> str:
+    """``solver="auto"``: ``hals`` for plain NMF or an affine head, else ``linearised``."""
+    return "hals" if (kl_weight == 0 or affine) else "linearised"
