@@ -40,9 +40,9 @@ try:  # Python ≥ 3.11; older ones read config files when tomli is installed
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover
     try:
-        import tomli as tomllib
+        import tomli as tomllib  # type: ignore[no-redef]  # Python < 3.11 only
     except ModuleNotFoundError:
-        tomllib = None
+        tomllib = None  # type: ignore[assignment]  # Python < 3.11 only
 
 from face_concepts.cli.common import (
     _S,
