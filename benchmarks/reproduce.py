@@ -7,6 +7,14 @@ Usage::
 
 Cells finished by an earlier (interrupted) run are reused; see face_concepts.apps.benchmark.runner. A config
 whose dataset is not installed (Fashion-MNIST) is skipped with a message saying how to get it.
+
+The settings of ``benchmarks/results/reproduction.md``, one config each:
+
+1. ``imagenet_mobilenet.toml`` — real MobileNetV2, ImageNet photos;
+2. ``imagenet_efficientnet.toml`` — real EfficientNet-Lite0, same classes;
+3. ``fashion_mnist.toml`` — Fashion-MNIST CNN (``train_fashion_mnist.py`` first);
+4. ``fashion_mnist_vit.toml`` — Fashion-MNIST vision transformer (``train_vit_fashion_mnist.py``
+   first), same classes, images and seeds as setting 3.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -56,12 +57,23 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 10
 
 
 def train(
-    x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int, lr: float, seed: int
-) -> FashionCNN:
-    """Adam with a one-cycle learning rate and random horizontal flips; seeded throughout."""
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    build: Callable[[], nn.Module] = FashionCNN,
+) -> nn.Module:
+    """Adam with a one-cycle learning rate and random horizontal flips; seeded throughout.
+
+    ``build`` makes the untrained model (after seeding); benchmarks/train_vit_fashion_mnist.py
+    passes its ViT.
+    """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = FashionCNN()
+    model = build()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * ((x.shape[0] + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)

@@ -12,7 +12,9 @@ Two protocols:
 The Fashion-MNIST classifier is :class:`FashionCNN`, trained by the committed recipe
 ``benchmarks/train_fashion_mnist.py``; its checkpoint (a plain state dict) is cached outside
 the repository and named in a config as the model spec ``"fashion_mnist_cnn"`` (default path)
-or ``"fashion_mnist_cnn:PATH"``.
+or ``"fashion_mnist_cnn:PATH"``. The second Fashion-MNIST classifier is a small vision transformer
+(:func:`fashion_vit`, torchvision ``VisionTransformer``), trained by
+``benchmarks/train_vit_fashion_mnist.py``, spec ``"fashion_mnist_vit[:PATH]"``.
 """
 
 from __future__ import annotations
@@ -33,17 +35,23 @@ from face_concepts.data.preprocess import Preprocess
 __all__ = [
     "FASHION_MNIST_CHECKPOINT",
     "FASHION_MNIST_SPEC",
+    "FASHION_MNIST_VIT_CHECKPOINT",
+    "FASHION_MNIST_VIT_SPEC",
     "ArraySource",
     "FashionCNN",
     "PhotoSource",
     "fashion_mnist_split",
     "fashion_mnist_tensor",
+    "fashion_vit",
+    "fashion_vit_split",
     "load_benchmark_model",
     "load_sources",
 ]
 
 FASHION_MNIST_SPEC = "fashion_mnist_cnn"
 FASHION_MNIST_CHECKPOINT = Path("~/.cache/face-concepts/fashion_mnist_cnn.pt").expanduser()
+FASHION_MNIST_VIT_SPEC = "fashion_mnist_vit"
+FASHION_MNIST_VIT_CHECKPOINT = Path("~/.cache/face-concepts/fashion_mnist_vit.pt").expanduser()
 # Fashion-MNIST pixel statistics (train split, grey in [0, 1]); the grey image is repeated on
 # three channels so that every tool that expects RGB input works unchanged.
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.286, 0.353
@@ -86,6 +94,26 @@ class FashionCNN(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
+def fashion_vit(n_classes: int = 10) -> nn.Module:
+    """The small vision transformer for 28×28 Fashion-MNIST (untrained; seed before calling).
+
+    torchvision ``VisionTransformer``: 7-px patches (a 4×4 grid of patch tokens plus the class
+    token), 3 blocks of width 64 with 4 heads and an MLP of 128, the classifier on the class
+    token. :func:`~face_concepts.models.split_model` splits it exactly (``models/vit.py``).
+
+    Examples
+    --------
+    >>> fashion_vit()(torch.zeros(2, 3, 28, 28)).shape
+    torch.Size([2, 10])
+    """
+    from torchvision.models import VisionTransformer
+
+    return VisionTransformer(
+        image_size=28, patch_size=7, num_layers=3, num_heads=4, hidden_dim=64, mlp_dim=128,
+        num_classes=check_int(n_classes, "n_classes", minimum=2),
+    )  # fmt: skip
+
+
 def fashion_mnist_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, 28, 28) → normalised float (N, 3, 28, 28), the input :class:`FashionCNN` expects.
 
@@ -104,15 +132,28 @@ def fashion_mnist_split(model: FashionCNN, *, name: str = FASHION_MNIST_SPEC) ->
     from face_concepts.models.base import ModelSplit
 
     model.eval()
-    pre = Preprocess(
-        resize_size=28, crop_size=28, mean=(FASHION_MNIST_MEAN,) * 3, std=(FASHION_MNIST_STD,) * 3
-    )
+    pre = _fashion_preprocess()
     split = ModelSplit(
         model.features, model.head, model=model, preprocess=pre, name=name,
         layer="features", categories=FASHION_MNIST_CLASSES, input_size=28,
     )  # fmt: skip
     split.verify()
     return split
+
+
+def _fashion_preprocess() -> Preprocess:
+    return Preprocess(
+        resize_size=28, crop_size=28, mean=(FASHION_MNIST_MEAN,) * 3, std=(FASHION_MNIST_STD,) * 3
+    )
+
+
+def fashion_vit_split(model: nn.Module, *, name: str = FASHION_MNIST_VIT_SPEC) -> Any:
+    """A verified :class:`~face_concepts.ModelSplit` of a :func:`fashion_vit` (in eval mode)."""
+    from face_concepts.models.split import split_model
+
+    return split_model(
+        model.eval(), preprocess=_fashion_preprocess(), categories=FASHION_MNIST_CLASSES, name=name
+    )
 
 
 def load_benchmark_model(spec: str) -> Any:
@@ -129,6 +170,16 @@ def load_benchmark_model(spec: str) -> Any:
     (64, 10)
     """
     head, _, path = str(spec).partition(":")
+    if head == FASHION_MNIST_VIT_SPEC:
+        ckpt = Path(path).expanduser() if path else FASHION_MNIST_VIT_CHECKPOINT
+        if not ckpt.is_file():
+            raise FileNotFoundError(
+                f"model {spec!r}: checkpoint {str(ckpt)!r} not found; train it with "
+                "`python benchmarks/train_vit_fashion_mnist.py` (about 4 minutes on 1 CPU core)"
+            )
+        from face_concepts.models.zoo import load_state_dict_file
+
+        return fashion_vit_split(load_state_dict_file(fashion_vit(), ckpt))
     if head != FASHION_MNIST_SPEC:
         from face_concepts.models import load_model
 
