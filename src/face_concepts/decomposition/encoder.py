@@ -16,15 +16,14 @@ import torch
 
 from face_concepts._core.validation import as_float_tensor, check_float, check_int
 from face_concepts.decomposition._head import Head
+from face_concepts.decomposition.linearised import solve_linearised
 from face_concepts.decomposition.losses import HEAD_REQUIRED, kl_rows
 from face_concepts.decomposition.newton import solve_codes_newton
 from face_concepts.decomposition.problem import make_problem
 from face_concepts.decomposition.solvers import (
     Problem,
     _Curvature,
-    _materialised_loss,
     evaluate,
-    pg_block,
     small_problem_threads,
     u_step,
 )
@@ -48,23 +47,22 @@ def solve_codes(
 ) -> tuple[torch.Tensor, int]:
     """Minimise the objective over U ≥ 0 with W fixed, starting at ``U``; returns (U, iterations).
 
-    Affine head with λ > 0: projected Newton (``newton.py``); otherwise MM-HALS (λ = 0: exact
-    HALS sweeps of NNLS) or projected gradient (non-affine heads).
+    Affine head with λ > 0: projected Newton (``newton.py``); a head that is not affine: the
+    head linearised once per iteration (``linearised.py``, W fixed); λ = 0: exact HALS sweeps
+    of NNLS.
     """
+    if prob.kl_weight > 0 and not prob.factored:
+        res = solve_linearised(prob, U, W, max_iter=max_iter, tol=tol, update_W=False)
+        return res.U, res.n_iter
     prev = evaluate(prob, U, W).total
     if prob.kl_weight > 0 and prob.factored:
         return solve_codes_newton(prob, W, U, max_iter=max_iter, tol=tol, f0=prev)
     it = 0
-    step = 1.0
     curv = _Curvature()
     Z = None
     for it in range(1, max_iter + 1):  # noqa: B007 (returned after the loop)
-        if prob.factored:
-            with torch.no_grad():
-                U, Z, cur = u_step(prob, U, W, Z, 10, prev, curv)
-        else:
-            U, step = pg_block(lambda X: _materialised_loss(prob, X, W), U, step, 5)
-            cur = evaluate(prob, U, W).total
+        with torch.no_grad():
+            U, Z, cur = u_step(prob, U, W, Z, 10, prev, curv)
         if prev <= 0 or (prev - cur) / prev < tol:
             break
         prev = cur

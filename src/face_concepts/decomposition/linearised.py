@@ -67,12 +67,18 @@ class _Evaluation:
         return G
 
 
-def _nmf_of(B: torch.Tensor, U: torch.Tensor, W: torch.Tensor, signed: bool) -> tuple:
-    """A few alternating HALS rounds on ``min ‖B − U W‖²`` from ``(U, W)`` (copies)."""
+def _nmf_of(
+    B: torch.Tensor, U: torch.Tensor, W: torch.Tensor, signed: bool, update_W: bool
+) -> tuple:
+    """A few alternating HALS rounds on ``min ‖B − U W‖²`` from ``(U, W)`` (copies);
+    ``update_W=False``: the codes only (the single encoder's problem)."""
     U, W = U.clone(), W.clone()
+    WWt = W @ W.T
     for _ in range(INNER_SWEEPS):
-        Ut = _hals_sweeps(U.T.contiguous(), W @ W.T, W @ B.T, max_inner=1)
+        Ut = _hals_sweeps(U.T.contiguous(), WWt, W @ B.T, max_inner=1)
         U = Ut.T.contiguous()
+        if not update_W:
+            continue
         UtU, UtB = U.T @ U, U.T @ B
         if signed:
             ridge = 1e-10 * UtU.diagonal().mean().clamp(min=1e-30)
@@ -80,6 +86,7 @@ def _nmf_of(B: torch.Tensor, U: torch.Tensor, W: torch.Tensor, signed: bool) -> 
             W = torch.linalg.solve(UtU + ridge * eye, UtB)
         else:
             W = _hals_sweeps(W, UtU, UtB, max_inner=1)
+        WWt = W @ W.T
     return U, W
 
 
@@ -92,11 +99,13 @@ def solve_linearised(
     tol: float = 1e-5,
     callback: Callable[[int, Terms], None] | None = None,
     signed: bool = False,
+    update_W: bool = True,
 ) -> SolverResult:
     """Prox-linear majorise–minimise for any differentiable head (see the module docstring).
 
     One head forward + backward per accepted iteration (plus one forward per rejected trial).
-    ``res.n_head_calls`` counts the forwards.
+    ``res.n_head_calls`` counts the forwards. ``update_W=False`` keeps ``W`` fixed: the codes
+    given the bank (the single encoder's problem for such heads; no warning at ``max_iter``).
     """
     res = SolverResult(U=U, W=W, n_iter=0, converged=False)
     alpha = 1.0 / prob.A.numel()  # the reconstruction term is a mean over entries
@@ -116,7 +125,7 @@ def solve_linearised(
                 if G is None
                 else (alpha * prob.A + 0.5 * L * X - 0.5 * G) / (alpha + 0.5 * L)
             )
-            Un, Wn = _nmf_of(B, U, W, signed)
+            Un, Wn = _nmf_of(B, U, W, signed, update_W)
             Xn = Un @ Wn
             ev = _Evaluation(prob, Xn)
             n_calls += 1
@@ -144,7 +153,8 @@ def solve_linearised(
         if _stop_test(res.history["total"], tol):
             res.converged = True
             break
-    _finish(res.history, res.n_iter, max_iter, res.converged, "linearised")
+    if update_W:
+        _finish(res.history, res.n_iter, max_iter, res.converged, "linearised")
     res.U, res.W = U, W
     res.n_head_calls = n_calls
     return res
