@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from face_concepts._core.device import resolve_device
 from face_concepts._core.io import atomic_write_bytes, clear_stale_temporaries
 from face_concepts._core.validation import check_int
+from face_concepts.models.modes import ensure_eval
 
 __all__ = [
     "FORMAT_VERSION",
@@ -443,7 +444,7 @@ def extract_activations(
     if device is not None and split.device != dev:
         split.to(dev)
     fn = split.features if spatial else split.pooled
-    split.eval()
+    ensure_eval(split, "the model split")
 
     def compute(chunk: torch.Tensor) -> torch.Tensor:
         outs = []

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from face_concepts.models.head import affine_parameters
+from face_concepts.models.modes import ensure_eval
 
 
 class Head:
@@ -40,9 +41,8 @@ class Head:
         else:
             self.V = None
             self.b = None
-            if isinstance(head, nn.Module) and head.training:
-                # Dropout in training mode makes the head random; FACE needs a fixed function.
-                head.eval()
+            # Dropout in training mode makes the head random; FACE needs a fixed function.
+            ensure_eval(head, "the head")
 
     @property
     def is_affine(self) -> bool:

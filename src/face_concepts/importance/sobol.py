@@ -26,6 +26,7 @@ from face_concepts._core.validation import as_float_tensor, check_int
 from face_concepts.importance.designs import sobol_design
 from face_concepts.importance.estimators import get_estimator
 from face_concepts.models.head import affine_parameters
+from face_concepts.models.modes import mode_dependent
 
 # Elements of the (rows × n_features) activation block materialised per head call by default.
 _DEFAULT_CHUNK_ELEMENTS = 2**22
@@ -162,22 +163,15 @@ def sobol_indices(
     return torch.cat(local).to(U.dtype)
 
 
-def _stochastic_in_training(head: Any) -> bool:
-    # A plain Linear in training mode is harmless; Dropout (random) and BatchNorm (batch
-    # statistics) are not. The private base classes cover every Dropout*/BatchNorm* variant.
-    kinds = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)
-    if not isinstance(head, torch.nn.Module):
-        return False
-    return any(isinstance(m, kinds) and m.training for m in head.modules())
-
-
 def _outputs_function(
     W: torch.Tensor, head: Any, class_id: Any, batch_size: int | None
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Return ``(U_chunk, masks) -> outputs`` for the affine or the generic path."""
     if batch_size is not None:
         batch_size = check_int(batch_size, "batch_size", minimum=1)
-    if _stochastic_in_training(head):
+    # A plain Linear in training mode is harmless; Dropout (random) and BatchNorm (batch
+    # statistics) are not. The user's head is not switched here: only told.
+    if mode_dependent(head):
         warnings.warn(
             "head has Dropout or BatchNorm layers in training mode, so its logits are random or "
             "batch-dependent; call head.eval() first",

@@ -134,17 +134,27 @@ def factorize(
         n_components=n_concepts,
         random_state=random_state if isinstance(random_state, int) else None,
     )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        U = sk.fit_transform(A64)
+    U, converged = _fit_sklearn(sk, A64)
     W = torch.from_numpy(np.ascontiguousarray(sk.components_)).to(A.dtype)
     info = {
         "n_iter": int(sk.n_iter_),
-        "converged": not caught,
+        "converged": converged,
         "solver": "sklearn-cd",
         "history": None,
     }
     return torch.from_numpy(U).to(A.dtype), W, info
+
+
+def _fit_sklearn(sk: Any, A: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``sk.fit_transform(A)`` and whether it converged: it did not exactly when scikit-learn
+    warned ``ConvergenceWarning``. Every warning it gave, that one included, is passed on to
+    the caller as it was given (same category, text and source line, the caller's filters)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)  # seen even if shown before
+        U = sk.fit_transform(A)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return U, not any(issubclass(w.category, ConvergenceWarning) for w in caught)
 
 
 def finite_difference_importance(

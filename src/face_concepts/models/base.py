@@ -18,6 +18,7 @@ from torch import nn
 from face_concepts._core.seeding import make_generator
 from face_concepts.data.preprocess import Preprocess
 from face_concepts.models.head import affine_parameters
+from face_concepts.models.modes import ensure_eval
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,8 @@ class ModelSplit(nn.Module):
         self.approximation = approximation
         self._fingerprint: str | None = None
         self._shapes: tuple[int, int] | None = None
-        self.eval()
+        self.training = False  # itself; the user's modules only if eval mode changes them
+        ensure_eval(self, "a module given to ModelSplit")
 
     # ------------------------------------------------------------------ forward passes
     def _pool(self, fmap: torch.Tensor) -> torch.Tensor:

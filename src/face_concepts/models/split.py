@@ -74,6 +74,7 @@ from face_concepts.models._modules import (
     Truncated,
 )
 from face_concepts.models.base import ModelSplit
+from face_concepts.models.modes import ensure_eval
 from face_concepts.models.vit import transformer_parts
 
 __all__ = ["ModelSplit", "split_model"]
@@ -219,7 +220,7 @@ def split_model(
         check_choice(signed, "signed", _SIGNED_CHOICES)
     if layer is not None and not isinstance(layer, str):
         raise TypeError(f"layer must be a module name (str) or None, got {type(layer).__name__}")
-    model.eval()
+    ensure_eval(model, "the model given to split_model")
     parts = _torchvision_parts(model) or _transformer_parts(model) or _timm_parts(model)
     if input_size is None and parts is not None and parts.input_size is not None:
         if preprocess is None or preprocess.crop_size is None:

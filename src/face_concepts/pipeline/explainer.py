@@ -10,6 +10,7 @@ import warnings
 from typing import Any
 
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
 from face_concepts._core.device import resolve_device
 from face_concepts._core.validation import check_float, check_int
@@ -399,11 +400,13 @@ class ConceptExplainer:
 
     def _stability(self) -> float:
         spec = self.spec
+        stopped: list[bool] = []
 
         def fit_fn(rows: torch.Tensor) -> torch.Tensor:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                _, W, _ = factorize(
+                # one refit per fold: their non-convergence is counted and said once below
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                _, W, info = factorize(
                     spec,
                     rows,
                     self._head(),
@@ -413,6 +416,7 @@ class ConceptExplainer:
                     max_iter=self.max_iter,
                     tol=self.tol,
                 )
+            stopped.append(not info["converged"])
             return W
 
         if getattr(self, "_rows_cache", None) is None:
@@ -420,7 +424,15 @@ class ConceptExplainer:
                 "stability refits on the fit's rows (every crop's activations), which a saved run "
                 "does not hold; fit again to compute C-Stab"
             )
-        return stability_folds(self._rows_cache, fit_fn, groups=self.row_index_.numpy())
+        value = stability_folds(self._rows_cache, fit_fn, groups=self.row_index_.numpy())
+        if any(stopped):
+            warnings.warn(
+                f"C-Stab: {sum(stopped)} of {len(stopped)} refits stopped at max_iter before "
+                "converging; raise max_iter for a C-Stab of converged banks",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
+        return value
 
     def top_crops(self, k: int = N_TOP_CROPS) -> tuple[torch.Tensor, torch.Tensor]:
         """Indices (r, k) of the crops with the largest codes per concept, and the crops in [0, 1].
@@ -447,7 +459,10 @@ class ConceptExplainer:
                 raise ValueError(
                     f"method {self.method!r} factorises spatial positions; it has no crops"
                 )
-            raise ValueError("this explainer holds no crops (its run was saved without them)")
+            raise ValueError(
+                "the saved run holds no crops (it was saved without them); fit again to see "
+                "its top crops"
+            )
         r = self.concept_bank_.shape[0]
         per = saved.shape[0] // r
         k = min(k, per)

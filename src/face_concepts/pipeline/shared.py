@@ -22,6 +22,7 @@ torch.Size([2, 12])
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -329,8 +330,12 @@ class ClassJob:
 
 
 def _on_device(split: Any, device: Any) -> Any:
-    # In a worker the split is the worker's own copy; moving it touches nothing in the driver.
-    return split if device is None else split.to(resolve_device(device))
+    # A task in the driver's process (LocalExecutor with one worker) holds the user's split:
+    # a copy goes to the device, so that the user's model stays where it was.
+    dev = None if device is None else resolve_device(device)
+    if dev is None or getattr(split, "device", None) == dev:
+        return split
+    return copy.deepcopy(split).to(dev)
 
 
 def _run_files(fit: Callable[[Path], Any]) -> tuple[Any, dict[str, bytes]]:

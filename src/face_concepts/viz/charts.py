@@ -142,7 +142,7 @@ def _scores(deletion: np.ndarray, insertion: np.ndarray) -> tuple[float, float]:
 
     with warnings.catch_warnings():
         # A curve starting at 0 is worth drawing; its warning belongs to metric reports.
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.filterwarnings("ignore", "deletion curve starts at", RuntimeWarning)
         return c_deletion(torch.from_numpy(deletion)), c_insertion(torch.from_numpy(insertion))
 
 

@@ -33,6 +33,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from sklearn.exceptions import ConvergenceWarning
+
 from face_concepts._core.io import atomic_write_json
 from face_concepts._core.validation import check_float, check_int
 from face_concepts.apps.benchmark.report import (  # noqa: F401  (re-exported: the runner's public output API)
@@ -219,7 +221,7 @@ def run_cell(split: Any, cell: dict[str, Any], source: Any, cfg: dict[str, Any])
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         # A capped budget may stop before tol; n_iter and "converged" are recorded instead.
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore", ConvergenceWarning)
         ex.fit(fit_x, class_id=cell["class_id"])
     fit_seconds = time.perf_counter() - t0
     rep_fit = ex.evaluate(stability=cfg["stability"]).to_dict()
