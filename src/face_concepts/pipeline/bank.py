@@ -140,7 +140,8 @@ class ConceptBank:
         JSON-serialisable description of the run. The model fingerprint is read from
         ``"fingerprint"`` (as in ``ModelSplit.description()``) or ``"model_fingerprint"``, and the
         layer from ``"layer"``, at the top level or under ``"model"``. :meth:`save` adds
-        ``"versions"`` and, if absent, ``"created"``.
+        ``"versions"`` (of what writes it) and ``"created"`` (now) where they are absent, so
+        a loaded run saved again keeps its own.
 
     Examples
     --------
@@ -253,7 +254,7 @@ class ConceptBank:
         if run.exists() and not run.is_dir():
             raise NotADirectoryError(f"path must be a run directory, but {run} is a file")
         metadata = dict(self.metadata)
-        metadata["versions"] = _versions()
+        metadata.setdefault("versions", _versions())
         metadata.setdefault("created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
         # Normalise through JSON now, so what we hash is exactly what load() will read back.
         metadata = json.loads(json_bytes(metadata))

@@ -43,7 +43,10 @@ def save_explainer(explainer: Any, path: Any, *, metrics: dict[str, Any] | None 
     explainer._check_fitted()
     loaded = getattr(explainer, "loaded_run_", None)
     if loaded is not None:
-        return save_loaded(loaded, path, explainer_tensors(explainer), metrics=metrics)
+        shown = list(getattr(explainer, "warnings_", None) or [])  # saved, and shown since
+        extra = {"warnings": shown} if shown != (loaded.metadata.get("warnings") or []) else {}
+        tensors = explainer_tensors(explainer)
+        return save_loaded(loaded, path, tensors, metrics=metrics, metadata=extra)
     tensors = {
         "W": explainer.concept_bank_,
         "importance": explainer.importance_,
@@ -108,17 +111,30 @@ def save_loaded(
     tensors: dict[str, torch.Tensor],
     *,
     metrics: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Write a run that was loaded (and not refitted) again: every tensor and every metadata
-    entry it holds (crops, example images, its creation time, evaluations), with ``tensors``
-    over the loaded ones and ``metrics`` replacing the saved metrics when given. In the same
-    environment the files are bit-identical to the loaded ones."""
-    metadata = {k: v for k, v in loaded.metadata.items() if k != "versions"}
+    entry it holds (crops, example images, creation time, metrics, warnings), with ``tensors``
+    over the loaded ones, ``metadata`` over its entries and ``metrics`` replacing the saved
+    metrics when given. What did not change is written as it was read, so the files are
+    bit-identical to the loaded ones, in any environment: the ``versions`` of what wrote the
+    run are kept too, unless a tensor or an entry changed (then they name this writer)."""
+    meta = {**loaded.metadata, **(metadata or {})}
     if metrics is not None:
-        metadata["metrics"] = metrics
+        meta["metrics"] = metrics
+    merged = {**loaded.tensors, **tensors}
+    same = meta == loaded.metadata and all(
+        t is loaded.tensors.get(k) or _same(t, loaded.tensors.get(k)) for k, t in tensors.items()
+    )
+    if not same:
+        meta.pop("versions", None)
     out = Path(path)
-    ConceptBank({**loaded.tensors, **tensors}, metadata).save(out)
+    ConceptBank(merged, meta).save(out)
     return out
+
+
+def _same(a: torch.Tensor, b: torch.Tensor | None) -> bool:
+    return b is not None and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
 
 
 def load_explainer(cls: type, path: Any, split: Any = None) -> Any:

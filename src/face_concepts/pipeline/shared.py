@@ -234,9 +234,12 @@ class SharedConceptExplainer:
             ex.save(out / entries[c]["run"], metrics=metrics.get(c))
             if c in metrics:
                 entries[c]["metrics"] = metrics[c]
-        metadata = {**meta, "classes": list(entries.values())}
-        bank = ConceptBank(loaded.tensors, metadata)
-        return save_loaded(bank, out, {"W": self.concept_bank_})
+        extra: dict[str, Any] = {"classes": list(entries.values())}
+        saved = meta.get("warnings") or []
+        shown = [w for e in self.explainers_.values() for w in getattr(e, "warnings_", [])]
+        if any(w not in saved for w in shown):  # shown while evaluating after loading
+            extra["warnings"] = list(dict.fromkeys([*saved, *shown]))
+        return save_loaded(loaded, out, {"W": self.concept_bank_}, metadata=extra)
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         imp = self.importance()
