@@ -65,7 +65,7 @@ def describe_os_error(exc: OSError, path: str | os.PathLike[str], action: str = 
     The errno is kept, so ``OSError(errno.EACCES, ...)`` still arrives as ``PermissionError``
     and callers (the CLI) can branch on it.
     """
-    reason = _REASONS.get(exc.errno, exc.strerror or str(exc))
+    reason = _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
     message = f"cannot {action} {os.fspath(path)}: {reason}"
     if exc.errno is None:
         return OSError(message)

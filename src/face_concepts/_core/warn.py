@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TextIO
 
 
 def one_line(message: object) -> str:
@@ -40,11 +40,18 @@ def recording(sink: list[str]) -> Iterator[list[str]]:
     """
     original = warnings.showwarning
 
-    def show(message: Any, category: Any, filename: str, lineno: int, *args: Any) -> None:
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
         text = one_line(message)
         if text not in sink:
             sink.append(text)
-        original(message, category, filename, lineno, *args)
+        original(message, category, filename, lineno, file, line)
 
     warnings.showwarning = show
     try:

@@ -107,7 +107,7 @@ def content_hash(inputs: Inputs) -> str:
     n, sample_shape, dtype = 0, None, None
     for b in _batches(inputs):
         t = b.detach().cpu().contiguous()
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]  # ndarray is a buffer
         n += t.shape[0]
         sample_shape, dtype = tuple(t.shape[1:]), str(t.dtype)
     h.update(f"|{n}|{sample_shape}|{dtype}".encode())
@@ -305,7 +305,7 @@ class ActivationCache:
             return None
         loaded = self._load_all(key, manifest) if manifest.get("complete") else {}
         if loaded and all(t is not None for t in loaded.values()):
-            hit = torch.cat([loaded[i] for i in range(len(loaded))])
+            hit = torch.cat([loaded[i] for i in range(len(loaded))])  # type: ignore[misc]  # none is None (checked)
             if hit.shape[0] == manifest.get("n_samples"):
                 bar.update(hit.shape[0])
                 return hit
@@ -488,6 +488,8 @@ def extract_activations(
         if stream:
             cache.run(key, inputs, compute, bar, keep=False)
             return CachedActivations(cache, key)
-        return cache.run(key, inputs, compute, bar)
+        entry = cache.run(key, inputs, compute, bar)
+        assert entry is not None  # keep=True: run returns the entry
+        return entry
     finally:
         bar.close()

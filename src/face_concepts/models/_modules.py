@@ -36,7 +36,7 @@ class TimmHead(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model  # a timm model (forward_head): its own methods
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(a[:, :, None, None])
@@ -47,7 +47,7 @@ class TimmFeatures(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model  # a timm model (forward_features): its own methods
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model.forward_features(x)

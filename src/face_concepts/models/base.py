@@ -125,7 +125,8 @@ class ModelSplit(nn.Module):
 
     # ------------------------------------------------------------------ forward passes
     def _pool(self, fmap: torch.Tensor) -> torch.Tensor:
-        return _mean_pool(fmap) if self.pool == "mean" else self.pool(fmap)
+        # a str pool is "mean" (the only one __init__ accepts)
+        return _mean_pool(fmap) if isinstance(self.pool, str) else self.pool(fmap)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled activations ``A`` (N, p) of an input batch (N, 3, H, W)."""
@@ -144,8 +145,8 @@ class ModelSplit(nn.Module):
         """Device of the first parameter or buffer (CPU for parameter-free splits)."""
         for t in self.parameters():
             return t.device
-        for t in self.buffers():
-            return t.device
+        for buf in self.buffers():
+            return buf.device
         return torch.device("cpu")
 
     @property

@@ -14,6 +14,7 @@ import inspect
 import sys
 import warnings
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from torch import nn
@@ -36,7 +37,7 @@ class ModuleModeWarning(UserWarning):
 
 
 @functools.cache
-def _forward_reads_mode(cls: type) -> bool:
+def _forward_reads_mode(cls: type[nn.Module]) -> bool:
     """Whether ``cls.forward`` mentions ``training`` (torchvision's StochasticDepth, timm's
     DropPath, MultiheadAttention, LSTM, a user's own layer); without source, assume it does."""
     try:
@@ -46,7 +47,7 @@ def _forward_reads_mode(cls: type) -> bool:
 
 
 def _reads_mode(module: nn.Module) -> bool:
-    return isinstance(module, _READS_MODE) or _forward_reads_mode(type(module))
+    return isinstance(module, _READS_MODE) or _forward_reads_mode(type(module))  # type: ignore[arg-type]  # a class is hashable
 
 
 def mode_dependent(module: Any) -> list[str]:
@@ -69,7 +70,8 @@ def mode_dependent(module: Any) -> list[str]:
 def _user_stacklevel() -> int:
     """``stacklevel`` for a warning given in the caller: its first caller outside this package
     (the user's line, however deep inside face_concepts the module was switched)."""
-    frame, level = sys._getframe(1), 1
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
     return level

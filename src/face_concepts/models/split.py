@@ -100,7 +100,7 @@ def _seq(model: nn.Module, names: Sequence[str]) -> nn.Sequential:
     return nn.Sequential(OrderedDict((n, getattr(model, n)) for n in names))
 
 
-def _vgg_parts(model: nn.Module) -> _Parts:
+def _vgg_parts(model: Any) -> _Parts:  # a torchvision VGG / AlexNet
     clf = model.classifier
     body = nn.Sequential(model.features, model.avgpool, nn.Flatten(1), *list(clf)[:-1])
     relus = [i for i, m in enumerate(clf) if isinstance(m, _RELU_TYPES)]
@@ -137,7 +137,7 @@ def _transformer_parts(model: nn.Module) -> _Parts | None:
     return None if found is None else _Parts(*found)
 
 
-def _timm_parts(model: nn.Module) -> _Parts | None:
+def _timm_parts(model: Any) -> _Parts | None:  # any model; timm's methods when it has them
     if not (type(model).__module__.startswith("timm.") and hasattr(model, "forward_head")):
         return None
     pool_type = getattr(getattr(model, "global_pool", None), "pool_type", "avg")
@@ -225,7 +225,7 @@ def split_model(
     if input_size is None and parts is not None and parts.input_size is not None:
         if preprocess is None or preprocess.crop_size is None:
             input_size = parts.input_size  # a ViT accepts only its own image size
-    common = {
+    common: dict[str, Any] = {
         "preprocess": preprocess,
         "name": name,
         "categories": categories,
@@ -249,9 +249,9 @@ def split_model(
             fmap = features(probe)
         head, exact = _rest_of_network(model, layer, probe, tuple(fmap.shape[1:]), tol)
         split = ModelSplit(features, head, layer=layer, exact=exact, **common)
-    if categories is not None and len(split.categories) != split.n_classes:
+    if categories is not None and len(categories) != split.n_classes:
         raise ValueError(
-            f"categories has {len(split.categories)} names but the model has {split.n_classes} classes"
+            f"categories has {len(categories)} names but the model has {split.n_classes} classes"
         )
     # one probe forward serves both the sign check and the verification
     probe = split.probe()
@@ -442,6 +442,8 @@ def _rest_of_network(
 def _signed_split(split: ModelSplit, signed: str | None, minimum: float) -> ModelSplit:
     if signed is None:
         raise signed_layer_error(split.model, split.layer, minimum, split.probe())
+    features: nn.Module
+    head: nn.Module
     if signed == "posneg":
         features, head, exact = PosNegFeatures(split.features), PosNegHead(split.head), split.exact
     else:

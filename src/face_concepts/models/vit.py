@@ -77,7 +77,7 @@ class TorchvisionViTTokens(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model  # a torchvision VisionTransformer: its own methods
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.model
@@ -91,7 +91,7 @@ class TimmTokens(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model  # a timm model (forward_features): its own methods
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(x)
@@ -177,7 +177,7 @@ class TorchvisionSwinBody(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model  # a torchvision SwinTransformer: its own methods
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.norm(self.model.features(x))
@@ -207,7 +207,7 @@ class TimmNHWCHead(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model  # a timm model (forward_head): its own methods
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(a[:, None, None, :])

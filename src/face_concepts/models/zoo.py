@@ -215,13 +215,19 @@ def load_state_dict_file(model: nn.Module, weights: str | os.PathLike[str]) -> n
 
 
 # ----------------------------------------------------------------------------- metadata
+def _rgb(values: Any) -> tuple[float, float, float]:
+    """The three per-channel values of a normalisation (mean or std) as floats."""
+    r, g, b = (float(v) for v in values)
+    return r, g, b
+
+
 def _torchvision_preprocess(weights: Any) -> Preprocess:
     t = weights.transforms()
     return Preprocess(
         resize_size=int(t.resize_size[0]),
         crop_size=int(t.crop_size[0]),
-        mean=tuple(float(v) for v in t.mean),
-        std=tuple(float(v) for v in t.std),
+        mean=_rgb(t.mean),
+        std=_rgb(t.std),
         interpolation=str(t.interpolation.value),
     )
 
@@ -237,8 +243,8 @@ def _timm_preprocess(model: nn.Module) -> Preprocess:
     return Preprocess(
         resize_size=resize,
         crop_size=crop,
-        mean=tuple(float(v) for v in cfg["mean"]),
-        std=tuple(float(v) for v in cfg["std"]),
+        mean=_rgb(cfg["mean"]),
+        std=_rgb(cfg["std"]),
         interpolation=interp
         if interp in ("nearest", "bilinear", "bicubic", "lanczos")
         else "bilinear",
@@ -260,7 +266,7 @@ def _timm_categories(model: nn.Module) -> list[str] | None:
 
 # ----------------------------------------------------------------------------- sources
 def _torchvision_model(
-    name: str, weights: str | None
+    name: str, weights: str | os.PathLike[str] | None
 ) -> tuple[nn.Module, Preprocess | None, list[str] | None]:
     import torchvision.models as tvm
 
@@ -303,7 +309,7 @@ def _torchvision_model(
 
 
 def _timm_model(
-    name: str, weights: str | None
+    name: str, weights: str | os.PathLike[str] | None
 ) -> tuple[nn.Module, Preprocess | None, list[str] | None]:
     try:
         import timm
@@ -463,6 +469,7 @@ def load_model(
             f"spec must look like 'torchvision:NAME', 'timm:NAME' or 'bundled:NAME', got {spec!r}"
         )
     source, _, name = spec.partition(":")
+    preprocess: Preprocess | None
     if source == "bundled":
         if name not in _BUNDLED_BUILDERS:
             raise ValueError(
