@@ -22,9 +22,11 @@ from typing import Any
 import torch
 
 from face_concepts._core.io import atomic_write_bytes, atomic_write_json
+from face_concepts._core.names import slug
 from face_concepts.data import bundled_photos, load_images, random_patches
 from face_concepts.models import load_model
 from face_concepts.pipeline.explainer import ConceptExplainer
+from face_concepts.report.images import figure_png
 
 
 def _log(msg: str, progress: bool) -> None:
@@ -63,14 +65,6 @@ def _views(photos: list[torch.Tensor], n: int, seed: int) -> torch.Tensor:
     return views
 
 
-def _fig_png(fig: Any) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    return buf.getvalue()
-
-
 def _write_figures(ex: ConceptExplainer, run_dir: Path) -> list[str]:
     from face_concepts.viz import importance_bar, top_crops
 
@@ -79,15 +73,11 @@ def _write_figures(ex: ConceptExplainer, run_dir: Path) -> list[str]:
     name = ex.class_name()
     written = []
     fig = top_crops(crops, codes, ex.importance(), k=idx.shape[1], class_name=name)
-    atomic_write_bytes(run_dir / "top_crops.png", _fig_png(fig))
+    atomic_write_bytes(run_dir / "top_crops.png", figure_png(fig))
     fig2 = importance_bar(ex.importance(), class_name=name)
-    atomic_write_bytes(run_dir / "importance.png", _fig_png(fig2))
+    atomic_write_bytes(run_dir / "importance.png", figure_png(fig2))
     written += [str(run_dir / "top_crops.png"), str(run_dir / "importance.png")]
     return written
-
-
-def _slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() else "_" for ch in text.lower()).strip("_")
 
 
 KEYS = ("acc", "agreement", "kl", "rel_l2", "c_insertion", "c_deletion", "c_gini", "density")
@@ -139,7 +129,7 @@ def run_demo(
             ex.fit(fit_x, class_id=cid)  # converged fits (the solver's own stop)
             fit_s = time.perf_counter() - t0
             rep_fit, rep_held = ex.evaluate(), ex.evaluate(held_x)
-            run_dir = out / f"{cid}_{_slug(name)}" / method
+            run_dir = out / f"{cid}_{slug(name)}" / method
             ex.save(run_dir, metrics={"fit": rep_fit.to_dict(), "heldout": rep_held.to_dict()})
             files = _write_figures(ex, run_dir)
             entry[method] = {

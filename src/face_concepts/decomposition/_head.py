@@ -1,4 +1,5 @@
-"""The classifier head as the engine sees it: factored when affine, autograd otherwise."""
+"""The classifier head as the engine sees it: factored when affine (the one affine path,
+:class:`face_concepts.models.head.AffineHead`), autograd otherwise."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from face_concepts.models.head import affine_parameters
+from face_concepts.models.head import AffineHead
 from face_concepts.models.modes import ensure_eval
 
 
@@ -33,11 +34,9 @@ class Head:
         self.module = head
         self.dtype = dtype
         self.device = device
-        ab = affine_parameters(head)
-        if ab is not None:
-            V, b = ab
-            self.V = V.to(device=device, dtype=dtype)
-            self.b = b.to(device=device, dtype=dtype)
+        self.affine = AffineHead.of(head, dtype=dtype, device=device)
+        if self.affine is not None:
+            self.V, self.b = self.affine.V, self.affine.b
         else:
             self.V = None
             self.b = None
@@ -57,14 +56,14 @@ class Head:
 
     def logits(self, X: torch.Tensor) -> torch.Tensor:
         """``h(X)`` for features ``X`` of shape (n, p)."""
-        if self.V is not None:
-            return torch.addmm(self.b, X, self.V.T)
+        if self.affine is not None:
+            return self.affine.logits(X)
         return self._call(X)
 
     def code_logits(self, U: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
         """``h(U W)``; factored (``U (W Vᵀ) + b``) when affine."""
-        if self.V is not None:
-            return torch.addmm(self.b, U, W @ self.V.T)
+        if self.affine is not None:
+            return self.affine.code_logits(U, W)
         return self._call(U @ W)
 
     def check(self, p: int) -> int:

@@ -14,6 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from face_concepts._core.validation import as_float_tensor, check_float
+from face_concepts.models.head import AffineHead
+
+# The one message for a KL term without a head (the objective, FACE, streaming fits, encode).
+HEAD_REQUIRED = (
+    "head is required when kl_weight > 0: pass the classifier head (features -> logits), "
+    "or use kl_weight=0 (NMF) for a plain factorisation"
+)
 
 
 def kl_rows(
@@ -54,7 +61,8 @@ def face_objective(
     Returns
     -------
     float
-        ``F.mse_loss(U @ W, A) + λ · F.kl_div(log_softmax(h(U @ W)), softmax(h(A)), "batchmean")``.
+        ``F.mse_loss(U @ W, A) + λ · mean_i KL(softmax h(A)_i ‖ softmax h(U W)_i)`` (the KL by
+        :func:`kl_rows`; equal to ``F.kl_div(..., reduction="batchmean")``).
 
     Examples
     --------
@@ -76,11 +84,8 @@ def face_objective(
         value = F.mse_loss(R, A)
         if kl_weight > 0:
             if head is None:
-                raise ValueError("head is required when kl_weight > 0")
-            target = torch.log_softmax(head(A), dim=1)
-            value = value + kl_weight * F.kl_div(
-                torch.log_softmax(head(R), dim=1), target, reduction="batchmean", log_target=True
-            )
+                raise ValueError(HEAD_REQUIRED)
+            value = value + kl_weight * kl_rows(torch.log_softmax(head(A), dim=1), head(R)).mean()
     return float(value)
 
 
@@ -133,9 +138,10 @@ def objective_and_grads(
     gW = 2 * alpha * (UtU @ W - UtA)
     kl = 0.0
     if kl_weight > 0:
-        logP = torch.log_softmax(torch.addmm(b, A, V.T), dim=1)
-        M = W @ V.T
-        Z = torch.addmm(b, U, M)
+        head = AffineHead(V, b)
+        logP = torch.log_softmax(head.logits(A), dim=1)
+        M, _ = head.code_space(W)
+        Z = head.code_logits(U, W)
         kl = float(kl_rows(logP, Z).mean())
         G = torch.softmax(Z, dim=1) - logP.exp()
         gU = gU + beta * G @ M.T

@@ -45,7 +45,7 @@ def _objective(
     prob: Problem, U: torch.Tensor, UtU: torch.Tensor, UtA: torch.Tensor, W: torch.Tensor
 ) -> tuple[Terms, torch.Tensor]:
     """``f(W)`` from the Gram products (reconstruction) and the logits ``U W Vᵀ + b`` (KL)."""
-    Z = torch.addmm(prob.head.b, U, W @ prob.head.V.T)
+    Z = prob.head.code_logits(U, W)
     kl = float(kl_rows(prob.logP, Z, prob.P).double().mean())
     return factored_objective(prob.sq_norm_A, UtA, UtU, W, prob.n, prob.p, kl, prob.kl_weight), Z
 
@@ -171,7 +171,7 @@ def bank_newton_step(
     UtU = U.T @ U
     UtA = U.T @ prob.A if UtA is None else UtA
     if Z is None:
-        Z = torch.addmm(prob.head.b, U, W @ prob.head.V.T)
+        Z = prob.head.code_logits(U, W)
     g, hvp = bank_derivatives(prob, U, W, Z, UtU, UtA)
     r = UtU.shape[0]
     jitter = 1e-8 * float(UtU.diagonal().mean()) + 1e-30

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from face_concepts.decomposition._head import Head
+from face_concepts.decomposition.losses import HEAD_REQUIRED
 
 
 @dataclass
@@ -55,7 +56,7 @@ def make_problem(
     prob.sq_norm_A = float((A.double() ** 2).sum())
     if kl_weight > 0:
         if head is None:
-            raise ValueError("a head is required when kl_weight > 0")
+            raise ValueError(HEAD_REQUIRED)
         if logP is None:
             with torch.no_grad():
                 logP = torch.log_softmax(head.logits(A), dim=1)

@@ -270,14 +270,14 @@ def w_step(
     head = prob.head
     curv = curv or _Curvature()
     if Z is None:
-        Z = torch.addmm(head.b, U, W @ head.V.T)
+        Z = head.code_logits(U, W)
     G = torch.softmax(Z, dim=1) - prob.P
     c0 = 0.5 * prob.beta * centred_spectral_norm_sq(prob)
     R0 = a2 * UtA - prob.beta * ((U.T @ G) @ head.V)
     UtUW = UtU @ W
     while True:
         Wn = _hals_sweeps(W.clone(), (a2 + curv.s * c0) * UtU, R0 + (curv.s * c0) * UtUW, max_inner)
-        Zn = torch.addmm(head.b, U, Wn @ head.V.T)
+        Zn = head.code_logits(U, Wn)
         f_new = _recon_from(
             prob, (UtA.double() * Wn.double()).sum(), UtU, Wn @ Wn.T
         ) + prob.kl_weight * _kl_of(prob, Zn)

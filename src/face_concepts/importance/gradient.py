@@ -16,7 +16,7 @@ import torch
 
 from face_concepts._core.validation import check_int
 from face_concepts.importance.sobol import _check_class, _check_inputs
-from face_concepts.models.head import affine_parameters
+from face_concepts.models.head import AffineHead
 
 _DEFAULT_ROWS = 4096
 
@@ -55,13 +55,10 @@ def gradient_input(
     True
     """
     U, W = _check_inputs(U, W)
-    affine = affine_parameters(head)
+    affine = AffineHead.of(head)
     if affine is not None:
-        V, _ = affine
-        if V.shape[1] != W.shape[1]:
-            raise ValueError(f"head expects {V.shape[1]} features but W has {W.shape[1]} columns")
-        class_id = _check_class(class_id, V.shape[0])
-        w_c = W.to(torch.float64) @ V[class_id].to(device=U.device, dtype=torch.float64)
+        class_id = _check_class(class_id, affine.n_classes)
+        w_c, _ = affine.code_space(W.to(torch.float64), class_id)  # (r,): W V[class]ᵀ
         return (U.to(torch.float64) * w_c).to(U.dtype)
     if not callable(head):
         raise TypeError(f"head must be an nn.Module or a callable, got {type(head).__name__}")

@@ -25,7 +25,7 @@ import torch
 from face_concepts._core.validation import as_float_tensor, check_int
 from face_concepts.importance.designs import sobol_design
 from face_concepts.importance.estimators import get_estimator
-from face_concepts.models.head import affine_parameters
+from face_concepts.models.head import AffineHead
 from face_concepts.models.modes import mode_dependent
 
 # Elements of the (rows × n_features) activation block materialised per head call by default.
@@ -53,18 +53,11 @@ def _check_class(class_id: Any, n_classes: int | None) -> int:
 
 
 def _affine_outputs(
-    U: torch.Tensor,
-    W: torch.Tensor,
-    V: torch.Tensor,
-    b: torch.Tensor,
-    class_id: int,
-    masks: torch.Tensor,
+    U: torch.Tensor, w_c: torch.Tensor, b_c: float, masks: torch.Tensor
 ) -> torch.Tensor:
-    # float64: the estimators subtract nearby logits, and the cost here is negligible.
-    V_c = V[class_id].to(device=U.device, dtype=torch.float64)
-    w_c = W.to(torch.float64) @ V_c  # (r,)
+    """Class logits ``(u ⊙ m) · w_c + b_c`` of all images × masks; ``w_c = W V[class]ᵀ`` (r,)."""
     z = U.to(torch.float64) * w_c  # (n, r): each concept's contribution to the logit
-    return z @ masks.to(torch.float64).T + float(b[class_id])
+    return z @ masks.to(torch.float64).T + b_c
 
 
 def _generic_outputs(
@@ -178,13 +171,12 @@ def _outputs_function(
             RuntimeWarning,
             stacklevel=3,
         )
-    affine = affine_parameters(head)
+    affine = AffineHead.of(head)
     if affine is not None:
-        V, b = affine
-        if V.shape[1] != W.shape[1]:
-            raise ValueError(f"head expects {V.shape[1]} features but W has {W.shape[1]} columns")
-        class_id = _check_class(class_id, V.shape[0])
-        return lambda U, masks: _affine_outputs(U, W, V, b, class_id, masks)
+        # float64: the estimators subtract nearby logits, and the cost here is negligible.
+        cid = _check_class(class_id, affine.n_classes)
+        w_c, b_c = affine.code_space(W.to(torch.float64), cid)
+        return lambda U, masks: _affine_outputs(U, w_c, float(b_c), masks)
     if not callable(head):
         raise TypeError(f"head must be an nn.Module or a callable, got {type(head).__name__}")
     if batch_size is None:

@@ -22,7 +22,7 @@ from torch import nn
 from face_concepts._core.seeding import make_generator
 from face_concepts._core.validation import as_float_tensor, check_int
 from face_concepts.decomposition.losses import kl_rows
-from face_concepts.models.head import affine_parameters
+from face_concepts.models.head import AffineHead
 
 Head = Callable[[torch.Tensor], torch.Tensor]
 
@@ -126,11 +126,9 @@ def _iter_masked(
     """
     n = U.shape[0]
     per_call = max(1, check_int(batch_size, "batch_size", minimum=1) // n)
-    affine = affine_parameters(head)
+    affine = AffineHead.of(head)
     if affine is not None:
-        V, b = affine
-        M = W @ V.to(dtype=U.dtype, device=U.device).T  # (r, C): the head seen from code space
-        b = b.to(dtype=U.dtype, device=U.device)
+        M, b = affine.code_space(W)  # (r, C): the head seen from code space (W is in U's dtype)
         if column is not None:
             cid = _check_class(column, M.shape[1])
             M, b = M[:, cid : cid + 1], b[cid : cid + 1]

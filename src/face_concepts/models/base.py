@@ -7,7 +7,6 @@ that the composition reproduces the full model on a seeded probe batch.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,6 +16,7 @@ from torch import nn
 
 from face_concepts._core.seeding import make_generator
 from face_concepts.data.preprocess import Preprocess
+from face_concepts.models.fingerprint import model_fingerprint
 from face_concepts.models.head import affine_parameters
 from face_concepts.models.modes import ensure_eval
 
@@ -251,13 +251,7 @@ class ModelSplit(nn.Module):
         Computed once and cached (weights are assumed frozen while the split is in use).
         """
         if self._fingerprint is None:
-            source = self.model if self.model is not None else self
-            h = hashlib.sha256()
-            for key, t in sorted(source.state_dict().items()):
-                t = t.detach().cpu().contiguous().reshape(-1)
-                h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-                h.update(t.view(torch.uint8).numpy().tobytes())
-            self._fingerprint = h.hexdigest()[:16]
+            self._fingerprint = model_fingerprint(self.model if self.model is not None else self)
         return self._fingerprint
 
     def description(self) -> dict[str, Any]:

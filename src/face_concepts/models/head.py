@@ -1,13 +1,19 @@
-"""Recognise affine classifier heads and expose ``h(x) = x Vᵀ + b``.
+"""Recognise affine classifier heads and expose ``h(x) = x Vᵀ + b``: the package's one fast path.
 
-An affine head lets the engine compute logits of a reconstruction as ``U (W Vᵀ) + b`` without
-materialising ``U W`` (docs/method.md §2.2). Recognised: ``nn.Linear``; ``nn.Sequential`` of Linear
-layers and layers that are the identity in eval mode (Dropout, Identity, Flatten on 2-D input);
-anything exposing ``affine_parameters() -> (V, b)``. Composed Linear layers are folded.
+An affine head lets the engine, the metrics and the importance estimators compute logits of a
+reconstruction as ``U (W Vᵀ) + b`` without materialising ``U W`` (docs/method.md §2.2).
+Recognised: ``nn.Linear``; ``nn.Sequential`` of Linear layers and layers that are the identity in
+eval mode (Dropout, Identity, Flatten on 2-D input); anything exposing
+``affine_parameters() -> (V, b)``. Composed Linear layers are folded.
+
+:func:`affine_parameters` detects the head and returns ``(V, b)``; :class:`AffineHead` holds them
+and computes the head's logits and its factored logits (:meth:`AffineHead.code_space`,
+:meth:`AffineHead.code_logits`). Nothing else in the package multiplies by ``V``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -62,3 +68,73 @@ def affine_parameters(head: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
             return None
         return V, b
     return None
+
+
+@dataclass(frozen=True)
+class AffineHead:
+    """An affine head ``h(x) = x Vᵀ + b`` as its tensors ``V`` (C, p) and ``b`` (C,).
+
+    Examples
+    --------
+    >>> lin = torch.nn.Linear(4, 3)
+    >>> head = AffineHead.of(lin)
+    >>> U, W = torch.rand(5, 2), torch.rand(2, 4)
+    >>> torch.allclose(head.code_logits(U, W), lin(U @ W), atol=1e-6)
+    True
+    >>> AffineHead.of(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())) is None
+    True
+    """
+
+    V: torch.Tensor
+    b: torch.Tensor
+
+    @classmethod
+    def of(
+        cls, head: Any, *, dtype: torch.dtype | None = None, device: Any = None
+    ) -> AffineHead | None:
+        """The affine head of ``head`` (see :func:`affine_parameters`), its tensors moved to
+        ``dtype`` / ``device`` when given; ``None`` when ``head`` is not affine. Never changes
+        ``head``."""
+        ab = affine_parameters(head)
+        if ab is None:
+            return None
+        V, b = ab
+        return cls(V.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype))
+
+    @property
+    def n_classes(self) -> int:
+        """C, the number of logits."""
+        return int(self.V.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        """p, the width of the activations the head takes."""
+        return int(self.V.shape[1])
+
+    def logits(self, X: torch.Tensor) -> torch.Tensor:
+        """``h(X) = X Vᵀ + b`` for features ``X`` of shape (n, p)."""
+        return torch.addmm(self.b, X, self.V.T)
+
+    def code_space(
+        self, W: torch.Tensor, classes: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head seen from concept space: ``(M, b)`` with ``h(U W) = U M + b``, ``M = W Vᵀ``.
+
+        ``V`` and ``b`` are taken in ``W``'s dtype and device. ``classes`` (an index, a slice
+        or an index tensor of classes) keeps those rows of ``V`` and ``b`` before multiplying:
+        an integer ``c`` gives ``M = W V[c]`` of shape (r,) and the scalar ``b[c]``.
+        """
+        if W.shape[1] != self.n_features:
+            raise ValueError(
+                f"head expects {self.n_features} features but W has {W.shape[1]} columns"
+            )
+        V = self.V.to(dtype=W.dtype, device=W.device)
+        b = self.b.to(dtype=W.dtype, device=W.device)
+        if classes is not None:
+            V, b = V[classes], b[classes]
+        return W @ (V.T if V.ndim == 2 else V), b
+
+    def code_logits(self, U: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        """``h(U W) = U (W Vᵀ) + b`` without forming ``U W``; (n, C)."""
+        M, b = self.code_space(W)
+        return torch.addmm(b, U, M)

@@ -34,7 +34,6 @@ Examples
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import platform
@@ -45,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from face_concepts._core.io import (
     atomic_write_pair,
@@ -55,6 +53,7 @@ from face_concepts._core.io import (
     sha256_bytes,
     tensor_sha256,
 )
+from face_concepts.models.fingerprint import model_fingerprint
 
 __all__ = ["FORMAT_VERSION", "BankError", "ConceptBank", "model_fingerprint"]
 
@@ -67,28 +66,6 @@ _FORMAT = "face-concepts.bank"
 class BankError(RuntimeError):
     """A saved run that cannot be trusted: corrupt, edited, from a newer version or a different
     model. The message names the file and what to do."""
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """Short sha256 over the names, dtypes, shapes and values of ``model.state_dict()``.
-
-    Keys are sorted, so the fingerprint does not depend on registration order; it matches
-    ``ModelSplit.fingerprint`` for the same model.
-
-    Examples
-    --------
-    >>> import torch
-    >>> len(model_fingerprint(torch.nn.Linear(2, 3)))
-    16
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    h = hashlib.sha256()
-    for key, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _versions() -> dict[str, str]:

@@ -33,6 +33,7 @@ import torch
 
 from face_concepts._core.device import resolve_device
 from face_concepts._core.io import atomic_write_bytes
+from face_concepts._core.names import slug
 from face_concepts._core.warn import recording
 from face_concepts.methods.registry import factorize, get_method
 from face_concepts.pipeline.bank import ConceptBank
@@ -63,8 +64,8 @@ def class_run_name(class_id: int, class_name: str | None) -> str:
     >>> class_run_name(285, "Egyptian cat")
     '285_egyptian_cat'
     """
-    slug = "".join(ch if ch.isalnum() else "_" for ch in (class_name or "").lower()).strip("_")
-    return f"{class_id}_{slug}" if slug else str(class_id)
+    name = slug(class_name or "")
+    return f"{class_id}_{name}" if name else str(class_id)
 
 
 @config_attributes

@@ -8,8 +8,6 @@ from typing import Any
 from face_concepts._core.io import atomic_write_bytes
 from face_concepts.report.images import figure_png
 
-FIGURE_DPI = 110
-
 
 def write_figure(fig: Any, path: str | Path) -> Path:
     """Save a matplotlib Figure as PNG atomically (a crash never leaves half a file).
@@ -21,7 +19,7 @@ def write_figure(fig: Any, path: str | Path) -> Path:
     >>> write_figure(Figure(figsize=(1, 1)), Path(tempfile.mkdtemp()) / "f.png").suffix
     '.png'
     """
-    return atomic_write_bytes(path, figure_png(fig, dpi=FIGURE_DPI))
+    return atomic_write_bytes(path, figure_png(fig))
 
 
 def write_fit_figures(explainer: Any, out: str | Path) -> list[Path]:

@@ -17,10 +17,12 @@ from PIL import Image
 # Heatmap opacity at the strongest point of a concept; weaker points let the photo show through.
 _MAX_ALPHA = 0.65
 _JPEG_QUALITY = 88
+# Every figure the package renders (atlas, run folders, demo, benchmark) uses this resolution.
+FIGURE_DPI = 90
 
 
-def figure_png(fig: Any, *, dpi: int = 90) -> bytes:
-    """Render a matplotlib Figure to PNG bytes.
+def figure_png(fig: Any) -> bytes:
+    """Render a matplotlib Figure to PNG bytes at :data:`FIGURE_DPI` (the one figure renderer).
 
     Examples
     --------
@@ -29,7 +31,7 @@ def figure_png(fig: Any, *, dpi: int = 90) -> bytes:
     b'\\x89PNG'
     """
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    fig.savefig(buf, format="png", dpi=FIGURE_DPI)
     return buf.getvalue()
 
 

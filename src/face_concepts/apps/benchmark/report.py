@@ -23,8 +23,10 @@ import numpy as np
 import torch
 
 from face_concepts._core.io import atomic_write_bytes
+from face_concepts._core.names import slug
 from face_concepts.apps.benchmark.stats import claim, paired_difference
 from face_concepts.metrics.report import METRIC_KEYS
+from face_concepts.report.images import figure_png
 
 # Paper layout (docs/method.md §11): label, metric key, better direction.
 TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -56,10 +58,6 @@ SWEEP_AGREEMENT_SLACK = 0.01
 # … and whose mean held-out KL is within this fraction (or KL_FLOOR absolute) of the sweep's minimum.
 SWEEP_KL_SLACK = 0.10
 SWEEP_KL_FLOOR = 1e-3
-
-
-def _slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() else "_" for ch in str(text).lower()).strip("_")
 
 
 # ---------------------------------------------------------------------- outputs
@@ -229,12 +227,6 @@ def _paired_lines(rows: list[dict[str, Any]], model: str) -> tuple[list[str], di
     return md, {o: {k: c.to_dict() for k, c in per.items()} for o, per in comparisons.items()}
 
 
-def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    return buf.getvalue()
-
-
 def _curves_figure(records: list[dict[str, Any]], model: str) -> Any:
     from face_concepts.viz import curves
 
@@ -282,8 +274,8 @@ def _sweep_section(rows: list[dict[str, Any]], model: str, out: Path, group: str
     if not sweep:
         return None, [], None
     chosen, why = recommend_kl_weight(sweep, what)
-    path = out / f"{group}_{_slug(model)}.png"
-    atomic_write_bytes(path, _png(_pareto_figure(sweep, chosen, model, what)))
+    path = out / f"{group}_{slug(model)}.png"
+    atomic_write_bytes(path, figure_png(_pareto_figure(sweep, chosen, model, what)))
     title = "λ sweep" if group == "sweep" else "rank sweep"
     md = ["", f"## {model}: FACE {title} (held-out)", "", sweep_table(sweep, what), "",
           f"Recommended {what} = {chosen:g}: {why}."]  # fmt: skip
@@ -308,8 +300,8 @@ def write_outputs(records: list[dict[str, Any]], cfg: dict[str, Any], out: Path)
         lines, paired[model] = _paired_lines(rows, model)
         md += lines
         if lams:
-            path = out / f"curves_{_slug(model)}.png"
-            atomic_write_bytes(path, _png(_curves_figure(records, model)))
+            path = out / f"curves_{slug(model)}.png"
+            atomic_write_bytes(path, figure_png(_curves_figure(records, model)))
             figures.append(str(path))
         for group, what in (("sweep", "λ"), ("rank", "r")):
             chosen, lines, fig = _sweep_section(rows, model, out, group, what)

@@ -36,6 +36,7 @@ from typing import Any
 from sklearn.exceptions import ConvergenceWarning
 
 from face_concepts._core.io import atomic_write_json
+from face_concepts._core.names import slug
 from face_concepts._core.validation import check_float, check_int
 from face_concepts.apps.benchmark.report import (  # noqa: F401  (re-exported: the runner's public output API)
     CSV_COLUMNS,
@@ -44,7 +45,6 @@ from face_concepts.apps.benchmark.report import (  # noqa: F401  (re-exported: t
     SWEEP_KL_SLACK,
     SWEEP_MIN_AGREEMENT,
     TABLE_COLUMNS,
-    _slug,
     _stats,
     method_table,
     recommend_kl_weight,
@@ -163,7 +163,7 @@ def _cells(cfg: dict[str, Any], model: str, classes: list[int]) -> list[dict[str
         r = int(cfg["n_concepts"] if r is None else r)
         # The configured r keeps the original key, so cells stored before rank sweeps existed stay valid.
         rank = "" if r == cfg["n_concepts"] else f"__r{r}"
-        key = f"{_slug(model)}__{cid}__{method}__kl{lam:g}__s{seed}{rank}"
+        key = f"{slug(model)}__{cid}__{method}__kl{lam:g}__s{seed}{rank}"
         cells.setdefault(key, {"key": key, "groups": set(), "model": model, "class_id": cid,
                                "method": method, "kl_weight": lam, "seed": int(seed),
                                "n_concepts": r})  # fmt: skip
