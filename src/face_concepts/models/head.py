@@ -8,7 +8,8 @@ eval mode (Dropout, Identity, Flatten on 2-D input); anything exposing
 
 :func:`affine_parameters` detects the head and returns ``(V, b)``; :class:`AffineHead` holds them
 and computes the head's logits and its factored logits (:meth:`AffineHead.code_space`,
-:meth:`AffineHead.code_logits`). Nothing else in the package multiplies by ``V``.
+:meth:`AffineHead.code_logits`) for the engine's ``Head``, the metrics, Sobol and
+Gradient×Input. The solvers' inner loops reuse ``Head.V`` for gradients and curvature.
 """
 
 from __future__ import annotations
@@ -115,9 +116,7 @@ class AffineHead:
         """``h(X) = X Vᵀ + b`` for features ``X`` of shape (n, p)."""
         return torch.addmm(self.b, X, self.V.T)
 
-    def code_space(
-        self, W: torch.Tensor, classes: Any = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def code_space(self, W: torch.Tensor, classes: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The head seen from concept space: ``(M, b)`` with ``h(U W) = U M + b``, ``M = W Vᵀ``.
 
         ``V`` and ``b`` are taken in ``W``'s dtype and device. ``classes`` (an index, a slice
