@@ -59,7 +59,8 @@ def test_the_target_is_reached_on_planted_data_where_a_larger_lambda_is_needed()
     # The recorded held-out scores are the metrics' own, recomputed on the held-out images.
     fit_idx, held_idx = train_test_split_indices(A.shape[0], 0.2, 0)
     assert (rec["n_fit_images"], rec["n_heldout_images"]) == (len(fit_idx), len(held_idx))
-    Wf = FACE(head, 2, kl_weight=0.0, random_state=0).fit(A[torch.as_tensor(fit_idx)]).concept_bank_  # fmt: skip
+    oracle = FACE(head, 2, kl_weight=0.0, tol=al.SEARCH_TOL, random_state=0)  # a screening fit
+    Wf = oracle.fit(A[torch.as_tensor(fit_idx)]).concept_bank_
     Ah = A[torch.as_tensor(held_idx)]
     Uh = al.encode(Ah, Wf, head, kl_weight=0.0)
     first = rec["points"][0]
@@ -91,9 +92,11 @@ def test_warm_starts_each_lambda_from_the_previous_one(monkeypatch) -> None:
     real = FACE.fit_transform
 
     def spy(self, X, y=None, *, U0=None, W0=None):
-        seen.append((self.kl_weight, self.init, None if W0 is None else W0.clone(), X.shape[0]))
+        seen.append(
+            (self.kl_weight, self.init, None if W0 is None else W0.clone(), X.shape[0], self.tol)
+        )
         U = real(self, X, y, U0=U0, W0=W0)
-        seen[-1] += (self.concept_bank_.clone(), U.clone())
+        seen[-1] += (self.concept_bank_.clone(), U.clone())  # indices 5, 6
         return U
 
     monkeypatch.setattr(FACE, "fit_transform", spy)
@@ -103,13 +106,15 @@ def test_warm_starts_each_lambda_from_the_previous_one(monkeypatch) -> None:
     assert seen[0][1] == "auto" and seen[0][2] is None  # the first λ starts cold
     for prev, cur in itertools.pairwise(seen):
         assert cur[1] == "custom"
-        torch.testing.assert_close(cur[2], prev[4])  # W0 = the previous fit's bank
+        torch.testing.assert_close(cur[2], prev[5])  # W0 = the previous fit's bank
     assert [p["init"] for p in rec["points"]][1:] == ["custom"] * (n_search - 1)
     # The refit: all rows, at the chosen λ, from the chosen λ's bank.
     assert seen[-1][0] == rec["chosen"] and seen[-1][3] == A.shape[0]
+    # Screening fits stop at SEARCH_TOL; the refit at the user's tol (None: the solver's).
+    assert [t[4] for t in seen] == [al.SEARCH_TOL] * n_search + [None]
     # A warm start pays: fewer iterations than a cold fit at the same λ on the same rows.
     fit_idx, _ = train_test_split_indices(A.shape[0], 0.2, 0)
-    cold = FACE(head, 2, kl_weight=rec["points"][1]["kl_weight"], random_state=0)
+    cold = FACE(head, 2, kl_weight=rec["points"][1]["kl_weight"], tol=al.SEARCH_TOL, random_state=0)
     cold.fit(A[torch.as_tensor(fit_idx)])
     assert rec["points"][1]["n_iter"] < cold.n_iter_ + cold.n_warm_iter_
 

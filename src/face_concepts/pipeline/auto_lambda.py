@@ -8,11 +8,15 @@ bank as λ = 0, and much larger values on CelebA). :func:`fit_auto_kl_weight` pi
    left out of the search fits;
 2. FACE is fitted on the other images' rows at each λ of an increasing grid, each fit
    warm-started from the previous λ's factors (``init="custom"``): the bank moves little from one
-   λ to the next, so most fits take a few iterations;
+   λ to the next, so most fits take a few iterations. These screening fits stop at a looser
+   tolerance, ``SEARCH_TOL`` (relative decrease of the objective per iteration, averaged over
+   10 iterations, 1e-3 instead of the solver's 1e-5): they only have to rank the λ, and the
+   tolerance decides the cost (``benchmarks/results/auto_lambda.md``);
 3. at each λ the held-out images are encoded with the single encoder (at λ, or at the
    explainer's fixed encoder λ) and their top-1 agreement, KL and rel-ℓ2 are measured; the search
    stops at the first λ whose agreement reaches ``target_agreement``;
-4. FACE is refitted on every row at the chosen λ, warm-started from the search's factors.
+4. FACE is refitted on every row at the chosen λ, warm-started from the search's factors, with
+   the user's ``max_iter`` and ``tol`` (the solver's defaults unless given).
 
 If no λ on the grid reaches the target, a warning says so and the λ with the best held-out
 agreement is kept (the smallest such λ on ties).
@@ -39,6 +43,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
 from face_concepts._core.validation import check_float
 from face_concepts.decomposition import FACE, encode
@@ -50,6 +55,7 @@ AUTO = "auto"
 DEFAULT_GRID: tuple[float, ...] = (0.0, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 DEFAULT_TARGET_AGREEMENT = 0.99
 DEFAULT_HELDOUT_FRACTION = 0.2
+SEARCH_TOL = 1e-3
 
 
 class AutoKLWeightWarning(UserWarning):
@@ -154,19 +160,25 @@ def fit_auto_kl_weight(
     fit_rows = rows[fit_rows_mask]
     A_held = A_img[torch.as_tensor(held_idx)]
 
-    def estimator(lam: float, warm: bool) -> FACE:
+    def estimator(lam: float, warm: bool, stop: float | None) -> FACE:
         return FACE(
-            head, n_concepts, kl_weight=lam, solver=solver, max_iter=max_iter, tol=tol,
+            head, n_concepts, kl_weight=lam, solver=solver, max_iter=max_iter, tol=stop,
             init="custom" if warm else "auto", random_state=random_state, verbose=verbose,
         )  # fmt: skip
+
+    # Screening fits: the looser of SEARCH_TOL and the user's tol; their convergence is recorded
+    # per point instead of warned (the refit below warns as any fit does).
+    search_tol = SEARCH_TOL if tol is None else max(SEARCH_TOL, float(tol))
 
     points: list[dict[str, Any]] = []
     factors: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
     U = W = None
     chosen = None
     for lam in grid:
-        est = estimator(lam, warm=W is not None)
-        U, seconds = _fit(est, fit_rows, U, W)
+        est = estimator(lam, W is not None, search_tol)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            U, seconds = _fit(est, fit_rows, U, W)
         W = est.concept_bank_
         factors[lam] = (U, W)
         enc = lam if encoder_kl_weight == "fit" else float(encoder_kl_weight)
@@ -196,12 +208,13 @@ def fit_auto_kl_weight(
     U0[fit_rows_mask] = U_fit
     if bool((~fit_rows_mask).any()):
         U0[~fit_rows_mask] = encode(rows[~fit_rows_mask], W_fit, head, kl_weight=chosen)
-    est = estimator(chosen, warm=True)
+    est = estimator(chosen, True, tol)
     U, seconds = _fit(est, rows, U0, W_fit)
     record = {
         "grid": list(grid),
         "target_agreement": target,
         "heldout_fraction": frac,
+        "search_tol": search_tol,
         "n_fit_images": len(fit_idx),
         "n_heldout_images": len(held_idx),
         "encoder_kl_weight": encoder_kl_weight,
@@ -276,6 +289,7 @@ __all__ = [
     "DEFAULT_GRID",
     "DEFAULT_HELDOUT_FRACTION",
     "DEFAULT_TARGET_AGREEMENT",
+    "SEARCH_TOL",
     "AutoKLWeightWarning",
     "check_grid",
     "chosen_kl_weight",
