@@ -264,8 +264,9 @@ def chosen_kl_weight(explainer: Any) -> float:
     record = (getattr(explainer, "fit_info_", None) or {}).get("auto_kl_weight")
     if not record_is_valid(record):
         raise ValueError(
-            "kl_weight='auto' is chosen by ConceptExplainer.fit (on held-out images); fit "
-            "first, or give a number for kl_weight"
+            "kl_weight='auto' is chosen by ConceptExplainer.fit from held-out images and no fit "
+            "has chosen one yet (shared banks cannot: give them a number); fit first, or give "
+            "a number for kl_weight"
         )
     return float(record["chosen"])
 
