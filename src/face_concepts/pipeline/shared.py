@@ -89,6 +89,7 @@ class SharedConceptExplainer:
         *,
         n_concepts: int = _D.n_concepts,
         kl_weight: float = _D.kl_weight,
+        target_agreement: float = _D.target_agreement,  # kl_weight="auto" only (not shared)
         patch_size: int = _D.patch_size,
         stride: int | None = _D.stride,
         resize_patches: bool | None = _D.resize_patches,
@@ -111,6 +112,7 @@ class SharedConceptExplainer:
             n_designs=n_designs, filter_correct=filter_correct, batch_size=batch_size,
             max_iter=max_iter, tol=tol, random_state=random_state, device=device,
             progress=progress, cache_dir=cache_dir, verbose=verbose,
+            target_agreement=target_agreement,
         )  # fmt: skip
 
     @classmethod
