@@ -85,7 +85,7 @@ def test_default_split_reproduces_model(name, layer, p, tol):
 def test_signed_layers_refused_then_exact_with_posneg(name, p, affine, tol):
     model = _build(name)
     with pytest.raises(ValueError, match=r"layer 'features'.*negative.*signed='posneg'"):
-        split_model(model, input_size=INPUT)
+        split_model(model, input_size=INPUT, check_non_negative=True)  # kept by default
     split = split_model(model, input_size=INPUT, signed="posneg")
     assert (
         split.transform == "posneg" and split.exact and split.description()["transform"] == "posneg"
@@ -177,7 +177,7 @@ def test_unknown_layer_suggests_close_names():
 def test_signed_intermediate_layer_suggests_following_relu():
     model = _build("resnet18")
     with pytest.raises(ValueError, match=r"layer3\.0\.conv1.*layer='layer3\.0\.relu'"):
-        split_model(model, "layer3.0.conv1", input_size=INPUT)
+        split_model(model, "layer3.0.conv1", input_size=INPUT, check_non_negative=True)
     split = split_model(model, "layer3.0.relu", input_size=INPUT)
     with torch.no_grad():
         assert split.features(_x()).min() >= 0
@@ -185,7 +185,7 @@ def test_signed_intermediate_layer_suggests_following_relu():
     # comes that ReLU's second call (not usable as a layer), then the block's output. The
     # next *declared* ReLU, layer4.0.relu, is not what follows conv2.
     with pytest.raises(ValueError, match=r"is layer='layer3\.1'\.") as info:
-        split_model(model, "layer3.1.conv2", input_size=INPUT)
+        split_model(model, "layer3.1.conv2", input_size=INPUT, check_non_negative=True)
     assert "layer4.0.relu" not in str(info.value)
     assert "--layer layer3.1." in info.value.cli_message
     assert "--signed posneg" in info.value.cli_message and "signed=" not in info.value.cli_message

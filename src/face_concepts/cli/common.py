@@ -151,8 +151,9 @@ def _model_flags(p: argparse.ArgumentParser, *, spec: bool = True) -> None:
         )  # fmt: skip
         p.add_argument(
             "--signed", choices=SIGNED_CHOICES, default=_S,
-            help="for a layer with negative activations: posneg (exact, twice the channels) or "
-            "relu (approximate) (default: refuse such a layer)",
+            help="for a layer with negative activations: posneg (exact, twice the channels, "
+            "non-negative concepts) or relu (approximate) (default: keep the layer signed and "
+            "fit a signed concept bank: codes >= 0, each concept a signed direction)",
         )  # fmt: skip
     p.add_argument(
         "--weights", metavar="FILE", default=_S,

@@ -85,8 +85,10 @@ def spatial_concept_maps(
     >>> spatial_concept_maps(fm, W, encoder=lambda A, W: A[:, :2], image_size=8).shape
     torch.Size([1, 2, 8, 8])
     """
-    fm = as_float_tensor(feature_maps, "feature_maps", ndim=4, non_negative=True)
-    W = as_float_tensor(W, "W", ndim=2, dtype=fm.dtype, device=fm.device)
+    W = as_float_tensor(W, "W", ndim=2)
+    # a signed bank (Semi-NMF, bank="signed") encodes a signed layer's maps
+    fm = as_float_tensor(feature_maps, "feature_maps", ndim=4, non_negative=bool((W >= 0).all()))
+    W = W.to(dtype=fm.dtype, device=fm.device)
     if W.shape[1] != fm.shape[1]:
         raise ValueError(f"feature_maps has {fm.shape[1]} channels but W has {W.shape[1]} columns")
     size = _image_size(image_size)

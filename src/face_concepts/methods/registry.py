@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
+from face_concepts._core.validation import with_cli_message
 from face_concepts.decomposition import FACE, NMF
 
 _TORCH_SCALAR_WARNING = "Converting a tensor with requires_grad=True to a scalar"
@@ -100,8 +101,27 @@ def factorize(
     tol: float | None = None,
     verbose: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """Fit ``A ≈ U W`` as the method says. Returns ``(U, W, info)``; info has n_iter, history.
-    ``verbose``: the FACE solver's progress on stderr."""
+    """Fit ``A ≈ U W`` as the method says. Returns ``(U, W, info)``; info has n_iter, history,
+    and ``bank``. ``verbose``: the FACE solver's progress on stderr.
+
+    Signed rows (a layer with negative activations, kept signed by ``split_model``) get the
+    signed concept bank (``FACE(bank="signed")``: codes ≥ 0, signed concepts); scikit-learn's
+    NMF (craft, ice) cannot factorise them."""
+    bank = "signed" if bool((A < 0).any()) else "nonnegative"
+    if bank == "signed" and (spec.factorizer != "face" or spec.solver == "adam"):
+        how = "scikit-learn's NMF" if spec.factorizer != "face" else "the authors' Adam loop"
+        what = (
+            f"factorises with {how}, which needs non-negative activations, but this layer's "
+            f"are signed (min {float(A.min()):.3g}); use"
+        )
+        raise with_cli_message(
+            ValueError(
+                f"method {spec.name!r} {what} method 'face' or 'nmf' (signed concept bank), "
+                "or split the model with signed='posneg'"
+            ),
+            f"--method {spec.name} {what} --method face or nmf (signed concept bank), or "
+            "--signed posneg",
+        )
     if spec.factorizer == "face":
         est = FACE(
             head,
@@ -112,6 +132,7 @@ def factorize(
             tol=tol,
             random_state=random_state,
             verbose=verbose,
+            bank=bank,
         )
         with warnings.catch_warnings():
             # The Adam solver (face-paper) reads its loss with float() while it still requires
@@ -124,6 +145,7 @@ def factorize(
             "converged": est.converged_,
             "solver": est.solver_,
             "history": est.loss_history_,
+            "bank": bank,
         }
         return U, est.concept_bank_, info
     # scikit-learn's NMF with its defaults, exactly as CRAFT/ICE call it.
@@ -141,6 +163,7 @@ def factorize(
         "converged": converged,
         "solver": "sklearn-cd",
         "history": None,
+        "bank": bank,
     }
     return torch.from_numpy(U).to(A.dtype), W, info
 

@@ -63,25 +63,19 @@ def following_non_negative(model: nn.Module, layer: str, x: torch.Tensor) -> str
 
 
 def signed_layer_error(model: nn.Module, layer: str, minimum: float, x: Any) -> ValueError:
-    """The refusal of a signed layer, with a Python message and a command-line message."""
-    what = (
+    """The refusal of a signed layer under ``check_non_negative=True`` (a Python-only setting:
+    the command line keeps signed layers and fits the signed concept bank)."""
+    msg = (
         f"layer {layer!r} of {type(model).__name__} has negative activations (min {minimum:.3g} "
-        "on a probe batch), but concept extraction (NMF/FACE) needs non-negative activations."
+        "on a probe batch), and check_non_negative=True refuses signed layers. Drop "
+        "check_non_negative=True to keep the layer as it is (signed concept bank: codes >= 0, "
+        "concepts are signed directions), or pass signed='posneg' (exact: features "
+        "[relu(f), relu(-f)], p doubles, non-negative bank) or signed='relu' (approximate)."
     )
     nxt = following_non_negative(model, layer, x) if x is not None else None
-    py = cli = what
     if nxt is not None:
-        py += f" The next layer whose output is non-negative is layer={nxt!r}."
-        cli += f" The next layer whose output is non-negative: --layer {nxt}."
-    py += (
-        " Or pass signed='posneg' (exact: features [relu(f), relu(-f)], p doubles), "
-        "signed='relu' (approximate), or check_non_negative=False to skip this check."
-    )
-    cli += (
-        " Or pass --signed posneg (exact: features [relu(f), relu(-f)], twice the channels) "
-        "or --signed relu (approximate)."
-    )
-    return with_cli_message(ValueError(py), cli)  # type: ignore[return-value]
+        msg += f" The next layer whose output is non-negative is layer={nxt!r}."
+    return ValueError(msg)
 
 
 def unknown_layer_error(model: nn.Module, layer: str, names: list[str], hint: str) -> ValueError:
@@ -90,3 +84,40 @@ def unknown_layer_error(model: nn.Module, layer: str, names: list[str], hint: st
     py = head + " (all names: [n for n, _ in model.named_modules()])"
     cli = f"--layer {layer!r} is not a module of {type(model).__name__}; {hint} ({len(names)} modules)"
     return with_cli_message(ValueError(py), cli)  # type: ignore[return-value]
+
+
+def unpoolable_error(model: nn.Module, layer: str, out: Any) -> TypeError:
+    """A layer whose output is not an (N, p, H, W) map: nothing a spatial mean pool turns into
+    (n, p) activations. Names the layer and the explicit way (``ModelSplit``)."""
+    if isinstance(out, torch.Tensor):
+        what = f"a tensor of shape {('N', *tuple(out.shape[1:]))}".replace("'N'", "N")
+    else:
+        what = f"a {type(out).__name__}"
+    where = f"layer {layer!r} of {type(model).__name__} outputs {what}"
+    py = (
+        f"{where}, which a spatial mean pool cannot turn into (n, p) activations (that needs an "
+        "(N, p, H, W) feature map); choose a layer with such an output, or pass the features "
+        "and the head explicitly: ModelSplit(features, head, pool=<callable to (N, p)>, "
+        "model=model)"
+    )
+    cli = (
+        f"{where.replace(f'layer {layer!r}', f'--layer {layer}')}, not an (N, p, H, W) feature "
+        "map that can be mean-pooled; choose another --layer, or split the model in Python "
+        "with ModelSplit(features, head)"
+    )
+    return with_cli_message(TypeError(py), cli)  # type: ignore[return-value]
+
+
+def no_head_error(model: nn.Module, supported: str) -> TypeError:
+    """A model of unknown structure: its classifier head cannot be found without a layer."""
+    name = type(model).__name__
+    py = (
+        f"no default split for {name}: its classifier head cannot be found (supported: "
+        f"{supported}); pass layer=<module name> (the head then runs the rest of the network) "
+        "or pass the features and the head explicitly: ModelSplit(features, head, model=model)"
+    )
+    cli = (
+        f"no default split for {name}: its classifier head cannot be found (supported: "
+        f"{supported}); pass --layer <module name>"
+    )
+    return with_cli_message(TypeError(py), cli)  # type: ignore[return-value]

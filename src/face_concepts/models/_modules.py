@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from face_concepts.models._advice import unpoolable_error
 from face_concepts.models.head import affine_parameters
 
 
@@ -152,10 +153,7 @@ class Truncated(nn.Module):
             raise RuntimeError(f"layer {self.layer!r} was not called by the model's forward pass")
         out = captured["out"]
         if not isinstance(out, torch.Tensor) or out.dim() != 4:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise TypeError(
-                f"layer {self.layer!r} outputs {shape}, not an (N, p, H, W) feature map"
-            )
+            raise unpoolable_error(self.model, self.layer, out)
         return out
 
 

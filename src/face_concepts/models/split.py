@@ -24,10 +24,14 @@ VGG is the exception: its head is ``AdaptiveAvgPool2d(7)`` → flatten → class
 pool of a conv map feeds it; the only exact split with a mean pool is inside the classifier
 (the 4096-d output of the second ReLU, viewed as a 1×1 map; the head is the last Linear).
 
-Signed layers (MobileNetV3, EfficientNet, ConvNeXt) are refused by default, because NMF needs
-``A ≥ 0``. Opt in with ``signed="posneg"`` (exact: the map ``f`` becomes ``[relu(f), relu(-f)]``,
-p doubles, and the head takes the difference) or ``signed="relu"`` (approximate: the head sees
-``relu(f)``, so the split no longer equals the model).
+Signed layers (MobileNetV3, EfficientNet, ConvNeXt, RegNet blocks) are kept as they are by
+default (``signed=None``): the split stays exact and the pipeline factorises them with the
+*signed concept bank* (``FACE(bank="signed")``, Semi-NMF: codes ≥ 0, concepts are signed
+directions; :mod:`face_concepts.decomposition.semi_nmf`). The explicit alternatives stay:
+``signed="posneg"`` (exact: the map ``f`` becomes ``[relu(f), relu(-f)]``, p doubles, the head
+takes the difference, and the non-negative bank is used) or ``signed="relu"`` (approximate: the
+head sees ``relu(f)``, so the split no longer equals the model). ``check_non_negative=True``
+refuses a signed layer instead.
 
 Intermediate layers (``layer="layer3"``) are approximate by nature: the rest of the network
 needs a spatial map, not a pooled vector. The head then runs the rest of the network on a map
@@ -60,7 +64,7 @@ from torch import nn
 
 from face_concepts._core.validation import check_choice
 from face_concepts.data.preprocess import Preprocess
-from face_concepts.models._advice import signed_layer_error, unknown_layer_error
+from face_concepts.models._advice import no_head_error, signed_layer_error, unknown_layer_error
 from face_concepts.models._modules import (
     MeanPool,
     OnMap,
@@ -181,7 +185,7 @@ def split_model(
     preprocess: Preprocess | None = None,
     categories: Sequence[str] | None = None,
     verify: bool = True,
-    check_non_negative: bool = True,
+    check_non_negative: bool = False,
     signed: str | None = None,
     input_size: int | None = None,
     name: str | None = None,
@@ -201,9 +205,11 @@ def split_model(
     verify : bool
         Check ``head(pool(features(x))) == model(x)`` within ``tol`` on a seeded probe batch.
     check_non_negative : bool
-        Refuse a layer with negative activations on the probe batch (ValueError).
+        Refuse a layer with negative activations on the probe batch (ValueError). Default
+        False: a signed layer is kept and gets the signed concept bank.
     signed : None, "posneg" or "relu"
-        What to do when the layer is signed (applied only then): see the module docstring.
+        What to do when the layer is signed (applied only then): None keeps it signed (the
+        signed concept bank); see the module docstring.
     input_size : int or None
         Probe side; defaults to ``preprocess.crop_size``, else 224.
 
@@ -234,11 +240,10 @@ def split_model(
     }
     if layer is None or (parts is not None and layer == parts.layer):
         if parts is None:
-            raise TypeError(
-                f"no default split for {type(model).__name__} (supported: torchvision ResNet, "
-                "MobileNetV2/V3, EfficientNet, DenseNet, VGG, ConvNeXt, RegNet, ShuffleNetV2, "
-                "MNASNet, ViT, Swin; timm CNNs, ViT, DeiT, Swin); pass layer=<module name> or "
-                "build ModelSplit(features, head)"
+            raise no_head_error(
+                model,
+                "torchvision ResNet, MobileNetV2/V3, EfficientNet, DenseNet, VGG, ConvNeXt, "
+                "RegNet, ShuffleNetV2, MNASNet, ViT, Swin; timm CNNs, ViT, DeiT, Swin",
             )
         split = ModelSplit(parts.features, parts.head, layer=parts.layer, **common)
     else:

@@ -439,7 +439,7 @@ def load_model(
     device: Any = None,
     layer: str | None = None,
     signed: str | None = None,
-    check_non_negative: bool = True,
+    check_non_negative: bool = False,
     verify: bool = True,
 ) -> ModelSplit:
     """Build a verified :class:`ModelSplit` from a model spec.

@@ -202,14 +202,27 @@ def _auto_kl_weight_card(view: RunView) -> str:
     return f'{_figure(view, "auto_kl_weight", caption)}<p class="help">{escape(text)}</p>'
 
 
+def concept_bank_fact(fit: dict[str, Any]) -> str:
+    """The run card's line on the concept bank (``fit["bank"]``, recorded since issue 16)."""
+    bank = fit.get("bank")
+    if bank == "signed":
+        return (
+            "concept bank: signed (the layer's activations are signed: Semi-NMF, codes ≥ 0, "
+            "each concept a signed direction of the layer rather than a part)"
+        )
+    return "concept bank: nonnegative (NMF)" if bank == "nonnegative" else ""
+
+
 def _run_article(view: RunView) -> str:
     meta = view.metadata
     fit = meta.get("fit") or {}
+    bank = concept_bank_fact(fit)
     facts = (
         f"{meta.get('n_images', '?')} images, {len(view.concepts)} concepts, layer "
         f"{escape(str((meta.get('model') or {}).get('layer')))}; solver "
         f"{escape(str(fit.get('solver', '?')))}, {fit.get('n_iter', '?')} iterations"
         + ("" if fit.get("converged", True) else " (stopped before converging)")
+        + (f"; {escape(bank)}" if bank else "")
     )
     notes = "".join(f'<p class="note">{escape(n)}</p>' for n in view.notes)
     concepts = "".join(_concept_section(view, c) for c in view.concepts)
