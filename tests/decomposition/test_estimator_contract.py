@@ -33,9 +33,10 @@ N, P, R, C = 40, 12, 3, 5
 LAM = 1.0
 
 # Solvers whose objective history never rises (up to float64 rounding, TOL["monotone"]):
-# hals and pgd accept only steps that do not raise the objective. adam does not promise it: it
-# takes fixed-rate Adam steps and clamps, and its history is the loss *before* each step.
-MONOTONE = {"hals": True, "pgd": True, "adam": False}
+# hals, pgd and linearised accept only steps that do not raise the objective. adam does not
+# promise it: it takes fixed-rate Adam steps and clamps, and its history is the loss *before*
+# each step.
+MONOTONE = {"hals": True, "pgd": True, "linearised": True, "adam": False}
 
 # (registry name, extra keyword arguments of the solver function): every registry entry at least
 # once, plus the hals variants that only the solver function exposes.
@@ -45,6 +46,7 @@ SOLVER_CASES = [
     ("hals", {"w_solver": "mm", "extrapolate": False}),
     ("hals", {"warm_start": True}),  # plain-NMF warm start first (what FACE uses)
     ("pgd", {}),
+    ("linearised", {}),  # prox-linear MM, for heads that are not affine (here: the affine one)
     ("adam", {"lr": 1e-2}),
 ]
 # Estimator fits: the registry's solvers and the mini-batch fit (batch_size; 16 rows, 3 batches).
@@ -159,7 +161,7 @@ def test_solver_stops_before_max_iter_with_a_loose_tol(name, options):
 
 # ----------------------------------------------------------------------------- estimators
 # Iteration caps that keep every fit well under a second on this data (adam's default is 22,000).
-CAPS = {"hals": 40, "pgd": 40, "adam": 300, "minibatch": 6}
+CAPS = {"hals": 40, "pgd": 40, "linearised": 40, "adam": 300, "minibatch": 6}
 
 
 def _cap(kw: dict) -> int:

@@ -181,7 +181,7 @@ class FACE(BaseEstimator):
         solver = self.solver
         if solver == "auto":
             solver = "hals" if (lam == 0 or head.is_affine) else "pgd"
-        if solver == "hals" and lam > 0 and not head.is_affine:
+        if solver == "hals" and lam > 0 and head is not None and not head.is_affine:
             raise ValueError(
                 "solver='hals' needs an affine head; this head is not affine, use solver='pgd' or 'auto'"
             )
@@ -264,7 +264,7 @@ class FACE(BaseEstimator):
                 RuntimeWarning,
                 stacklevel=3,
             )
-        self._online = None
+        self._online: mb.OnlineState | None = None
         return U
 
     def fit_transform(
@@ -276,7 +276,9 @@ class FACE(BaseEstimator):
         ``batch_size`` the codes are the single encoder's, batch by batch (an (n, r) tensor).
         """
         if self.batch_size is not None:
-            return self._fit_minibatch(A, W0, keep_codes=True)
+            U = self._fit_minibatch(A, W0, keep_codes=True)
+            assert U is not None  # keep_codes=True returns the codes
+            return U
         return self._fit(A, U0=U0, W0=W0)
 
     # -- mini-batch -------------------------------------------------------------------------
@@ -389,7 +391,9 @@ class FACE(BaseEstimator):
         )
         U = self.transform(A)
         head = (
-            Head(self.head, dtype=A.dtype, device=A.device) if float(self.kl_weight) > 0 else None
+            Head(self.head, dtype=A.dtype, device=A.device)
+            if self.head is not None and float(self.kl_weight) > 0
+            else None
         )
         return -evaluate(make_problem(A, head, float(self.kl_weight)), U, self.concept_bank_).total
 

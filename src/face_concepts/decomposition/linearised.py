@@ -55,13 +55,17 @@ class _Evaluation:
             return
         self._X = X.detach().requires_grad_(True)
         with torch.enable_grad():
-            self._kl = prob.kl_weight * kl_rows(prob.logP, prob.head.logits(self._X), prob.P).mean()
+            self._kl = (
+                prob.kl_weight
+                * kl_rows(prob.target_logP, prob.kl_head.logits(self._X), prob.target_P).mean()
+            )
         kl = float(self._kl.detach()) / prob.kl_weight
         self.terms = Terms(recon + prob.kl_weight * kl, recon, kl)
 
     def grad(self) -> torch.Tensor | None:
         if self._kl is None:
             return None
+        assert self._X is not None  # set with _kl
         (G,) = torch.autograd.grad(self._kl, self._X)
         self._X = self._kl = None
         return G

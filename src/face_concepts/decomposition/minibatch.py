@@ -141,8 +141,8 @@ class Statistics:
         self.rows += weight * other.rows
 
     def copy(self) -> Statistics:
-        c = [None if t is None else t.clone() for t in (self.UtU, self.UtA, self.UtG, self.UtD)]
-        return Statistics(*c, rows=self.rows)
+        g, d = (None if t is None else t.clone() for t in (self.UtG, self.UtD))
+        return Statistics(self.UtU.clone(), self.UtA.clone(), g, d, rows=self.rows)
 
 
 def kl_linear_terms(
@@ -162,7 +162,7 @@ def batch_statistics(
     their concatenation.
     """
     st = Statistics((U.T @ U).double(), (U.T @ A).double(), rows=float(A.shape[0]))
-    if P is not None:
+    if P is not None and head is not None:  # λ > 0
         UtG, UtD = kl_linear_terms(U, head.code_logits(U, W), head.b, P)
         st.UtG, st.UtD = UtG.double(), UtD.double()
     return st
@@ -197,6 +197,8 @@ class Surrogate:
 
     def __post_init__(self) -> None:
         if self.lam > 0:
+            assert self.V is not None and self.K is not None, "λ > 0 needs V and K"
+            assert self.st.UtG is not None and self.st.UtD is not None, "λ > 0 needs S_ux"
             V64 = self.V.double()
             self.MG = self.st.UtG @ V64
             self.MD = self.st.UtD @ V64
@@ -231,6 +233,7 @@ def minimise_surrogate(
     if Q.lam == 0:
         return _hals_sweeps(W.clone(), a2 * S, a2 * Sa, HALS_INNER * steps)
     lam, M, K = Q.lam, Q.linear().to(dt), Q.K
+    assert K is not None  # λ > 0
     f = Q.value(W)
     for _ in range(steps):
         SW = S @ W
@@ -302,8 +305,8 @@ def start(
     else:
         _, W = initialize(A0, r, init, random_state=options.get("random_state"), signed=signed)
     p = A0.shape[1]
-    C = head.V.shape[0] if lam > 0 else 0
-    z = {"dtype": torch.float64, "device": A0.device}
+    C = head.V.shape[0] if head is not None and lam > 0 else 0
+    z: dict[str, Any] = {"dtype": torch.float64, "device": A0.device}
     stats = Statistics(torch.zeros(r, r, **z), torch.zeros(r, p, **z))
     if lam > 0:
         stats.UtG, stats.UtD = torch.zeros(r, C, **z), torch.zeros(r, C, **z)
@@ -313,7 +316,7 @@ def start(
     state.signed = signed
     if lam > 0:
         prob = make_problem(A0[:2], head, lam)
-        Vc = prob.Vc
+        Vc = prob.centred_V
         state.K = 0.5 * (Vc.T @ Vc)
         state.kappa = 0.5 * centred_spectral_norm_sq(prob)
         if signed:
@@ -343,7 +346,7 @@ def step(state: OnlineState, A: torch.Tensor) -> Terms:
         terms = evaluate(prob, U, W)
         batch = batch_statistics(A, U, W, state.head, prob.P)
         state.n_seen += A.shape[0]
-        if state.previous is None:
+        if state.previous is None or state.n_epoch is None:  # set together, after a pass
             state.stats.decay(forget_rate(A.shape[0], state.n_seen, state.forget_factor))
         else:  # replace this batch's share of the previous pass (module docstring, step 3)
             state.stats.add(state.previous, -A.shape[0] / state.n_epoch)
@@ -355,7 +358,7 @@ def step(state: OnlineState, A: torch.Tensor) -> Terms:
 
 def _update_w(state: OnlineState, prob: Problem, U: torch.Tensor, f0: float) -> torch.Tensor:
     """Minimise ``Q_s``; ``s`` backtracks towards 1 while the batch objective would rise."""
-    V = state.head.V if state.lam > 0 else None
+    V = state.head.V if state.head is not None and state.lam > 0 else None
     while True:
         Q = Surrogate(state.stats, V, state.K, state.lam, state.trust.s)
         if state.signed:

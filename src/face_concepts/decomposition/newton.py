@@ -62,7 +62,7 @@ class Precomputed:
 
 def precompute(prob: Problem, W: torch.Tensor) -> Precomputed:
     r = W.shape[0]
-    M = W @ prob.head.V.T
+    M = W @ prob.kl_head.V.T
     iu = torch.triu_indices(r, r, device=W.device)
     return Precomputed(
         WWt=W @ W.T,
@@ -156,7 +156,7 @@ def solve_codes_newton(
     Returns ``(U, iterations)``.
     """
     pc = precompute(prob, W)
-    P, b = prob.P, prob.head.b
+    P, b = prob.target_P, prob.kl_head.b
     n = U.shape[0]
     U = U.clone()
     f = f0

@@ -45,8 +45,8 @@ def _objective(
     prob: Problem, U: torch.Tensor, UtU: torch.Tensor, UtA: torch.Tensor, W: torch.Tensor
 ) -> tuple[Terms, torch.Tensor]:
     """``f(W)`` from the Gram products (reconstruction) and the logits ``U W Vᵀ + b`` (KL)."""
-    Z = prob.head.code_logits(U, W)
-    kl = float(kl_rows(prob.logP, Z, prob.P).double().mean())
+    Z = prob.kl_head.code_logits(U, W)
+    kl = float(kl_rows(prob.target_logP, Z, prob.target_P).double().mean())
     return factored_objective(prob.sq_norm_A, UtA, UtU, W, prob.n, prob.p, kl, prob.kl_weight), Z
 
 
@@ -142,9 +142,9 @@ def bank_derivatives(
     UtA: torch.Tensor,
 ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
     """Gradient of ``f(W)`` (U fixed) and its Hessian-vector product, at logits ``Z = h(UW)``."""
-    head, alpha, beta = prob.head, prob.alpha, prob.beta
+    head, alpha, beta = prob.kl_head, prob.alpha, prob.beta
     S = torch.softmax(Z, dim=1)
-    g = 2.0 * alpha * (UtU @ W - UtA) + beta * ((U.T @ (S - prob.P)) @ head.V)
+    g = 2.0 * alpha * (UtU @ W - UtA) + beta * ((U.T @ (S - prob.target_P)) @ head.V)
 
     def hvp(D: torch.Tensor) -> torch.Tensor:
         K = _curvature_of_softmax(S, U @ (D @ head.V.T))
@@ -171,7 +171,7 @@ def bank_newton_step(
     UtU = U.T @ U
     UtA = U.T @ prob.A if UtA is None else UtA
     if Z is None:
-        Z = prob.head.code_logits(U, W)
+        Z = prob.kl_head.code_logits(U, W)
     g, hvp = bank_derivatives(prob, U, W, Z, UtU, UtA)
     r = UtU.shape[0]
     jitter = 1e-8 * float(UtU.diagonal().mean()) + 1e-30

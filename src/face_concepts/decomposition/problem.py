@@ -7,11 +7,14 @@ solver loops (``solvers.py``) depend on it without depending on each other.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 from face_concepts.decomposition._head import Head
 from face_concepts.decomposition.losses import HEAD_REQUIRED
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -46,6 +49,29 @@ class Problem:
     @property
     def factored(self) -> bool:
         return self.kl_weight == 0 or (self.head is not None and self.head.is_affine)
+
+    # What make_problem sets when kl_weight > 0 (Vc: for an affine head), for the KL steps.
+    @property
+    def kl_head(self) -> Head:
+        return _required(self.head, "head")
+
+    @property
+    def target_logP(self) -> torch.Tensor:
+        return _required(self.logP, "logP")
+
+    @property
+    def target_P(self) -> torch.Tensor:
+        return _required(self.P, "P")
+
+    @property
+    def centred_V(self) -> torch.Tensor:
+        return _required(self.Vc, "Vc")
+
+
+def _required(value: T | None, name: str) -> T:
+    if value is None:
+        raise ValueError(f"Problem.{name} is set only when kl_weight > 0 (see make_problem)")
+    return value
 
 
 def make_problem(

@@ -167,6 +167,7 @@ def minimise_surrogate_signed(
         rhs = rhs - Q.lam * Q.linear()
     X = least_squares_bank(S, rhs)  # S⁻¹ rhs (float64)
     if Q.lam > 0:
+        assert K_eig is not None  # given when λ > 0
         k, E = K_eig
         X = ((X.double() @ E) / (a2 + Q.lam * Q.s * k)) @ E.T
     else:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +70,7 @@ def centred_spectral_norm_sq(prob: Problem) -> float:
     """
     if prob.Vc_sq_norm > 0:
         return prob.Vc_sq_norm
-    V = prob.head.V
+    V = prob.kl_head.V
     for cached, value in _SPECTRAL_CACHE:  # compared by content: a stale hit would break the bound
         if (
             cached.shape == V.shape
@@ -79,7 +80,7 @@ def centred_spectral_norm_sq(prob: Problem) -> float:
         ):
             prob.Vc_sq_norm = value
             return value
-    value = float(torch.linalg.matrix_norm(prob.Vc.double(), ord=2)) ** 2
+    value = float(torch.linalg.matrix_norm(prob.centred_V.double(), ord=2)) ** 2
     _SPECTRAL_CACHE.insert(0, (V.detach().clone(), value))
     del _SPECTRAL_CACHE[4:]
     prob.Vc_sq_norm = value
@@ -93,6 +94,7 @@ class SolverResult:
     n_iter: int
     converged: bool
     warm_iter: int = 0  # iterations of the plain-NMF warm start (solve_hals, warm_start=True)
+    n_head_calls: int = 0  # head evaluations (solver 'linearised')
     history: dict[str, list[float]] = field(
         default_factory=lambda: {"total": [], "recon": [], "kl": []}
     )
@@ -106,8 +108,8 @@ def evaluate(
         kl = 0.0
         if prob.kl_weight > 0:
             if Z is None:
-                Z = prob.head.code_logits(U, W)
-            kl = float(kl_rows(prob.logP, Z).mean())
+                Z = prob.kl_head.code_logits(U, W)
+            kl = float(kl_rows(prob.target_logP, Z).mean())
         if prob.factored:
             return factored_objective(
                 prob.sq_norm_A, U.T @ prob.A, U.T @ U, W, prob.n, prob.p, kl, prob.kl_weight
@@ -139,10 +141,10 @@ def _hals_sweeps(X: torch.Tensor, Q: torch.Tensor, R: torch.Tensor, max_inner: i
             new = (X[k] + (R[k] - Q[k] @ X) / qkk).clamp_(min=0)
             moved += (new - X[k]).square().sum()
             X[k] = new
-        moved = float(moved)
+        moved_sq = float(moved)
         if first is None:
-            first = moved
-        if moved <= 1e-4 * first or moved == 0.0:
+            first = moved_sq
+        if moved_sq <= 1e-4 * first or moved_sq == 0.0:
             break
     return X
 
@@ -160,7 +162,7 @@ def _kl_of(prob: Problem, Z: torch.Tensor | None) -> float:
     # Row sums in float32 in the form P·(log P − log softmax Z) (accurate where the KL is
     # small, see kl_rows), the mean over rows in float64: the float64 form of the expanded sum
     # cost a third of an iteration.
-    return float(kl_rows(prob.logP, Z, prob.P).double().mean())
+    return float(kl_rows(prob.target_logP, Z, prob.target_P).double().mean())
 
 
 @dataclass
@@ -205,13 +207,13 @@ def u_step(
             U.T.contiguous(), a2 * WWt, a2 * AWt.T.contiguous(), max_inner
         ).T.contiguous()
         return Un, None, _recon_from(prob, (Un.double() * AWt.double()).sum(), Un.T @ Un, WWt)
-    head = prob.head
+    head = prob.kl_head
     curv = curv or _Curvature()
     M = W @ head.V.T
     if Z is None:
         Z = torch.addmm(head.b, U, M)
-    G = torch.softmax(Z, dim=1) - prob.P
-    Mc = W @ prob.Vc.T
+    G = torch.softmax(Z, dim=1) - prob.target_P
+    Mc = W @ prob.centred_V.T
     Hk = (0.5 * prob.beta) * (Mc @ Mc.T)
     R0 = a2 * AWt - prob.beta * (G @ M.T)
     UH = U @ Hk
@@ -267,11 +269,11 @@ def w_step(
     if prob.kl_weight == 0:
         Wn = _hals_sweeps(W.clone(), a2 * UtU, a2 * UtA, max_inner)
         return Wn, None, _recon_from(prob, (UtA.double() * Wn.double()).sum(), UtU, Wn @ Wn.T), UtA
-    head = prob.head
+    head = prob.kl_head
     curv = curv or _Curvature()
     if Z is None:
         Z = head.code_logits(U, W)
-    G = torch.softmax(Z, dim=1) - prob.P
+    G = torch.softmax(Z, dim=1) - prob.target_P
     c0 = 0.5 * prob.beta * centred_spectral_norm_sq(prob)
     R0 = a2 * UtA - prob.beta * ((U.T @ G) @ head.V)
     UtUW = UtU @ W
@@ -308,11 +310,11 @@ def kkt_residual(
     gU = a2 * (U @ (W @ W.T) - prob.A @ W.T)
     gW = a2 * ((U.T @ U) @ W - U.T @ prob.A)
     if prob.kl_weight > 0:
-        M = W @ prob.head.V.T
-        Z = torch.addmm(prob.head.b, U, M) if Z is None else Z
-        G = torch.softmax(Z, dim=1) - prob.P
+        M = W @ prob.kl_head.V.T
+        Z = torch.addmm(prob.kl_head.b, U, M) if Z is None else Z
+        G = torch.softmax(Z, dim=1) - prob.target_P
         gU += prob.beta * (G @ M.T)
-        gW += prob.beta * ((U.T @ G) @ prob.head.V)
+        gW += prob.beta * ((U.T @ G) @ prob.kl_head.V)
     zero = torch.zeros((), dtype=U.dtype, device=U.device)
     pU = torch.where((U <= 0) & (gU >= 0), zero, gU)
     pW = gW if signed else torch.where((W <= 0) & (gW >= 0), zero, gW)
@@ -334,7 +336,7 @@ def _terms_at(
     prob: Problem, U: torch.Tensor, W: torch.Tensor, UtA: torch.Tensor | None = None
 ) -> tuple[Terms, torch.Tensor | None]:
     """Factored objective at ``(U, W)`` and the logits ``Z`` (reused by the next U step)."""
-    Z = prob.head.code_logits(U, W) if prob.kl_weight > 0 else None
+    Z = prob.kl_head.code_logits(U, W) if prob.kl_weight > 0 else None
     kl = _kl_of(prob, Z)
     UtA = U.T @ prob.A if UtA is None else UtA
     return factored_objective(
@@ -460,7 +462,7 @@ def _loss_terms(
     R = U @ W
     mse = F.mse_loss(R, prob.A)
     if prob.kl_weight > 0:
-        return mse, kl_rows(prob.logP, prob.head.logits(R), prob.P).mean()
+        return mse, kl_rows(prob.target_logP, prob.kl_head.logits(R), prob.target_P).mean()
     return mse, torch.zeros((), dtype=mse.dtype, device=mse.device)
 
 
@@ -486,9 +488,9 @@ def pg_block(
     for _ in range(n_steps):
         Xg = X.detach().requires_grad_(True)
         with torch.enable_grad():
-            fx = f(Xg)
-            (g,) = torch.autograd.grad(fx, Xg)
-        fx = float(fx.detach())
+            fx_t = f(Xg)
+            (g,) = torch.autograd.grad(fx_t, Xg)
+        fx = float(fx_t.detach())
         accepted = False
         with torch.no_grad():
             for _ in range(40):
@@ -524,9 +526,9 @@ def solve_pgd(
     _record(res.history, prev)
     su, sw = 1.0, 1.0
     for t in range(1, max_iter + 1):
-        U, su = pg_block(lambda X, W=W: _materialised_loss(prob, X, W), U, su, inner_steps)
+        U, su = pg_block(partial(_materialised_loss, prob, W=W), U, su, inner_steps)
         W, sw = pg_block(
-            lambda X, U=U: _materialised_loss(prob, U, X), W, sw, inner_steps, project=not signed
+            partial(_materialised_loss, prob, U), W, sw, inner_steps, project=not signed
         )
         cur = evaluate(prob, U, W)
         _record(res.history, cur)
