@@ -36,10 +36,11 @@ class Head:
         self.device = device
         self.affine = AffineHead.of(head, dtype=dtype, device=device)
         if self.affine is not None:
+            # V (C, p) and b (C,), which the engine's block steps read for gradients and curvature.
             self.V, self.b = self.affine.V, self.affine.b
         else:
-            self.V = None
-            self.b = None
+            # None: the steps that read V and b run only for affine heads (``is_affine``).
+            self.V = self.b = None  # type: ignore[assignment]
             # Dropout in training mode makes the head random; FACE needs a fixed function.
             ensure_eval(head, "the head")
 

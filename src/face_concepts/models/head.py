@@ -44,31 +44,32 @@ def affine_parameters(head: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
         )
         return V, b
     if isinstance(head, nn.Sequential):
-        V: torch.Tensor | None = None
-        b: torch.Tensor | None = None
-        for layer in head:
-            if isinstance(layer, _IDENTITY_IN_EVAL):
-                if (
-                    isinstance(layer, (nn.Dropout, nn.Dropout1d, nn.AlphaDropout))
-                    and layer.training
-                    and layer.p > 0
-                ):
-                    return None
-                continue
-            sub = affine_parameters(layer)
-            if sub is None:
-                return None
-            Vi, bi = sub
-            if V is None:
-                V, b = Vi, bi
-            else:
-                # (x Vᵀ + b) Viᵀ + bi = x (Vi V)ᵀ + (Vi b + bi)
-                b = Vi @ b + bi
-                V = Vi @ V
-        if V is None:
-            return None
-        return V, b
+        return _fold(head)
     return None
+
+
+def _fold(head: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(V, b)`` of a Sequential of affine layers and eval-mode identities, composed."""
+    folded: tuple[torch.Tensor, torch.Tensor] | None = None
+    for layer in head:
+        if isinstance(layer, _IDENTITY_IN_EVAL):
+            if (
+                isinstance(layer, (nn.Dropout, nn.Dropout1d, nn.AlphaDropout))
+                and layer.training
+                and layer.p > 0
+            ):
+                return None
+            continue
+        sub = affine_parameters(layer)
+        if sub is None:
+            return None
+        if folded is None:
+            folded = sub
+        else:
+            # (x Vᵀ + b) Viᵀ + bi = x (Vi V)ᵀ + (Vi b + bi)
+            (V, b), (Vi, bi) = folded, sub
+            folded = (Vi @ V, Vi @ b + bi)
+    return folded
 
 
 @dataclass(frozen=True)
