@@ -25,7 +25,9 @@ from face_concepts._core.io import atomic_write_bytes, atomic_write_json
 from face_concepts._core.names import slug
 from face_concepts.data import bundled_photos, load_images, random_patches
 from face_concepts.models import load_model
+from face_concepts.pipeline.config import ExplainerConfig
 from face_concepts.pipeline.explainer import ConceptExplainer
+from face_concepts.pipeline.jobs import fit_evaluate_save
 from face_concepts.report.images import figure_png
 
 
@@ -116,29 +118,26 @@ def run_demo(
         fit_x, held_x = _views(photos, n_views, seed), _views(photos, n_heldout, seed + 1000)
         entry: dict[str, Any] = {"class_id": cid, "class_name": name, "n_photos": len(photos)}
         for method in ("face", "nmf") if compare_nmf else ("face",):
-            ex = ConceptExplainer(
-                split,
-                method,
+            config = ExplainerConfig(
+                method=method,
                 n_concepts=n_concepts,
                 kl_weight=kl_weight,
                 random_state=seed,
-                max_iter=max_iter,
+                max_iter=max_iter,  # None: converged fits (the solver's own stop)
                 progress=False,
             )
-            t0 = time.perf_counter()
-            ex.fit(fit_x, class_id=cid)  # converged fits (the solver's own stop)
-            fit_s = time.perf_counter() - t0
-            rep_fit, rep_held = ex.evaluate(), ex.evaluate(held_x)
+            ex = ConceptExplainer.from_config(split, config)
             run_dir = out / f"{cid}_{slug(name)}" / method
-            ex.save(run_dir, metrics={"fit": rep_fit.to_dict(), "heldout": rep_held.to_dict()})
+            result = fit_evaluate_save(ex, fit_x, cid, heldout=held_x, out=run_dir)
+            fit_s, rep_fit, rep_held = result.fit_seconds, *result.metrics.values()  # fit, heldout
             files = _write_figures(ex, run_dir)
             entry[method] = {
                 "run_dir": str(run_dir),
                 "fit_seconds": round(fit_s, 2),
                 "n_iter": ex.fit_info_["n_iter"],
                 "kl_weight": ex.effective_kl_weight,
-                "fit": {k: rep_fit.to_dict()[k] for k in KEYS},
-                "heldout": {k: rep_held.to_dict()[k] for k in KEYS},
+                "fit": {k: rep_fit[k] for k in KEYS},
+                "heldout": {k: rep_held[k] for k in KEYS},
                 "top_concepts": [
                     int(i) for i in torch.argsort(ex.importance(), descending=True)[:3]
                 ],

@@ -28,7 +28,7 @@ BUNDLED_VIEWS, BUNDLED_HELDOUT = 16, 8
 
 def add_atlas_parser(sub: Any) -> argparse.ArgumentParser:
     """Register the ``atlas`` subcommand on the subparsers of ``face-concepts``."""
-    from face_concepts.cli.common import _S, KL_HELP, MAX_ITER_HELP, _default, _model_flags
+    from face_concepts.cli.common import _S, _model_flags, fit_flags
 
     p = sub.add_parser("atlas", help="concepts of many classes (per class or shared), one atlas")
     _model_flags(p)
@@ -40,18 +40,7 @@ def add_atlas_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--heldout", metavar="DIR", default=_S, help="held-out images, one folder/class")
     p.add_argument("--classes", metavar="IDS", default=_S, help="class ids, e.g. 285,207,1")
     p.add_argument("--shared", action="store_true", default=_S, help="one bank for all classes")
-    p.add_argument(
-        "--method", default=_S, help=f"face, face-paper, nmf, craft or ice ({_default('method')})"
-    )
-    p.add_argument("--n-concepts", type=int, default=_S, help="concepts per bank (default: 10)")
-    p.add_argument("--kl-weight", type=float, default=_S, help=KL_HELP)
-    p.add_argument(
-        "--patch-size", type=int, default=_S, help=f"crop size in pixels ({_default('patch_size')})"
-    )
-    p.add_argument(
-        "--n-designs", type=int, default=_S, help=f"Sobol designs ({_default('n_designs')})"
-    )
-    p.add_argument("--max-iter", type=int, default=_S, help=MAX_ITER_HELP)
+    fit_flags(p)  # every explainer flag of `fit`, generated from ExplainerConfig
     p.add_argument(
         "--executor", choices=("local", "ray"), default=_S, help="local (default) or ray"
     )
@@ -157,15 +146,6 @@ def _executor(s: SimpleNamespace) -> Any:
         raise
 
 
-def _settings(s: SimpleNamespace) -> dict[str, Any]:
-    return {
-        "method": s.method, "n_concepts": 10 if s.n_concepts is None else s.n_concepts,
-        "kl_weight": s.kl_weight, "patch_size": s.patch_size, "n_designs": s.n_designs,
-        "batch_size": s.batch_size, "filter_correct": s.filter_correct,
-        "max_iter": s.max_iter, "tol": s.tol, "random_state": s.seed, "device": s.device,
-    }  # fmt: skip
-
-
 def _progress(s: SimpleNamespace, jobs: list[Any], shared: bool, start: float) -> Any:
     from face_concepts.cli.common import _say
 
@@ -240,7 +220,7 @@ def _check_args(s: SimpleNamespace) -> tuple[bool, list[int] | None, bool]:
 
 def cmd_atlas(s: SimpleNamespace) -> int:
     """Run ``face-concepts atlas`` on resolved settings; returns the exit code."""
-    from face_concepts.cli.common import _emit_json, _say
+    from face_concepts.cli.common import _emit_json, _say, explainer_config
     from face_concepts.models import load_model
     from face_concepts.pipeline.shared import fit_classes
     from face_concepts.report import ModelCache, build_report
@@ -261,9 +241,11 @@ def cmd_atlas(s: SimpleNamespace) -> int:
         _say(s, f"fitting {len(jobs)} classes ({mode}) with the {executor.kind} executor ...")
         start = time.perf_counter()
         out = Path(s.out)
+        # the tasks run without progress bars or solver output (their own stderr is not ours)
+        config = explainer_config(s, progress=False)
         results = fit_classes(
-            split, jobs, out, settings=_settings(s), shared=shared, executor=executor,
-            on_done=_progress(s, jobs, shared, start),
+            split, jobs, out, settings=config, shared=shared, executor=executor,
+            stability=bool(s.stability), on_done=_progress(s, jobs, shared, start),
         )  # fmt: skip
         seconds = time.perf_counter() - start
         described = executor.describe()

@@ -13,8 +13,29 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from face_concepts.pipeline.config import METHOD_NAMES, SETTINGS, ExplainerConfig, Setting
+
+__all__ = ["METHOD_NAMES", "MINIMUM", "OPTIONS", "UsageError", "explainer_config"]
+
 PROG = "face-concepts"
 _S = argparse.SUPPRESS
+
+# The explainer's settings that have a flag, by flag name (``seed`` is ``random_state``):
+# their type, default, help and bound come from ExplainerConfig (face_concepts.pipeline.config).
+EXPLAINER_FLAGS: dict[str, Setting] = {s.flag: s for s in SETTINGS.values() if s.flag}
+# Of those, the ones every command takes (in the "common options" group); the others are the
+# fit flags, which `fit` and `atlas` both take.
+COMMON_SETTINGS = ("device", "seed", "progress")
+FIT_SETTINGS = tuple(k for k in EXPLAINER_FLAGS if k not in COMMON_SETTINGS)
+
+
+def _option(flag: str) -> tuple[type | tuple[type, ...], Any]:
+    """``(type(s), default)`` of an explainer setting, as a config file may give it."""
+    setting = EXPLAINER_FLAGS[flag]
+    kinds = setting.kind if isinstance(setting.kind, tuple) else (setting.kind,)
+    kinds = tuple(k for k in kinds if k in (bool, int, float, str))  # what TOML can hold
+    return (kinds[0] if len(kinds) == 1 else kinds), setting.default
+
 
 # Settings a config file may hold: key -> (type(s), default). Flags use the same names with "-";
 # a config file may spell a key either way.
@@ -26,28 +47,17 @@ OPTIONS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "images": (str, None),
     "heldout": (str, None),
     "class_id": ((int, str), None),
-    "method": (str, "face"),
-    "n_concepts": (int, None),
-    "kl_weight": (float, 1.0),
-    "patch_size": (int, 64),
-    "n_designs": (int, 32),
-    "batch_size": (int, 64),
-    "max_iter": (int, None),
-    "tol": (float, None),
-    "filter_correct": (bool, False),
+    **{flag: _option(flag) for flag in EXPLAINER_FLAGS},  # method, n_concepts, ..., seed, device
     "stability": (bool, False),
     "out": (str, None),
     "overwrite": (bool, False),
-    "seed": (int, 0),
-    "device": (str, None),
     "json": (bool, False),
-    "progress": (bool, True),
     "quiet": (bool, False),
     "top": (int, 6),
     "n_examples": (int, 3),
     "quick": (bool, False),
     "save": ((bool, str), False),
-    # atlas (many classes; cli_atlas.py)
+    # atlas (many classes; cli/atlas.py)
     "classes": (str, None),
     "bundled": (bool, False),
     "shared": (bool, False),
@@ -56,19 +66,17 @@ OPTIONS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "workers": (int, None),
     "gpus_per_task": (float, 0.0),
 }
-PATH_KEYS = ("weights", "images", "heldout", "out")
+PATH_KEYS = ("weights", "images", "heldout", "out", "cache_dir")
 COMMANDS = ("demo", "fit", "evaluate", "report", "explain", "benchmark", "atlas")
 RANDOM_WEIGHTS = "random"  # --weights random: untrained weights (face_concepts.models.zoo)
 SIGNED_CHOICES = ("posneg", "relu")
-# face_concepts.methods.registry.METHODS, named here so that a typo is refused without importing torch
-# (tests/cli/test_cli_journey.py checks that the two agree).
-METHOD_NAMES = ("face", "face-paper", "nmf", "craft", "ice")
 # Lower bounds of the numeric settings, checked before anything is loaded (atlas checks its
-# --workers and --gpus-per-task itself, also before loading).
+# --workers and --gpus-per-task itself, also before loading): the explainer's from its config.
 MINIMUM: dict[str, float] = {
-    "n_concepts": 1, "kl_weight": 0.0, "patch_size": 1, "n_designs": 2, "batch_size": 1,
-    "max_iter": 1, "tol": 0.0, "seed": 0, "top": 1, "n_examples": 0,
-}  # fmt: skip
+    **{k: s.minimum for k, s in EXPLAINER_FLAGS.items() if s.minimum is not None},
+    "top": 1,
+    "n_examples": 0,
+}
 # What a fit writes into its run directory besides the bank, and what later commands add to it:
 # `fit --overwrite` removes all of it, so nothing of the old run is left next to the new bank.
 RUN_FILES = ("bank.json", "bank.safetensors", "command.json", "importance.png", "top_crops.png")
@@ -94,43 +102,75 @@ def _default(key: str) -> str:
     return f"default: {OPTIONS[key][1]}"
 
 
-# Said by every --max-iter / --tol help: the solver's own defaults, per method.
-MAX_ITER_HELP = (
-    "solver iterations (default: face and nmf 1000, face-paper 22000; craft and ice run "
-    "scikit-learn's NMF with its own 200 and ignore this flag)"
-)
-TOL_HELP = (
-    "solver tolerance (default: face and nmf 1e-5, relative decrease of the objective per "
-    "iteration; face-paper 1e-3; ignored by craft and ice, scikit-learn's 1e-4)"
-)
-KL_HELP = (
-    "λ, the weight of FACE's KL term (default: 1.0; used by method face only). The engine "
-    "FACE() defaults to the authors' 1e-5, which gives the same concepts as λ = 0 at this "
-    "objective's scale (benchmarks/results/reproduction.md); 1.0 is where the KL term changes "
-    "them"
-)
-BATCH_HELP = (
-    "images (or crops) per forward pass of the model while extracting activations (default: "
-    "64); memory only, the concepts do not depend on it. Not a mini-batch of the "
-    "factorisation, which always uses every row"
-)
+def setting_help(flag: str) -> str:
+    """The ``--help`` text of an explainer flag: its config help, choices and real default."""
+    setting = EXPLAINER_FLAGS[flag]
+    text = setting.help
+    if setting.choices:
+        *first, last = setting.choices
+        text += f": {', '.join(first)} or {last}"
+    if setting.default is None:  # the help itself says what runs when the flag is not given
+        return text
+    if isinstance(setting.default, bool):
+        return f"{text} (default: {'on' if setting.default else 'off'})"
+    return f"{text} (default: {setting.default})"
+
+
+def _number_or_word(number: type, words: bool) -> Any:
+    """argparse type of a numeric setting; one that also takes a word (``auto``) keeps words."""
+    if not words:
+        return number
+
+    def convert(text: str) -> Any:
+        try:
+            return number(text)
+        except ValueError:
+            return text
+
+    convert.__name__ = number.__name__  # argparse names it in "invalid int value"
+    return convert
+
+
+def _add_setting(g: Any, flag: str) -> None:
+    """``--FLAG`` of an explainer setting, generated from ExplainerConfig."""
+    setting = EXPLAINER_FLAGS[flag]
+    name = "--" + flag.replace("_", "-")
+    if setting.kind is bool:
+        kwargs: dict[str, Any] = {"action": argparse.BooleanOptionalAction}
+    else:
+        kinds = setting.kind if isinstance(setting.kind, tuple) else (setting.kind,)
+        number = next((k for k in kinds if k in (int, float)), None)
+        kwargs = {} if number is None else {"type": _number_or_word(number, str in kinds)}
+        if flag.endswith("_dir"):
+            kwargs["metavar"] = "DIR"
+    help_text = setting_help(flag).replace("%", "%%")  # argparse formats help with %
+    g.add_argument(name, default=_S, help=help_text, **kwargs)
+
+
+def fit_flags(p: argparse.ArgumentParser) -> None:
+    """The explainer's flags that `fit` and `atlas` take (every one, generated)."""
+    for flag in FIT_SETTINGS:
+        _add_setting(p, flag)
+    p.add_argument(
+        "--stability", action=argparse.BooleanOptionalAction, default=_S,
+        help="compute C-Stab: refit on 5 folds of the images (5 more fits; needs at least 5 "
+        "images) (default: off, shown as n/a)",
+    )  # fmt: skip
+
+
+def explainer_config(s: SimpleNamespace, **overrides: Any) -> ExplainerConfig:
+    """The explainer settings of resolved command-line settings (flags over config over
+    defaults), ``overrides`` last."""
+    values = {name: getattr(s, setting.flag) for name, setting in SETTINGS.items() if setting.flag}
+    return ExplainerConfig(**{**values, **overrides})
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("common options")
     g.add_argument("--config", metavar="FILE", default=_S, help="TOML file of settings")
-    g.add_argument("--device", default=_S, help="cpu, cuda[:i] or auto (default: cpu)")
-    g.add_argument(
-        "--seed",
-        type=int,
-        default=_S,
-        help=f"random_state of every random step ({_default('seed')})",
-    )
+    for flag in COMMON_SETTINGS:
+        _add_setting(g, flag)
     g.add_argument("--json", action="store_true", default=_S, help="results as JSON on stdout")
-    g.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=_S,
-        help="progress bars on stderr (default: on)",
-    )  # fmt: skip
     g.add_argument(
         "-q", "--quiet", action="store_true", default=_S,
         help="no progress, messages or warnings on stderr (errors still print)",

@@ -46,12 +46,9 @@ except ModuleNotFoundError:  # pragma: no cover
 
 from face_concepts.cli.common import (
     _S,
-    BATCH_HELP,
     COMMANDS,
     DERIVED,
     EVALUATIONS,
-    KL_HELP,
-    MAX_ITER_HELP,
     METHOD_NAMES,
     MINIMUM,
     OPTIONS,
@@ -60,7 +57,6 @@ from face_concepts.cli.common import (
     RANDOM_WEIGHTS,
     RUN_FILES,
     SIGNED_CHOICES,
-    TOL_HELP,
     UsageError,
     _common,
     _default,
@@ -70,6 +66,8 @@ from face_concepts.cli.common import (
     _Parser,
     _require,
     _say,
+    explainer_config,
+    fit_flags,
 )
 
 
@@ -107,30 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="class to explain: its index (285) or its name in the model's categories (tabby, "
         "'Egyptian cat') (required)",
     )  # fmt: skip
-    p.add_argument(
-        "--method", default=_S,
-        help=f"face, face-paper, nmf, craft or ice ({_default('method')})",
-    )  # fmt: skip
-    p.add_argument("--n-concepts", type=int, default=_S, help="number of concepts (default: 10)")
-    p.add_argument("--kl-weight", type=float, default=_S, help=KL_HELP)
-    p.add_argument(
-        "--patch-size", type=int, default=_S, help=f"crop size in pixels ({_default('patch_size')})"
-    )
-    p.add_argument(
-        "--n-designs", type=int, default=_S, help=f"Sobol designs ({_default('n_designs')})"
-    )
-    p.add_argument("--batch-size", type=int, default=_S, help=BATCH_HELP)
-    p.add_argument("--max-iter", type=int, default=_S, help=MAX_ITER_HELP)
-    p.add_argument("--tol", type=float, default=_S, help=TOL_HELP)
-    p.add_argument(
-        "--filter-correct", action=argparse.BooleanOptionalAction, default=_S,
-        help="keep only the images the model assigns to the class (default: off)",
-    )  # fmt: skip
-    p.add_argument(
-        "--stability", action=argparse.BooleanOptionalAction, default=_S,
-        help="compute C-Stab: refit on 5 folds of the images (5 more fits; needs at least 5 "
-        "images) (default: off, shown as n/a)",
-    )  # fmt: skip
+    fit_flags(p)  # every explainer setting, generated from ExplainerConfig; atlas takes them too
     p.add_argument("--out", metavar="DIR", default=_S, help="run directory to write (required)")
     p.add_argument(
         "--overwrite", action="store_true", default=_S,
@@ -264,7 +239,7 @@ def check_settings(s: SimpleNamespace) -> None:
     """Usage errors that the settings alone show: refused before any model or image is loaded."""
     for key, minimum in MINIMUM.items():
         value = getattr(s, key, None)
-        if value is None or isinstance(value, bool):
+        if value is None or isinstance(value, (bool, str)):  # a word (auto) is checked later
             continue
         if isinstance(value, float) and not math.isfinite(value):
             raise UsageError(f"{_flag(key)} must be a finite number, got {value}")
@@ -289,10 +264,15 @@ def resolve_settings(args: argparse.Namespace) -> SimpleNamespace:
     """Defaults, then the config file, then the flags given on the command line."""
     given = vars(args)
     settings = {k: default for k, (_, default) in OPTIONS.items()}
+    from_file = {}
     if "config" in given and args.command != "benchmark":
-        settings.update(read_config(given["config"], args.command))
+        from_file = read_config(given["config"], args.command)
+        settings.update(from_file)
     settings.update(given)
     settings.setdefault("debug", False)
+    # what the user set (a flag or a config key), as opposed to a default: the demo keeps its
+    # own defaults for what it is not told
+    settings["explicit"] = frozenset(from_file) | frozenset(given)
     if settings["quiet"]:
         settings["progress"] = False
     resolved = SimpleNamespace(**settings)
@@ -416,26 +396,10 @@ def resolve_class(value: int | str, split: Any, model: str) -> int:
     )
 
 
-def _fit_metrics(explainer: Any, s: SimpleNamespace) -> dict[str, Any]:
-    """The fit's metrics, with C-Stab when ``--stability`` asks for it and the images allow."""
-    stability = bool(s.stability)
-    n_folds = 5
-    if stability and explainer.n_images_ < n_folds:
-        warnings.warn(
-            f"C-Stab not computed: it refits on {n_folds} folds of the images and needs at least "
-            f"{n_folds} images, got {explainer.n_images_}",
-            UserWarning,
-            stacklevel=2,
-        )
-        stability = False
-    if stability:
-        _say(s, f"computing C-Stab: {n_folds} refits on folds of the images ...")
-    return explainer.evaluate(stability=stability).to_dict()
-
-
 def cmd_fit(s: SimpleNamespace) -> int:
     from face_concepts.models import load_model
     from face_concepts.pipeline.explainer import ConceptExplainer
+    from face_concepts.pipeline.jobs import fit_evaluate_save
     from face_concepts.report.figures import write_fit_figures
     from face_concepts.report.runs import write_sidecar
 
@@ -448,21 +412,19 @@ def cmd_fit(s: SimpleNamespace) -> int:
     _say(s, f"loading model {s.model} ...")
     split = load_model(s.model, s.weights, device=s.device, layer=s.layer, signed=s.signed)
     class_id = resolve_class(s.class_id, split, s.model)
-    explainer = ConceptExplainer(
-        split, s.method, n_concepts=10 if s.n_concepts is None else s.n_concepts,
-        kl_weight=s.kl_weight, patch_size=s.patch_size, n_designs=s.n_designs,
-        batch_size=s.batch_size, filter_correct=s.filter_correct, max_iter=s.max_iter, tol=s.tol,
-        random_state=s.seed, device=s.device, progress=s.progress, verbose=s.progress,
-    )  # fmt: skip
+    config = explainer_config(s, verbose=s.progress)  # the solver's progress unless -q
+    explainer = ConceptExplainer.from_config(split, config)
     named = f" ({s.class_id})" if isinstance(s.class_id, str) else ""
-    _say(s, f"fitting {explainer.n_concepts} {s.method} concepts of class {class_id}{named} ...")
-    explainer.fit(images, class_id)
-    metrics = {"fit": _fit_metrics(explainer, s)}
-    if heldout is not None:
-        metrics["heldout"] = explainer.evaluate(heldout).to_dict()
-    explainer.save(out, metrics=metrics)
+    _say(s, f"fitting {config.n_concepts} {s.method} concepts of class {class_id}{named} ...")
+    result = fit_evaluate_save(
+        explainer, images, class_id, heldout=heldout, stability=bool(s.stability), out=out,
+        say=lambda message: _say(s, message),
+    )  # fmt: skip
+    metrics = result.metrics
     _remove_stale(stale)  # only now: a failed fit or save leaves the old run whole
     record = {k: getattr(s, k) for k in OPTIONS if k not in ("json", "progress", "quiet")}
+    if record["cache_dir"] is None:  # recorded only when used: earlier records stay the same
+        del record["cache_dir"]
     record.update(images=images, heldout=heldout, out=str(out.resolve()), command="fit")
     record["class_id"] = class_id
     if s.weights and s.weights != RANDOM_WEIGHTS:
@@ -616,7 +578,9 @@ def cmd_demo(s: SimpleNamespace) -> int:
         raise RuntimeError("the demo is not installed in this version") from None
     run_demo = demo.run_demo
     out = Path(s.out or "face-concepts-demo")
-    kwargs = {"progress": s.progress, "seed": s.seed, "quick": s.quick, "n_concepts": s.n_concepts}
+    kwargs = {"progress": s.progress, "seed": s.seed, "quick": s.quick}
+    if "n_concepts" in s.explicit:  # else the demo's own default (8 concepts per class)
+        kwargs["n_concepts"] = s.n_concepts
     accepted = inspect.signature(run_demo).parameters
     if s.quick and "quick" not in accepted:
         _say(s, "--quick is not supported by this version of the demo; running the full demo")

@@ -361,20 +361,26 @@ def _task_config(settings: ExplainerConfig | Mapping[str, Any]) -> ExplainerConf
 
 
 def fit_class(
-    job: ClassJob, *, split: Any, settings: ExplainerConfig | Mapping[str, Any]
+    job: ClassJob,
+    *,
+    split: Any,
+    settings: ExplainerConfig | Mapping[str, Any],
+    stability: bool = False,
 ) -> dict[str, Any]:
     """Task of per-class mode: fit, importance, metrics of one class; its run as bytes.
 
     ``settings``: an :class:`~face_concepts.pipeline.config.ExplainerConfig` or a dict of its
-    settings. Returns a summary with ``"run"`` (folder name), ``"files"``
-    (``{relative path: bytes}``) and the metrics.
+    settings; ``stability``: C-Stab in the fit's metrics. Returns a summary with ``"run"``
+    (folder name), ``"files"`` (``{relative path: bytes}``) and the metrics.
     """
     from face_concepts.pipeline.jobs import fit_evaluate_save
 
     config = _task_config(settings)
     ex = ConceptExplainer.from_config(_on_device(split, config.device), config)
     result, files = _run_files(
-        lambda d: fit_evaluate_save(ex, job.images, job.class_id, heldout=job.heldout, out=d)
+        lambda d: fit_evaluate_save(
+            ex, job.images, job.class_id, heldout=job.heldout, stability=stability, out=d
+        )
     )
     info = ex.fit_info_
     return {
@@ -386,7 +392,11 @@ def fit_class(
 
 
 def fit_shared(
-    jobs: Sequence[ClassJob], *, split: Any, settings: ExplainerConfig | Mapping[str, Any]
+    jobs: Sequence[ClassJob],
+    *,
+    split: Any,
+    settings: ExplainerConfig | Mapping[str, Any],
+    stability: bool = False,
 ) -> dict[str, Any]:
     """Task of shared mode: one bank for all ``jobs``; per-class importance and metrics."""
     from face_concepts.pipeline.jobs import fit_evaluate_save
@@ -396,7 +406,7 @@ def fit_shared(
     images = {j.class_id: j.images for j in jobs}
     heldout = {j.class_id: j.heldout for j in jobs if j.heldout is not None}
     result, files = _run_files(
-        lambda d: fit_evaluate_save(shared, images, heldout=heldout, out=d)
+        lambda d: fit_evaluate_save(shared, images, heldout=heldout, stability=stability, out=d)
     )
     metrics, info = result.metrics, shared.fit_info_
     classes = [
@@ -424,13 +434,15 @@ def fit_classes(
     *,
     settings: ExplainerConfig | Mapping[str, Any],
     shared: bool = False,
+    stability: bool = False,
     executor: Any = None,
     on_done: Callable[[int, Any], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Fit many classes through ``executor`` and write their runs under ``out``.
 
     Per-class mode writes ``out/<id>_<name>/`` per class (one task each); shared mode writes
-    ``out/shared/`` (one task). Returns one summary per class (per-class mode) or one for the
+    ``out/shared/`` (one task). ``stability`` adds C-Stab to each class's fit metrics (per-class
+    mode; a shared bank warns that it has none). Returns one summary per class (per-class mode) or one for the
     shared bank, with ``run_dir`` set and the file bytes dropped.
 
     Examples
@@ -448,7 +460,7 @@ def fit_classes(
         raise ValueError(f"class ids must be distinct, got {ids}")
     config = ExplainerConfig.coerce(settings)  # a typo fails here, before any work
     executor = executor if executor is not None else LocalExecutor()
-    common = {"split": split, "settings": config}
+    common = {"split": split, "settings": config, "stability": bool(stability)}
     if shared:
         results = executor.map(fit_shared, [jobs], shared=common, on_done=on_done)
     else:

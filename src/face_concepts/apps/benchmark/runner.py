@@ -54,6 +54,7 @@ from face_concepts.apps.benchmark.report import (  # noqa: F401  (re-exported: t
     write_outputs,
 )
 from face_concepts.methods.registry import get_method
+from face_concepts.pipeline.config import ExplainerConfig
 
 try:  # Python ≥ 3.11; older ones read config files when tomli is installed
     import tomllib
@@ -150,7 +151,19 @@ def load_config(config: str | Path | dict[str, Any] | None) -> dict[str, Any]:
         cfg["dataset_root"] = str(cfg["dataset_root"])
     if not isinstance(cfg["stability"], bool):
         raise ValueError(f"stability must be true or false, got {cfg['stability']!r}")
+    for method in cfg["methods"]:  # every explainer setting checked as the cells will use it
+        cell_config(cfg, {"method": method, "kl_weight": cfg["kl_weight"], "seed": 0})
     return cfg
+
+
+def cell_config(cfg: dict[str, Any], cell: dict[str, Any]) -> ExplainerConfig:
+    """The explainer settings of one cell: the cell's method, λ, r and seed, the config's rest."""
+    return ExplainerConfig(
+        method=cell["method"], n_concepts=int(cell.get("n_concepts", cfg["n_concepts"])),
+        kl_weight=cell["kl_weight"], patch_size=cfg["patch_size"],
+        encoder_kl_weight=cfg["encoder_kl_weight"], n_designs=cfg["n_designs"],
+        max_iter=cfg["max_iter"], random_state=cell["seed"], progress=False,
+    )  # fmt: skip
 
 
 def _cells(cfg: dict[str, Any], model: str, classes: list[int]) -> list[dict[str, Any]]:
@@ -209,23 +222,20 @@ def run_cell(split: Any, cell: dict[str, Any], source: Any, cfg: dict[str, Any])
     ``heldout(n, seed)`` batches and ``n_available`` (source photos or training images).
     """
     from face_concepts.pipeline.explainer import ConceptExplainer
+    from face_concepts.pipeline.jobs import fit_evaluate_save
 
     seed = cell["seed"]
     r = int(cell.get("n_concepts", cfg["n_concepts"]))
     fit_x, held_x = source.fit(cfg["n_views"], seed), source.heldout(cfg["n_heldout"], seed)
-    ex = ConceptExplainer(
-        split, cell["method"], n_concepts=r, kl_weight=cell["kl_weight"],
-        patch_size=cfg["patch_size"], encoder_kl_weight=cfg["encoder_kl_weight"],
-        n_designs=cfg["n_designs"], max_iter=cfg["max_iter"], random_state=seed, progress=False,
-    )  # fmt: skip
-    t0 = time.perf_counter()
+    ex = ConceptExplainer.from_config(split, cell_config(cfg, cell))
     with warnings.catch_warnings():
         # A capped budget may stop before tol; n_iter and "converged" are recorded instead.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        ex.fit(fit_x, class_id=cell["class_id"])
-    fit_seconds = time.perf_counter() - t0
-    rep_fit = ex.evaluate(stability=cfg["stability"]).to_dict()
-    rep_held = ex.evaluate(held_x).to_dict()
+        result = fit_evaluate_save(
+            ex, fit_x, cell["class_id"], heldout=held_x, stability=cfg["stability"]
+        )
+    fit_seconds = result.fit_seconds
+    rep_fit, rep_held = result.metrics["fit"], result.metrics["heldout"]
     rep_held["stability"] = rep_fit["stability"]  # a property of the bank, not of the images
     info = ex.fit_info_
     return {
