@@ -109,6 +109,7 @@ def run_demo(
             "no bundled photo is recognised by the model; are foolbox/scikit-image installed?"
         )
     summary: dict[str, Any] = {"model": split.description(), "classes": [], "out_dir": str(out)}
+    assert split.categories is not None  # the bundled models name their classes
     for cid, photos in classes:
         name = split.categories[cid]
         _log(

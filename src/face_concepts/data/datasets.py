@@ -180,6 +180,7 @@ def load_coco_records(
     if not crops:
         return load_images(paths, strict=strict)
     min_side = check_int(min_side, "min_side", minimum=1)
+    out_paths: list[str | None]
     images, out_paths, skipped = [], [], []
     for path, (_, boxes) in zip(paths, records):
         try:

@@ -156,7 +156,7 @@ def factorize(
         n_components=n_concepts,
         random_state=random_state if isinstance(random_state, int) else None,
     )
-    U, converged = _fit_sklearn(sk, A64)
+    U_np, converged = _fit_sklearn(sk, A64)
     W = torch.from_numpy(np.ascontiguousarray(sk.components_)).to(A.dtype)
     info = {
         "n_iter": int(sk.n_iter_),
@@ -165,7 +165,7 @@ def factorize(
         "history": None,
         "bank": bank,
     }
-    return torch.from_numpy(U).to(A.dtype), W, info
+    return torch.from_numpy(U_np).to(A.dtype), W, info
 
 
 def _fit_sklearn(sk: Any, A: np.ndarray) -> tuple[np.ndarray, bool]:

@@ -26,7 +26,7 @@ import socket
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import torch
@@ -39,6 +39,7 @@ from face_concepts.models.base import ModelSplit
 from face_concepts.models.split import split_model
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=nn.Module)  # load_state_dict_file returns the module it was given
 
 __all__ = [
     "RANDOM_WEIGHTS",
@@ -178,7 +179,7 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def load_state_dict_file(model: nn.Module, weights: str | os.PathLike[str]) -> nn.Module:
+def load_state_dict_file(model: M, weights: str | os.PathLike[str]) -> M:
     """Load a state-dict file into ``model`` safely, with a clear message on any mismatch.
 
     Examples

@@ -115,7 +115,7 @@ def _concepts(tensors: dict[str, torch.Tensor]) -> list[ConceptView]:
         view = ConceptView(
             index=int(c), rank=rank, importance=float(imp[c]), importance_share=share
         )
-        if k:
+        if k and crops is not None:
             view.crops = [image_jpeg(x, size=CROP_DISPLAY) for x in crops[c * k : (c + 1) * k]]
         views.append(view)
     return views
@@ -217,8 +217,8 @@ def _add_heatmaps(
     codes = explainer.transform(x)  # (N, r)
     unit = split.preprocess.denormalize(x)
     for c in view.concepts:
-        best = torch.argsort(codes[:, c.index], descending=True, stable=True)[:n_examples]
-        best = [int(i) for i in best if codes[i, c.index] > 0]  # an image without it shows nothing
+        ranked = torch.argsort(codes[:, c.index], descending=True, stable=True)[:n_examples]
+        best = [int(i) for i in ranked if codes[i, c.index] > 0]  # an image without it shows nothing
         if not best:
             continue
         vmax = float(maps[best, c.index].max())

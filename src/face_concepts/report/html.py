@@ -169,6 +169,7 @@ def _crop_class(c: Any, i: int) -> str:
 
 def _config_block(view: RunView) -> str:
     meta = view.metadata
+    keep: tuple[str, ...]
     keep = ("model", "class_id", "class_name", "config", "fit", "patch_settings", "n_images")
     keep += ("classes",) if view.shared else ()
     record = {k: meta[k] for k in keep if k in meta}
@@ -275,7 +276,7 @@ def _comparisons(views: list[RunView]) -> str:
     for cid, group in by_class.items():
         if len({v.method for v in group}) < 2:
             continue
-        results = {f"{v.method} ({v.name})": v.curves for v in group}
+        results = {f"{v.method} ({v.name})": v.curves for v in group if v.curves is not None}
         fig = viz.curves(results, class_name=group[0].class_name)
         splits = ", ".join(sorted({v.curves_split for v in group}))
         out.append(

@@ -89,7 +89,7 @@ def _class_curves(view: RunView) -> None:
         metrics = c.get("metrics") or {}
         split = next((s for s in ("heldout", "fit") if s in metrics), None)
         m = metrics.get(split) or {}
-        if m.get("deletion_curve") and m.get("insertion_curve"):
+        if split is not None and m.get("deletion_curve") and m.get("insertion_curve"):
             curves[class_label(c)] = (list(m["deletion_curve"]), list(m["insertion_curve"]))
             splits.add(split)
     if curves:

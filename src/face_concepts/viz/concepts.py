@@ -162,7 +162,8 @@ def heatmap_overlay(
     img = as_unit_images(image, "image", preprocess)
     if img.ndim != 3:
         raise ValueError(f"image must have shape (3, H, W), got {tuple(img.shape)}")
-    m = _resize_maps(as_float_tensor(maps, "maps", ndim=3).cpu(), tuple(img.shape[-2:]))
+    size = (int(img.shape[-2]), int(img.shape[-1]))
+    m = _resize_maps(as_float_tensor(maps, "maps", ndim=3).cpu(), size)
     imp = None if importance is None else as_vector(importance, "importance")
     if imp is not None and imp.shape[0] != m.shape[0]:
         raise ValueError(

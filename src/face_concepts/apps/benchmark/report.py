@@ -291,7 +291,9 @@ def write_outputs(records: list[dict[str, Any]], cfg: dict[str, Any], out: Path)
     writer.writerows(rows)
     atomic_write_bytes(out / "results.csv", buf.getvalue().encode("utf-8"))
     md = [f"# Benchmark `{cfg['name']}`", "", *_header_lines(cfg, records)]
-    figures, recommended, recommended_rank, paired = [], {}, {}, {}
+    recommended: dict[str, float | None] = {}
+    recommended_rank: dict[str, float | None] = {}
+    figures, paired = [], {}
     for model in cfg["models"]:
         lams = {r["method"]: r["kl_weight"] for r in records if r["model"] == model and "main" in r["groups"]}  # fmt: skip
         for split_name, title in (("fit", "fitting views"), ("heldout", "held-out views")):
