@@ -201,3 +201,16 @@ def test_methods_that_fix_lambda_ignore_auto() -> None:
         warnings.simplefilter("ignore")
         ex.fit(x, class_id=0)
     assert "auto_kl_weight" not in ex.fit_info_ and ex.effective_kl_weight == 0.0
+
+
+def test_signed_rows_get_the_signed_bank_as_in_factorize() -> None:
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(40, 6, generator=g, dtype=torch.float64)  # a signed layer
+    head = nn.Linear(6, 3).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", al.AutoKLWeightWarning)
+        U, W, info = al.fit_auto_kl_weight(
+            A, torch.arange(40), A, head, n_concepts=3, grid=(0.0, 1.0)
+        )
+    assert bool((U >= 0).all()) and bool((W < 0).any())  # codes ≥ 0, signed concepts
+    assert info["bank"] == "signed"

@@ -160,10 +160,15 @@ def fit_auto_kl_weight(
     fit_rows = rows[fit_rows_mask]
     A_held = A_img[torch.as_tensor(held_idx)]
 
+    # Signed rows (a layer kept signed) get the signed concept bank, as in
+    # face_concepts.methods.registry.factorize.
+    bank = "signed" if bool((rows < 0).any()) else "nonnegative"
+
     def estimator(lam: float, warm: bool, stop: float | None) -> FACE:
         return FACE(
             head, n_concepts, kl_weight=lam, solver=solver, max_iter=max_iter, tol=stop,
             init="custom" if warm else "auto", random_state=random_state, verbose=verbose,
+            bank=bank,
         )  # fmt: skip
 
     # Screening fits: the looser of SEARCH_TOL and the user's tol; their convergence is recorded
@@ -236,6 +241,7 @@ def fit_auto_kl_weight(
         "converged": est.converged_,
         "solver": est.solver_,
         "history": est.loss_history_,
+        "bank": bank,
         "auto_kl_weight": record,
     }
     return U, est.concept_bank_, info
