@@ -6,7 +6,7 @@ token, 3 blocks of width 64, the classifier on the class token). ``split_model``
 (``face_concepts.models.vit``: the map's spatial mean is the class token). Data: the Debian
 package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``) or ``--root``. No ViT
 weights are available offline, hence this recipe; it follows ``train_fashion_mnist.py`` (same
-training loop, input tensors, record and checkpoint conventions), with its own defaults: 2 epochs
+training loop, input tensors, record and checkpoint conventions), with its own defaults: 4 epochs
 over the 60,000 training images, one thread, a few minutes.
 
 Usage::
@@ -42,16 +42,17 @@ from face_concepts.data.idx import fashion_mnist
 from train_fashion_mnist import _portable, evaluate, sha256_file, train
 from train_fashion_mnist import build_parser as cnn_parser
 
-# The recipe's promise (measured 2026-12-04: see benchmarks/results/fashion_mnist_vit.json);
-# the script exits 1 below it.
-MIN_TEST_ACCURACY = 0.80
+# The recipe's promise; the script exits 1 below it. Measured 2026-12-04 with the defaults
+# (benchmarks/results/fashion_mnist_vit.json): test accuracy 0.8714, 131.5 s of CPU on one
+# thread (892 s of wall time on a machine with load average 8.5, under nice -n 5).
+MIN_TEST_ACCURACY = 0.85
 
 
 def build_parser():
     """The CNN recipe's command line with this recipe's checkpoint and defaults."""
     parser = cnn_parser()
     parser.description = __doc__.splitlines()[0]
-    parser.set_defaults(out=str(FASHION_MNIST_VIT_CHECKPOINT), epochs=2, lr=2e-3)
+    parser.set_defaults(out=str(FASHION_MNIST_VIT_CHECKPOINT), epochs=4, lr=2e-3)
     parser.add_argument(
         "--n-train", type=int, default=None, help="first N training images only (default: all)"
     )

@@ -7,6 +7,10 @@ Token activations are signed: until the signed concept bank is the default, fits
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+
 import pytest
 import timm.models.deit as timm_deit  # timm is in requirements-dev.txt
 import timm.models.swin_transformer as timm_swin
@@ -15,6 +19,8 @@ import torch
 import torchvision
 from torch import nn
 
+from face_concepts.apps.benchmark import sources
+from face_concepts.data.idx import fashion_mnist
 from face_concepts.data.patches import resize_patches
 from face_concepts.models import ModelSplit, split_model
 
@@ -111,6 +117,7 @@ def test_torchvision_vit_map_has_the_class_token_as_its_mean(tol):
         torch.testing.assert_close(model.heads(cls), model(x), atol=tol["split_logits"], rtol=0)
 
 
+@pytest.mark.slow  # 86 M parameters to initialise: ~10 s
 def test_torchvision_vit_b_16_other_sizes_split_exactly(tol):
     model = _seeded(lambda: torchvision.models.vit_b_16(image_size=64))
     split = split_model(model, signed="posneg")
@@ -177,7 +184,7 @@ def test_timm_deit_distilled_averages_both_heads(tol):
     _check_exact(split, model, x, tol["split_logits"])
 
 
-def test_swin_splits_exactly(tol):
+def test_timm_swin_splits_exactly(tol):
     timm_model = _seeded(
         lambda: timm_swin.SwinTransformer(
             img_size=SIDE, patch_size=4, window_size=4, embed_dim=16, depths=(1, 1),
@@ -192,6 +199,9 @@ def test_swin_splits_exactly(tol):
     assert fmap.shape == (3, 2 * 32, 4, 4)
     torch.testing.assert_close(split.features.features(x), nhwc.permute(0, 3, 1, 2))
 
+
+@pytest.mark.slow  # 28 M parameters
+def test_torchvision_swin_t_splits_exactly(tol):
     tv_model = _seeded(torchvision.models.swin_t)
     split = split_model(tv_model, signed="posneg", input_size=64)
     assert split.layer == "norm" and split.is_affine and split.n_features == 2 * 768
@@ -209,6 +219,25 @@ def test_pools_that_are_no_mean_nor_token_are_refused_in_one_line(kwargs, match)
     with pytest.raises(TypeError, match=match) as err:
         split_model(_timm(**kwargs), signed="posneg")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("spec", "p", "grid"),
+    [
+        ("timm:vit_tiny_patch16_224", 192, 14),
+        ("timm:deit_tiny_distilled_patch16_224", 2 * 192, 14),
+        ("timm:swin_tiny_patch4_window7_224", 768, 7),
+    ],
+)
+def test_timm_architectures_load_and_split_exactly(spec, p, grid, tol):
+    """The real timm architectures (untrained, seeded: no download) through load_model."""
+    from face_concepts.models import load_model
+
+    split = load_model(spec, weights="random", signed="posneg")
+    assert split.n_features == 2 * p and split.is_affine and split.preprocess.crop_size == 224
+    fmap = _check_exact(split, split.model, _x(1, 224), tol["split_logits"])
+    assert fmap.shape[2:] == (grid, grid)
 
 
 # --------------------------------------------------------------------------- token maps
@@ -297,3 +326,66 @@ def test_concept_explainer_runs_end_to_end_on_a_tiny_vit(vit_split, tmp_path, mo
     patch_load_model(monkeypatch, vit_split)
     html = build_report(run, tmp_path / "atlas.html")
     assert html.is_file() and "test:tiny_vit" in html.read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- real weights
+REPO = Path(__file__).resolve().parents[2]
+VIT_RECORD = REPO / "benchmarks" / "results" / "fashion_mnist_vit.json"
+
+
+def _vit_recipe():
+    """benchmarks/train_vit_fashion_mnist.py as a module (benchmarks/ is not a package)."""
+    path = REPO / "benchmarks" / "train_vit_fashion_mnist.py"
+    spec = importlib.util.spec_from_file_location("_train_vit_fashion_mnist", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not Path(sources.FASHION_MNIST_ROOT).is_dir(),
+    reason="dataset-fashion-mnist not installed: apt-get install -y dataset-fashion-mnist (as root; .ci/run does it)",
+)
+def test_trained_fashion_mnist_vit_explains_real_images(tmp_path):
+    """The recipe's checkpoint where this machine has it (its recorded hash and accuracy are
+    checked), else the same recipe on 6,000 training images for two epochs (about 15 s of CPU)."""
+    recipe = _vit_recipe()
+    record = json.loads(VIT_RECORD.read_text(encoding="utf-8"))
+    ckpt = sources.FASHION_MNIST_VIT_CHECKPOINT
+    x_te, y_te = fashion_mnist(sources.FASHION_MNIST_ROOT, "test")
+    if ckpt.is_file() and recipe.sha256_file(ckpt) == record["sha256"]:
+        n_test, expected = len(y_te), record["test_accuracy"]  # the recorded number, all 10,000
+    else:
+        ckpt = tmp_path / "vit.pt"
+        args = ["--out", str(ckpt), "--n-train", "6000", "--epochs", "2", "--force"]
+        assert recipe.main(args) in (0, 1)  # 1: below the full recipe's promise, as expected
+        n_test, expected = 2000, None
+    split = sources.load_benchmark_model(f"fashion_mnist_vit:{ckpt}")
+    assert split.layer == "encoder.ln" and split.probe_size == 28 and split.is_affine
+    x = sources.fashion_mnist_tensor(x_te[:n_test])
+    y = torch.as_tensor(y_te[:n_test]).long()
+    with torch.no_grad():
+        ours = torch.cat([split(b) for b in x.split(1000)])  # head(pool(features(x)))
+        ref = torch.cat([split.model(b) for b in x.split(1000)])
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)  # exact on real images too
+    acc = float((ours.argmax(1) == y).float().mean())
+    if expected is not None:
+        assert abs(acc - expected) <= 1e-4
+    else:
+        assert acc >= 0.5, acc  # 10 classes: chance is 0.1
+
+    from face_concepts import ConceptExplainer
+
+    boots = sources.fashion_mnist_tensor(x_te[y_te == 9][:40])
+    with torch.no_grad():
+        boots = boots[split(boots).argmax(1) == 9]
+    assert boots.shape[0] >= 12
+    ex = ConceptExplainer(
+        split, n_concepts=4, patch_size=16, stride=12, max_iter=100, n_designs=8, progress=False
+    )
+    ex.fit(boots[:-6], class_id=9)
+    report = ex.evaluate(boots[-6:]).to_dict()
+    assert report["agreement"] >= 0.8, report  # the reconstruction keeps the prediction
+    maps = ex.concept_maps(boots[-2:])
+    assert maps.shape[:2] == (2, 4) and torch.isfinite(maps).all()

@@ -175,7 +175,7 @@ def load_benchmark_model(spec: str) -> Any:
         if not ckpt.is_file():
             raise FileNotFoundError(
                 f"model {spec!r}: checkpoint {str(ckpt)!r} not found; train it with "
-                "`python benchmarks/train_vit_fashion_mnist.py` (about 4 minutes on 1 CPU core)"
+                "`python benchmarks/train_vit_fashion_mnist.py` (about 2 CPU minutes on 1 thread)"
             )
         from face_concepts.models.zoo import load_state_dict_file
 
