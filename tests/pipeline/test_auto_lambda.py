@@ -214,3 +214,26 @@ def test_signed_rows_get_the_signed_bank_as_in_factorize() -> None:
         )
     assert bool((U >= 0).all()) and bool((W < 0).any())  # codes ≥ 0, signed concepts
     assert info["bank"] == "signed"
+
+
+def test_cli_fit_kl_weight_auto_saves_the_search(tmp_path, monkeypatch, capsys) -> None:
+    import json
+
+    from _tiny import patch_load_model, write_png_folder
+    from face_concepts.cli.main import main
+
+    patch_load_model(monkeypatch, tiny_split("test:auto-cli"))
+    images = write_png_folder(tmp_path / "imgs", n=10)
+    base = ["fit", "--model", "test:auto-cli", "--images", str(images), "--class-id", "0"]
+    argv = [*base, "--n-concepts", "3", "--patch-size", "8", "--kl-weight", "auto"]
+    argv += ["--target-agreement", "0.95", "--out", str(tmp_path / "run"), "-q", "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    meta = json.loads((tmp_path / "run" / "bank.json").read_text())["metadata"]
+    rec = meta["fit"]["auto_kl_weight"]
+    assert rec["target_agreement"] == 0.95 and meta["config"]["kl_weight"] == rec["chosen"]
+    assert 0.0 <= summary["metrics"]["fit"]["certified"] <= summary["metrics"]["fit"]["agreement"]
+    for bad, word in ((["--kl-weight", "autox"], "'auto' or a number"), (["--target-agreement", "1.5"], "between 0 and 1")):  # fmt: skip
+        code = main([*base, "--out", str(tmp_path / "bad"), "-q", *bad])
+        err = capsys.readouterr().err
+        assert code != 0 and word in err and len(err.strip().splitlines()) == 1
