@@ -23,7 +23,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from safetensors.torch import load as st_load
@@ -387,6 +387,54 @@ def _check_finite(out: torch.Tensor, split: Any) -> torch.Tensor:
             "broken (half precision is a common cause; run the model in float32)"
         )
     return out
+
+
+# The return type follows ``stream``: a tensor, or the cache entry's re-iterable source.
+@overload
+def extract_activations(
+    split: Any,
+    inputs: Inputs,
+    *,
+    batch_size: int = ...,
+    device: Any = ...,
+    progress: bool = ...,
+    spatial: bool = ...,
+    cache: ActivationCache | None = ...,
+    cache_key_extra: dict[str, Any] | None = ...,
+    data_hash: str | None = ...,
+    stream: Literal[False] = ...,
+    unit: str = ...,
+) -> torch.Tensor: ...
+@overload
+def extract_activations(
+    split: Any,
+    inputs: Inputs,
+    *,
+    batch_size: int = ...,
+    device: Any = ...,
+    progress: bool = ...,
+    spatial: bool = ...,
+    cache: ActivationCache | None = ...,
+    cache_key_extra: dict[str, Any] | None = ...,
+    data_hash: str | None = ...,
+    stream: Literal[True],
+    unit: str = ...,
+) -> CachedActivations: ...
+@overload
+def extract_activations(
+    split: Any,
+    inputs: Inputs,
+    *,
+    batch_size: int = ...,
+    device: Any = ...,
+    progress: bool = ...,
+    spatial: bool = ...,
+    cache: ActivationCache | None = ...,
+    cache_key_extra: dict[str, Any] | None = ...,
+    data_hash: str | None = ...,
+    stream: bool = ...,
+    unit: str = ...,
+) -> torch.Tensor | CachedActivations: ...
 
 
 def extract_activations(

@@ -194,6 +194,8 @@ class RestOfNetwork(nn.Module):
     with the number of rows beyond the output.
     """
 
+    block_input: torch.Tensor | None  # a buffer (registered in __init__)
+
     def __init__(
         self,
         rest: list[nn.Module],
@@ -240,6 +242,7 @@ class RestOfNetwork(nn.Module):
         return x
 
     def _through_block(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.block_input is not None  # set with block
         if self._broadcast:
             try:
                 out = self._run_block(x, self.block_input.clone())
@@ -261,6 +264,7 @@ class RestOfNetwork(nn.Module):
             state["done"] = True
             return x
 
+        assert self.block is not None and self.inner is not None  # _through_block's caller checks
         handle = self.block.get_submodule(self.inner).register_forward_hook(hook)
         try:
             out = self.block(inp)

@@ -208,6 +208,7 @@ def fit_auto_kl_weight(
         )
     # Refit on every row at the chosen λ, warm-started: the search's codes for its rows, the
     # single encoder's for the held-out images' rows.
+    assert chosen is not None  # reached, or the best point's λ
     U_fit, W_fit = factors[chosen]
     U0 = torch.zeros(rows.shape[0], n_concepts, dtype=U_fit.dtype, device=U_fit.device)
     U0[fit_rows_mask] = U_fit
@@ -274,6 +275,7 @@ def chosen_kl_weight(explainer: Any) -> float:
             "has chosen one yet (shared banks cannot: give them a number); fit first, or give "
             "a number for kl_weight"
         )
+    assert record is not None  # record_is_valid
     return float(record["chosen"])
 
 

@@ -275,7 +275,7 @@ def _check(f: dataclasses.Field, value: Any) -> Any:
         if value != "auto":
             raise ValueError(f"kl_weight must be 'auto' or a number >= 0, got {value!r}")
         return value
-    if name == "target_agreement" and isinstance(value, numbers.Real) and value > 1:
+    if name == "target_agreement" and isinstance(value, numbers.Real) and float(value) > 1:
         raise ValueError(f"target_agreement must be between 0 and 1, got {value}")
     if name == "encoder_kl_weight" and isinstance(value, str):
         if value != "fit":

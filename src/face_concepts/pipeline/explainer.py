@@ -7,7 +7,7 @@ figure sees comes from the single non-negative encoder (:func:`face_concepts.dec
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from sklearn.exceptions import ConvergenceWarning
@@ -29,7 +29,6 @@ from face_concepts.methods.registry import factorize, finite_difference_importan
 from face_concepts.metrics import MetricReport, compute_metrics, stability_folds
 from face_concepts.pipeline.config import DEFAULTS as _D
 from face_concepts.pipeline.config import ExplainerConfig, config_attributes
-
 
 N_TOP_CROPS = 8
 
@@ -87,6 +86,12 @@ class ConceptExplainer:
     >>> explainer = ConceptExplainer(load_model("bundled:mobilenet_v2"), n_concepts=10)  # doctest: +SKIP
     >>> explainer.fit("photos/cats", class_id=285).importance()  # doctest: +SKIP
     """
+
+    # The settings are properties added by @config_attributes, which mypy cannot see.
+    if TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any: ...
+        def __setattr__(self, name: str, value: Any) -> None: ...
 
     def __init__(
         self,
@@ -490,7 +495,7 @@ class ConceptExplainer:
             self.concept_bank_,
             self._head(),
             kl_weight=self.effective_encoder_kl_weight,
-            image_size=tuple(x.shape[-2:]),
+            image_size=(int(x.shape[-2]), int(x.shape[-1])),
         )
 
     def class_name(self) -> str | None:

@@ -65,8 +65,7 @@ def save_explainer(explainer: Any, path: Any, *, metrics: dict[str, Any] | None 
     if examples is not None and pre is not None:
         tensors["example_images"] = _to_uint8(pre.denormalize(examples))
     info = dict(explainer.fit_info_)
-    shown = getattr(explainer, "warnings_", None)
-    shown = [] if shown is None else shown
+    shown = getattr(explainer, "warnings_", None) or []
     with recording(shown):
         dead = _dead(explainer)
     approximation = getattr(split, "approximation", None)  # warned when the model was loaded
@@ -137,7 +136,7 @@ def _same(a: torch.Tensor, b: torch.Tensor | None) -> bool:
     return b is not None and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
 
 
-def load_explainer(cls: type, path: Any, split: Any = None) -> Any:
+def load_explainer(cls: Any, path: Any, split: Any = None) -> Any:
     from face_concepts.models import load_model
 
     bank = ConceptBank.load(path)

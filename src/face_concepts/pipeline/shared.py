@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -81,6 +81,12 @@ class SharedConceptExplainer:
     >>> shared.fit({0: images_a, 2: images_c}).importance().shape  # doctest: +SKIP
     torch.Size([2, 6])
     """
+
+    # The settings are properties added by @config_attributes, which mypy cannot see.
+    if TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any: ...
+        def __setattr__(self, name: str, value: Any) -> None: ...
 
     def __init__(
         self,
@@ -173,7 +179,7 @@ class SharedConceptExplainer:
             ex._adopt_fit(prepared[c], U_c, W, info)
         self.explainers_ = explainers
         self.classes_ = list(explainers)
-        self.loaded_run_ = None  # a fit replaces any run this was loaded from
+        self.loaded_run_: ConceptBank | None = None  # a fit replaces any run this was loaded from
         self.concept_bank_ = W.cpu()
         self.row_codes_ = U.cpu()
         self.row_class_ = torch.repeat_interleave(torch.tensor(self.classes_), torch.tensor(counts))
