@@ -217,8 +217,8 @@ def _add_heatmaps(
     codes = explainer.transform(x)  # (N, r)
     unit = split.preprocess.denormalize(x)
     for c in view.concepts:
-        ranked = torch.argsort(codes[:, c.index], descending=True, stable=True)[:n_examples]
-        best = [int(i) for i in ranked if codes[i, c.index] > 0]  # an image without it shows nothing
+        ids = torch.argsort(codes[:, c.index], descending=True, stable=True)[:n_examples]
+        best = [int(i) for i in ids if codes[i, c.index] > 0]  # an image without it shows nothing
         if not best:
             continue
         vmax = float(maps[best, c.index].max())
