@@ -7,8 +7,10 @@ Token activations are signed: until the signed concept bank is the default, fits
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -389,3 +391,33 @@ def test_trained_fashion_mnist_vit_explains_real_images(tmp_path):
     assert report["agreement"] >= 0.8, report  # the reconstruction keeps the prediction
     maps = ex.concept_maps(boots[-2:])
     assert maps.shape[:2] == (2, 4) and torch.isfinite(maps).all()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not Path(sources.FASHION_MNIST_ROOT).is_dir(),
+    reason="dataset-fashion-mnist not installed: apt-get install -y dataset-fashion-mnist (as root; .ci/run does it)",
+)
+def test_reproduction_setting_4_runs_every_method_on_the_vit(tmp_path):
+    """benchmarks/configs/fashion_mnist_vit.toml, shrunk (one class, 6 images, 10 iterations),
+    on an untrained seeded ViT of the recipe's architecture: FACE, CRAFT and ICE all run."""
+    from face_concepts.apps.benchmark import runner as bm
+
+    ckpt = tmp_path / "vit.pt"
+    torch.save(_seeded(sources.fashion_vit).state_dict(), ckpt)
+    cfg = bm.load_config(REPO / "benchmarks" / "configs" / "fashion_mnist_vit.toml")
+    assert cfg["models"] == [sources.FASHION_MNIST_VIT_SPEC]
+    cfg.update(
+        models=[f"{sources.FASHION_MNIST_VIT_SPEC}:{ckpt}"], classes=[9], seeds=[0],
+        methods=["face", "craft", "ice"], n_views=6, n_heldout=2, max_iter=10, n_designs=4,
+        n_concepts=2, stability=False, sweep_n_concepts=[], sweep_kl_weights=[],
+        out_dir=str(tmp_path / "bench"),
+    )  # fmt: skip
+    res = bm.run_benchmark(cfg, progress=False)
+    with open(res["csv"], newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["method"], r["split"]) for r in rows} == {
+        (m, s) for m in ("face", "craft", "ice") for s in ("fit", "heldout")
+    }
+    assert {r["class_name"] for r in rows} == {"Ankle boot"}
+    assert all(0.0 <= float(r["agreement"]) <= 1.0 and math.isfinite(float(r["kl"])) for r in rows)

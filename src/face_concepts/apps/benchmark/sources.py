@@ -148,12 +148,18 @@ def _fashion_preprocess() -> Preprocess:
 
 
 def fashion_vit_split(model: nn.Module, *, name: str = FASHION_MNIST_VIT_SPEC) -> Any:
-    """A verified :class:`~face_concepts.ModelSplit` of a :func:`fashion_vit` (in eval mode)."""
+    """A verified :class:`~face_concepts.ModelSplit` of a :func:`fashion_vit` (in eval mode).
+
+    Its tokens are signed; the benchmark splits them with ``signed="posneg"`` (exact:
+    ``[relu(f), relu(-f)]``, 128 features) so that CRAFT and ICE, whose scikit-learn NMF needs
+    non-negative activations, compare with FACE and NMF on the same activations.
+    """
     from face_concepts.models.split import split_model
 
     return split_model(
-        model.eval(), preprocess=_fashion_preprocess(), categories=FASHION_MNIST_CLASSES, name=name
-    )
+        model.eval(), preprocess=_fashion_preprocess(), categories=FASHION_MNIST_CLASSES,
+        name=name, signed="posneg",
+    )  # fmt: skip
 
 
 def load_benchmark_model(spec: str) -> Any:
