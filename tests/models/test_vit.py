@@ -330,6 +330,23 @@ def test_concept_explainer_runs_end_to_end_on_a_tiny_vit(vit_split, tmp_path, mo
     assert html.is_file() and "test:tiny_vit" in html.read_text(encoding="utf-8")
 
 
+def test_signed_tokens_get_the_signed_bank_by_default():
+    """No ``signed=`` argument: the token map stays signed and exact, FACE fits the signed bank."""
+    from face_concepts import ConceptExplainer
+    from face_concepts.data.preprocess import Preprocess
+
+    split = split_model(tiny_vit(), preprocess=Preprocess(resize_size=SIDE, crop_size=SIDE))
+    assert split.transform is None and split.n_features == 16 and split.exact
+    x, c = _class_images(split)
+    ex = ConceptExplainer(
+        split, n_concepts=3, patch_size=16, stride=8, max_iter=40, n_designs=8, progress=False
+    ).fit(x, class_id=c)
+    assert ex.concept_bank_.min() < 0  # signed concepts (directions)
+    assert ex.row_codes_.min() >= 0  # non-negative codes
+    maps = ex.concept_maps(x[:2])
+    assert maps.shape[:2] == (2, 3) and torch.isfinite(maps).all()
+
+
 # --------------------------------------------------------------------------- real weights
 REPO = Path(__file__).resolve().parents[2]
 VIT_RECORD = REPO / "benchmarks" / "results" / "fashion_mnist_vit.json"
