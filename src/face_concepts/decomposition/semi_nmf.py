@@ -42,6 +42,7 @@ from face_concepts.decomposition.solvers import (
     WARM_TOL,
     SolverResult,
     _Curvature,
+    _Extrapolation,
     _finish,
     _record,
     _stop_test,
@@ -93,6 +94,7 @@ def solve_semi_nmf(
     tol: float = 1e-5,
     max_inner: int = 10,
     warm_start: bool = False,
+    extrapolate: bool = True,
     callback: Callable[[int, Terms], None] | None = None,
 ) -> SolverResult:
     """Alternating U-block / signed W-block updates (module docstring); the stop rule of
@@ -107,13 +109,21 @@ def solve_semi_nmf(
             warnings.simplefilter("ignore", ConvergenceWarning)
             warm = solve_semi_nmf(plain, U, W, max_iter=WARM_MAX_ITER, tol=WARM_TOL)
         U, W, res.warm_iter = warm.U, warm.W, warm.n_iter
-    curv = _Curvature()
+    curv, ex = _Curvature(), _Extrapolation()
     with torch.no_grad():
         prev, Z = _terms_at(prob, U, W)
         _record(res.history, prev)
         for t in range(1, max_iter + 1):
+            U_old, W_old = U, W
             U, Z, f_u, UtA = _u_block(prob, U, W, Z, max_inner, prev.total, curv)
             W, Z, cur, _ = bank_step(prob, U, W, Z, f_u, UtA)
+            if extrapolate and t > 1:  # HALS-e's safeguarded step; W is not clamped
+                Ue, We = ex.propose(U, U_old), W + ex.beta * (W - W_old)
+                trial, Ze = _terms_at(prob, Ue, We)
+                accepted = trial.total < cur.total
+                if accepted:
+                    U, W, cur, Z = Ue, We, trial, Ze
+                ex.update(accepted)
             _record(res.history, cur)
             res.n_iter = t
             if callback is not None:
