@@ -190,6 +190,7 @@ class ModelSplit(nn.Module):
 
     def _compare(self, x: torch.Tensor, got: torch.Tensor, tol: float) -> float:
         """Check ``got`` (the split's logits on ``x``) against ``model(x)``; see :meth:`verify`."""
+        assert self.model is not None  # verify checks it
         with torch.inference_mode():
             ref = self.model(x)
         where = f"{self.name or type(self.model).__name__} at layer {self.layer!r}"

@@ -399,6 +399,8 @@ def _block_input(model: nn.Module, block: nn.Module, x: torch.Tensor) -> torch.T
 def _chain_matches(model: nn.Module, probe: torch.Tensor, tol: float) -> bool:
     """Whether :func:`_forward_chain` run in order reproduces ``model`` on ``probe``."""
     chain = _forward_chain(model)
+    if chain is None:
+        return False
     try:
         with torch.inference_mode():
             got, ref = nn.Sequential(*[m for _, m in chain])(probe), model(probe)
@@ -446,6 +448,7 @@ def _rest_of_network(
 
 def _signed_split(split: ModelSplit, signed: str | None, minimum: float) -> ModelSplit:
     if signed is None:
+        assert split.model is not None and split.layer is not None  # split_model sets both
         raise signed_layer_error(split.model, split.layer, minimum, split.probe())
     features: nn.Module
     head: nn.Module

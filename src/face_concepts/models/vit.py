@@ -270,7 +270,7 @@ def _timm_vit_parts(model: nn.Module) -> TransformerParts | None:
     patch = _pair(model.patch_embed.patch_size)
     tokens = TimmTokens(model)
     if isinstance(model, VisionTransformerDistilled):
-        head = DistilledHead(nn.Sequential(model.head_drop, model.head), model.head_dist)
+        head: nn.Module = DistilledHead(nn.Sequential(model.head_drop, model.head), model.head_dist)
         features = TokenMap(tokens, patch, n_prefix, "distilled", size)
         return TransformerParts(features, head, "norm", input_size)
     if pool == "token":
@@ -283,7 +283,7 @@ def _timm_vit_parts(model: nn.Module) -> TransformerParts | None:
     return TransformerParts(TokenMap(tokens, patch, n_prefix, read, size), head, "norm", input_size)
 
 
-def _timm_nhwc_parts(model: nn.Module) -> TransformerParts | None:
+def _timm_nhwc_parts(model: Any) -> TransformerParts | None:  # any model; timm's methods
     """timm models whose ``forward_features`` is an NHWC map (Swin, Swin V2, …)."""
     if getattr(model, "output_fmt", None) != "NHWC" or not hasattr(model, "forward_head"):
         return None
