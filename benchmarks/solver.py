@@ -147,6 +147,7 @@ def signed_section(
             f"{sg['warm']} + {sg['iterations']} | {sg['converged']} | {sg['objective']:.6g} | "
             f"{sg['kkt']:.2e} | {'**met**' if ratio <= SIGNED_TARGET else '**missed**'} |"
         )
+        log(rows[-1])
     frac = float((Ac < 0).double().mean())
     return [
         '## 5. The signed bank (`bank="signed"`): the same speed class as the non-negative fit',
