@@ -149,6 +149,7 @@ def test_torchvision_vit_with_a_pre_logits_layer_gets_a_non_affine_exact_head(to
         ({"global_pool": "avg", "fc_norm": False}, "patches", True),
         ({"global_pool": "avg", "class_token": False, "fc_norm": False}, "patches", True),
         ({"global_pool": "token", "reg_tokens": 2}, "token", True),
+        ({"global_pool": "avg", "pool_include_prefix": True, "fc_norm": False}, "all", True),
     ],
 )
 def test_timm_vit_heads_split_exactly(kwargs, read, affine, tol):
@@ -162,6 +163,8 @@ def test_timm_vit_heads_split_exactly(kwargs, read, affine, tol):
     patches = tokens[:, model.num_prefix_tokens :]
     if read == "patches":  # the model averages the patch tokens itself: the map is them
         expected = _grid(patches)
+    elif read == "all":  # the model averages every token, the class token included
+        expected = _grid(patches - patches.mean(1, keepdim=True) + tokens.mean(1, keepdim=True))
     else:
         expected = _grid(patches - patches.mean(1, keepdim=True) + tokens[:, :1])
     torch.testing.assert_close(fmap, expected, atol=1e-6, rtol=0)

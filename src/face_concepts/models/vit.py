@@ -40,6 +40,8 @@ rows — is resized to the model's input size first (bilinear, exactly as CRAFT 
   the patches by where the patch tokens differ. Codes at a position say which concepts the class
   token plus that patch's deviation holds; they are a spatial *reading* of the class token, not a
   causal attribution of it to patches (attention, not a mean, made the class token).
+* *Mean over all tokens* (timm ``pool_include_prefix=True``): position ``j`` is the mean of all
+  tokens plus patch ``j``'s deviation, so the spatial mean is what the model pools.
 * *DeiT distilled*: the logits are the mean of two linear heads on the class and distillation
   tokens; the map holds both re-centred tokens on ``2·D`` channels and the head is the averaged
   affine map ``[V_cls / 2, V_dist / 2]``.
@@ -60,7 +62,7 @@ from face_concepts.models.head import affine_parameters
 
 __all__ = ["TokenMap", "TransformerParts", "transformer_parts"]
 
-_READS = ("patches", "token", "distilled")
+_READS = ("patches", "token", "distilled", "all")
 
 
 class TransformerParts(NamedTuple):
@@ -111,7 +113,9 @@ class TokenMap(nn.Module):
     read : "patches", "token" or "distilled"
         ``"patches"``: the patch tokens as they are (mean-pool models). ``"token"``: position
         ``j`` is ``t_0 + (t_j − t̄)`` (mean ``t_0``, the class token). ``"distilled"``: the same
-        for ``t_0`` and ``t_1`` stacked on 2·D channels. See the module docstring.
+        for ``t_0`` and ``t_1`` stacked on 2·D channels. ``"all"``: the mean of all tokens
+        (prefix ones included) plus patch ``j``'s deviation (timm ``pool_include_prefix``).
+        See the module docstring.
     input_size : (int, int) or None
         The only input size the model accepts; other inputs are resized to it first.
     """
@@ -147,7 +151,11 @@ class TokenMap(nn.Module):
             )
         if self.read != "patches":
             deviation = patches - patches.mean(dim=1, keepdim=True)
-            readers = [t[:, :1]] if self.read == "token" else [t[:, :1], t[:, 1:2]]
+            readers = {
+                "token": [t[:, :1]],
+                "distilled": [t[:, :1], t[:, 1:2]],
+                "all": [t.mean(dim=1, keepdim=True)],
+            }[self.read]
             patches = torch.cat([r + deviation for r in readers], dim=2)
         return patches.transpose(1, 2).reshape(n, patches.shape[2], h, w)
 
@@ -275,8 +283,8 @@ def _timm_vit_parts(model: nn.Module) -> TransformerParts | None:
         return TransformerParts(features, head, "norm", input_size)
     if pool == "token":
         read = "token"
-    elif pool == "avg" and not getattr(model, "pool_include_prefix", False):
-        read = "patches"
+    elif pool == "avg":
+        read = "all" if getattr(model, "pool_include_prefix", False) and n_prefix else "patches"
     else:
         raise _refuse(model, f"pools its tokens with global_pool={pool!r}")
     head = nn.Sequential(model.fc_norm, model.head_drop, model.head)
