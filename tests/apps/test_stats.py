@@ -77,8 +77,19 @@ def test_bad_inputs_say_what_is_wrong() -> None:
 
 
 def test_claim_reads_the_metric_direction() -> None:
-    higher = paired_difference([1.0, 2.0, 3.0], [0.5, 1.5, 2.5])
+    higher = paired_difference([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [0.5, 1.5, 2.5, 3.5, 4.5, 5.5])
     assert (claim(higher, "↑"), claim(higher, "↓")) == ("holds", "does not hold")
+
+
+def test_an_ordering_needs_the_sign_test_too() -> None:
+    """Four cells of one sign: the bootstrap interval excludes 0 (every resample is positive)
+    but the two-sided sign test cannot go below 2 / 2**4 = 0.125, so nothing is claimed."""
+    r = paired_difference([1.0, 2.0, 3.0, 4.0], [0.5, 1.5, 2.5, 3.4])
+    assert r.ci_low > 0 and r.p_value == pytest.approx(0.125)
+    assert r.verdict == "no difference shown" and claim(r, "↑") == "not shown"
+    # 8 of 9 cells (our reproduction's 3 classes x 3 seeds): p = 20 / 512 < 0.05, shown
+    r9 = paired_difference([1.0] * 8 + [0.0], [0.0] * 8 + [0.1])
+    assert r9.p_value == pytest.approx(20 / 512) and r9.verdict == "A > B"
     assert claim(paired_difference([1.0, 0.0], [0.0, 1.0]), "↑") == "not shown"
 
 
