@@ -2,17 +2,15 @@
 
 Supported (the default split of :func:`~face_concepts.models.split_model`, verified exact):
 
-==========================================  ==============================  =====================
-model                                       features (after the final norm)  head
-==========================================  ==============================  =====================
-torchvision ``VisionTransformer`` (vit_*)   ``encoder.ln``, class token      ``heads`` (affine)
-timm ``VisionTransformer``, ``global_pool``  ``norm``, class token           ``fc_norm`` → ``head``
-= ``"token"`` (ViT, DeiT)
-timm ``VisionTransformer``, ``"avg"``       ``norm``, patch tokens           ``fc_norm`` → ``head``
-timm DeiT distilled                         class + distillation tokens     mean of both heads
-torchvision / timm Swin (``output_fmt``     the last stage after ``norm``    ``head`` (affine)
-NHWC: a map already)
-==========================================  ==============================  =====================
+=========================================  ===============================  ======================
+model                                      features (after the final norm)  head
+=========================================  ===============================  ======================
+torchvision ``VisionTransformer`` (vit_*)  ``encoder.ln``: class-token map  ``heads`` (affine)
+timm ViT / DeiT, ``global_pool="token"``   ``norm``: class-token map        ``fc_norm`` → ``head``
+timm ViT, ``global_pool="avg"``            ``norm``: the patch tokens       ``fc_norm`` → ``head``
+timm DeiT distilled                        class + distillation token maps  mean of both heads
+torchvision / timm Swin (NHWC map)         last stage after ``norm``        ``head`` (affine)
+=========================================  ===============================  ======================
 
 The token sequence after the final norm is ``(N, T, D)``: ``k`` prefix tokens (class token,
 distillation token, register tokens) and ``h·w`` patch tokens, the grid being the input side over
