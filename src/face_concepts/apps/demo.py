@@ -43,7 +43,7 @@ def choose_classes(split: Any, max_classes: int) -> list[tuple[int, list[torch.T
     the photo's label where one is known (foolbox file names carry the ImageNet label).
     """
     photos = bundled_photos()
-    xs = torch.stack([split.preprocess(load_images([ph.path]).images[0]) for ph in photos])
+    xs = torch.stack([split.preprocess(load_images([ph.path]).images[0]) for ph in photos])  # type: ignore[index]  # files: images is a list
     # One batched forward instead of 43 single-image ones (the scan runs on every demo start).
     with torch.inference_mode():
         probs = torch.cat([torch.softmax(split.logits(c), dim=1) for c in xs.split(16)])

@@ -235,7 +235,7 @@ def cmd_atlas(s: SimpleNamespace) -> int:
         jobs = (
             _bundled_jobs(split, classes, s.seed)
             if bundled
-            else _folder_jobs(split, images, s.heldout, classes)
+            else _folder_jobs(split, images, s.heldout, classes or [])  # set: checked above
         )
         mode = "one shared bank" if shared else "one bank per class"
         _say(s, f"fitting {len(jobs)} classes ({mode}) with the {executor.kind} executor ...")

@@ -129,7 +129,9 @@ class MetricReport:
 def _resolve_stability(value: float | Sequence[torch.Tensor] | None) -> float | None:
     if value is None:
         return None
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+    if isinstance(value, bool):
+        raise TypeError(f"stability must be a number or a list of concept banks, got {value!r}")
+    if isinstance(value, (float, int, numbers.Real)):
         value = float(value)
         if math.isnan(value):
             return None

@@ -311,9 +311,12 @@ class SharedConceptExplainer:
             raise ValueError(f"the run at {root} is not a shared bank; use ConceptExplainer.load")
         if split is None:
             model = meta.get("model") or {}
-            split = load_model(
-                model.get("model"), layer=model.get("layer"), signed=model.get("transform")
-            )
+            spec = model.get("model")
+            if not spec:
+                raise ValueError(
+                    f"the run at {root} does not record its model; pass split=load_model(...)"
+                )
+            split = load_model(spec, layer=model.get("layer"), signed=model.get("transform"))
         self = cls.from_config(split, ExplainerConfig.from_dict(meta["config"], progress=False))
         self.explainers_ = {
             int(c["class_id"]): ConceptExplainer.load(root / c["run"], split=split)
