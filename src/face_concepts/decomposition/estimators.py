@@ -61,8 +61,9 @@ class FACE(BaseEstimator):
         Defaults per solver: hals 1000 and 1e-5 (relative decrease of the objective per
         iteration, averaged over the last 10 iterations); pgd 1000 and 1e-5 (relative decrease
         over one iteration); adam 22,000 and 1e-3 (absolute loss change, the authors' rule).
-    init : {"auto", "nndsvd", "nndsvda", "nndsvd-authors", "random", "custom"}
-        "auto" is "nndsvd-authors" for solver "adam" and "nndsvda" otherwise.
+    init : {"auto", "nndsvd", "nndsvda", "nndsvd-authors", "random", "custom", "signed-svd"}
+        "auto" is "signed-svd" with ``bank="signed"``, "nndsvd-authors" for solver "adam" and
+        "nndsvda" otherwise.
     random_state : int, torch.Generator or None
         Seeds the "random" init (local CPU generator).
     device : str or torch.device, optional
