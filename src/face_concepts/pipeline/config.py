@@ -83,7 +83,7 @@ class ExplainerConfig:
 
     method: str = _setting("face", "concept-extraction method", kind=str, choices=METHOD_NAMES)
     n_concepts: int = _setting(10, "number of concepts (r)", kind=int, minimum=1)
-    kl_weight: float = _setting(
+    kl_weight: float | str = _setting(  # a number, or "auto"
         1.0,
         "λ, the weight of FACE's KL term (used by method face only). The engine FACE() "
         "defaults to the authors' 1e-5, which gives the same concepts as λ = 0 at this "

@@ -94,7 +94,7 @@ class SharedConceptExplainer:
         method: str = _D.method,
         *,
         n_concepts: int = _D.n_concepts,
-        kl_weight: float = _D.kl_weight,
+        kl_weight: float | str = _D.kl_weight,  # the config's type; fit refuses "auto"
         target_agreement: float = _D.target_agreement,  # kl_weight="auto" only (not shared)
         patch_size: int = _D.patch_size,
         stride: int | None = _D.stride,
