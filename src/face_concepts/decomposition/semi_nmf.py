@@ -19,8 +19,8 @@ The solver has the structure of ``hals`` (alternating blocks, monotone):
 - **start**: ``init="signed-svd"`` (``init.signed_svd``), then for λ > 0 a plain Semi-NMF warm
   start (λ = 0, to ``solvers.WARM_TOL``), as the non-negative path does.
 
-Non-affine heads (ConvNeXt's LayerNorm head) use ``pgd`` with the W-step unprojected
-(``solvers.solve_pgd(signed=True)``). The mini-batch W-update is :func:`minimise_surrogate_signed`
+Non-affine heads (ConvNeXt's LayerNorm head) use the same solvers as the non-negative bank with
+the W-step unprojected (``solvers.solve_pgd(signed=True)``, and ``linearised`` likewise). The mini-batch W-update is :func:`minimise_surrogate_signed`
 (closed form). ``adam`` (the authors' parity solver) has no signed variant.
 """
 
