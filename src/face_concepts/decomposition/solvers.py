@@ -574,8 +574,8 @@ def solve_adam(
         with torch.no_grad():
             U.clamp_(min=0)
             W.clamp_(min=0)
-        value = float(loss)
-        terms = Terms(value, float(mse), float(kl))
+        value = float(loss.detach())  # (float of a tensor that requires grad warns)
+        terms = Terms(value, float(mse.detach()), float(kl.detach()))
         _record(res.history, terms)
         res.n_iter = t
         if callback is not None:
