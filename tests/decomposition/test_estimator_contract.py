@@ -287,3 +287,23 @@ def test_shape_checks(kind, kw):
         est.inverse_transform(torch.ones(4, 2, dtype=A.dtype))
     with pytest.raises(ValueError, match="n_concepts"):
         make(kind, head, **kw).set_params(n_concepts=13).fit(A)
+
+
+# ----------------------------------------------------------------------------- non-affine head
+@pytest.mark.parametrize("solver", ["auto", "linearised", "pgd"])
+def test_non_affine_head_fits_keep_the_contract(solver, tol):
+    """The solvers for heads that are not affine, on one (the affine head then tanh)."""
+    A, affine = data()
+    head = torch.nn.Sequential(affine, torch.nn.Tanh())
+    est = FACE(head, n_concepts=R, kl_weight=LAM, solver=solver, max_iter=15, tol=0.0)
+    with pytest.warns(ConvergenceWarning, match="max_iter=15"):
+        U = est.fit_transform(A)
+    # "auto" picks a solver for any differentiable head (hals needs an affine one)
+    assert est.solver_ == solver if solver != "auto" else est.solver_ in {"linearised", "pgd"}
+    assert float(U.min()) >= 0 and float(est.concept_bank_.min()) >= 0
+    assert_monotone(est.loss_history_["total"], tol["monotone"])
+    expected = face_objective(A, U, est.concept_bank_, head, LAM)
+    assert est.objective_ == pytest.approx(expected, rel=tol["objective_f64"] * 10)
+    U2 = est.transform(A)
+    rel = float(torch.linalg.norm(U - U2) / torch.linalg.norm(U2))
+    assert rel <= tol["transform_consistency"], rel
