@@ -80,6 +80,12 @@ class ConceptExplainer:
         On-disk activation cache (safetensors shards, checksummed, resumable); reused by later
         runs on the same model, layer, preprocessing, patch settings and images.
 
+    Every setting is declared (default, type, help, bound) in
+    :class:`~face_concepts.pipeline.config.ExplainerConfig`; the explainer holds one as
+    ``config`` (validated when made), and the attributes of the same names read it (setting one
+    replaces it with a validated copy). ``ConceptExplainer.from_config(split, config)`` makes an
+    explainer from one.
+
     Examples
     --------
     >>> from face_concepts import ConceptExplainer, load_model  # doctest: +SKIP
