@@ -199,7 +199,10 @@ def test_streaming_from_activation_cache_equals_in_memory(tmp_path):
     assert mem.objective_ == disk.objective_
 
 
-def test_verbose_fit_shows_row_progress_with_the_known_total(tmp_path, capsys):
+def test_verbose_fit_shows_row_progress_with_the_known_total(tmp_path, capsys, monkeypatch):
+    from face_concepts._core import progress
+
+    monkeypatch.setattr(progress, "LOG_EVERY", 0.0)  # a progress line at every batch
     A, head = planted(n=150, p=8, r=3)
     A = A.float()
     cache = ActivationCache(tmp_path, shard_size=37)
@@ -212,9 +215,12 @@ def test_verbose_fit_shows_row_progress_with_the_known_total(tmp_path, capsys):
     FACE(head.float(), 3, kl_weight=1.0, batch_size=50, max_iter=2, verbose=True).fit(source)
     ctx.__exit__(None, None, None)
     out = capsys.readouterr()
-    assert "epoch 1: objective (online estimate)" in out.out
-    # tqdm bars on stderr: each epoch and the objective pass, with the total from the manifest
-    assert "epoch 2" in out.err and "objective pass" in out.err and "/150" in out.err
+    assert out.out == ""  # progress goes to stderr only
+    # each epoch and the objective pass, with the total from the manifest, then one summary line
+    # per pass carrying the epoch's objective
+    assert "epoch 1: 150 rows in " in out.err and "objective (online estimate)" in out.err
+    assert "epoch 2" in out.err and "objective pass: 150 rows in " in out.err
+    assert "/150 rows" in out.err
 
 
 def test_iter_shards_refuses_a_corrupt_shard(tmp_path):

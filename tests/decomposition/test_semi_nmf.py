@@ -108,13 +108,18 @@ def test_signed_fit_is_monotone_with_signed_bank_and_nonnegative_codes(lam, tol)
     )
 
 
-def test_signed_pgd_is_monotone_for_a_non_affine_head(tol):
+@pytest.mark.parametrize("solver", ["auto", "pgd"])
+def test_signed_solvers_are_monotone_for_a_non_affine_head(tol, solver):
     A, _ = signed_planted(n=40, p=8)
     mlp = torch.nn.Sequential(torch.nn.LayerNorm(8), torch.nn.Linear(8, 4)).double()
-    est = FACE(mlp, n_concepts=3, kl_weight=1.0, bank="signed", max_iter=30, tol=0)
+    est = FACE(mlp, n_concepts=3, kl_weight=1.0, bank="signed", max_iter=30, tol=0, solver=solver)
     U = _quiet_fit(est, A)
     h = np.array(est.loss_history_["total"])
-    assert est.solver_ == "pgd" and float(U.min()) >= 0 and float(est.concept_bank_.min()) < 0
+    assert (
+        est.solver_ == ("linearised" if solver == "auto" else "pgd")
+        and float(U.min()) >= 0
+        and float(est.concept_bank_.min()) < 0
+    )
     assert np.all(np.diff(h) <= tol["monotone"] * h[:-1])
     assert h[-1] < 0.5 * h[0]
 

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -28,10 +27,10 @@ from typing import Any, Literal, overload
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
-from tqdm.auto import tqdm
 
 from face_concepts._core.device import resolve_device
 from face_concepts._core.io import atomic_write_bytes, clear_stale_temporaries
+from face_concepts._core.progress import Progress
 from face_concepts._core.validation import check_int
 from face_concepts.models.modes import ensure_eval
 
@@ -449,6 +448,7 @@ def extract_activations(
     cache_key_extra: dict[str, Any] | None = None,
     data_hash: str | None = None,
     stream: bool = False,
+    unit: str = "image",
 ) -> torch.Tensor | CachedActivations:
     """Activations of preprocessed images: pooled (N, p), or (N, p, H, W) with ``spatial=True``.
 
@@ -463,7 +463,8 @@ def extract_activations(
     device : str, torch.device or None
         Where to compute; defaults to the split's device. Results always come back on the CPU.
     progress : bool
-        Show a tqdm bar on stderr.
+        Show progress on stderr (``face_concepts._core.progress``: a live bar on a terminal, one
+        summary line at the end).
     spatial : bool
         Return the feature maps instead of their spatial means.
     cache : ActivationCache or None
@@ -478,6 +479,8 @@ def extract_activations(
         :class:`CachedActivations` over it (for ``FACE(batch_size=...).fit``) instead of the
         tensor; memory then holds one shard. ``inputs`` must then be a tensor or a re-iterable
         (e.g. a DataLoader): it is read twice, once to hash it and once to compute.
+    unit : str
+        What one input is, for the progress line (``"image"``, or ``"patch"`` for crops).
 
     Examples
     --------
@@ -514,9 +517,7 @@ def extract_activations(
         )
     if cache is not None and one_shot and not stream:
         inputs = list(inputs)  # a one-shot iterator is read twice (hash, then compute)
-    bar = tqdm(
-        total=_total(inputs), desc="activations", unit="img", file=sys.stderr, disable=not progress
-    )
+    bar = Progress(_total(inputs), "activations", unit=unit, enabled=progress)
     try:
         if cache is None:
             out = [compute(c) for c in _rechunk(_batches(inputs), batch_size)]

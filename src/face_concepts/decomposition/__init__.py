@@ -24,7 +24,7 @@ from face_concepts.decomposition.estimators import FACE, NMF
 from face_concepts.decomposition.init import initialize, nndsvd
 from face_concepts.decomposition.losses import face_objective, objective_and_grads
 from face_concepts.decomposition.minibatch import CachedActivations
-from face_concepts.decomposition.solvers import SOLVERS
+from face_concepts.decomposition.registry import SOLVERS
 
 __all__ = [
     "FACE",

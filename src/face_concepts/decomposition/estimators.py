@@ -29,9 +29,10 @@ from face_concepts.decomposition.encoder import encode, solve_codes
 from face_concepts.decomposition.init import INITS, initialize
 from face_concepts.decomposition.losses import HEAD_REQUIRED
 from face_concepts.decomposition.problem import make_problem
+from face_concepts.decomposition.registry import DEFAULTS, SOLVERS, auto_solver
 from face_concepts.decomposition.semi_nmf import SOLVERS as SIGNED_SOLVERS
 from face_concepts.decomposition.semi_nmf import check_bank
-from face_concepts.decomposition.solvers import DEFAULTS, SOLVERS, evaluate
+from face_concepts.decomposition.solvers import evaluate
 
 SOLVER_CHOICES = ("auto", *SOLVERS)
 
@@ -54,13 +55,16 @@ class FACE(BaseEstimator):
         that the estimator reproduces their setting. ``ConceptExplainer`` and the CLI default to
         1.0 instead: at this objective's scale λ ≤ 1e-2 gave NMF's concepts in our λ sweeps
         (``benchmarks/results/reproduction.md``).
-    solver : {"auto", "hals", "pgd", "adam"}
-        "auto" picks "hals" (majorise-minimise HALS, monotone) for affine heads and "pgd"
-        (projected gradient, autograd) otherwise. "adam" is the authors' solver, for parity.
+    solver : {"auto", "hals", "pgd", "adam", "linearised"}
+        "auto" picks "hals" (monotone block steps with factored logits) for affine heads and
+        "linearised" otherwise (the head linearised once per iteration: one forward and one
+        backward per iteration, monotone; see ``linearised.py``). "pgd" is plain projected
+        gradient through autograd (about 20 head calls per iteration). "adam" is the authors'
+        solver, for parity.
     max_iter, tol : int, float, optional
         Defaults per solver: hals 1000 and 1e-5 (relative decrease of the objective per
-        iteration, averaged over the last 10 iterations); pgd 1000 and 1e-5 (relative decrease
-        over one iteration); adam 22,000 and 1e-3 (absolute loss change, the authors' rule).
+        iteration, averaged over the last 10 iterations; the same for linearised); pgd 1000 and
+        1e-5 (relative decrease over one iteration); adam 22,000 and 1e-3 (absolute loss change, the authors' rule).
     init : {"auto", "nndsvd", "nndsvda", "nndsvd-authors", "random", "custom", "signed-svd"}
         "auto" is "signed-svd" with ``bank="signed"``, "nndsvd-authors" for solver "adam" and
         "nndsvda" otherwise.
@@ -181,10 +185,11 @@ class FACE(BaseEstimator):
             raise ValueError(HEAD_REQUIRED)
         solver = self.solver
         if solver == "auto":
-            solver = "hals" if (lam == 0 or head.is_affine) else "pgd"
+            solver = auto_solver(lam, head is not None and head.is_affine)
         if solver == "hals" and lam > 0 and head is not None and not head.is_affine:
             raise ValueError(
-                "solver='hals' needs an affine head; this head is not affine, use solver='pgd' or 'auto'"
+                "solver='hals' needs an affine head; this head is not affine: use solver='auto' "
+                "(or 'linearised' or 'pgd')"
             )
         max_iter = (
             DEFAULTS[solver]["max_iter"]

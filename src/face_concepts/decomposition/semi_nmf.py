@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
+from face_concepts.decomposition.linearised import solve_linearised
 from face_concepts.decomposition.losses import Terms, factored_objective
 from face_concepts.decomposition.newton_cg import bank_newton_step
 from face_concepts.decomposition.problem import Problem
@@ -141,6 +142,7 @@ def solve_semi_nmf(
 SOLVERS: dict[str, Callable[..., SolverResult]] = {
     "hals": solve_semi_nmf,
     "pgd": functools.partial(solve_pgd, signed=True),
+    "linearised": functools.partial(solve_linearised, signed=True),
 }
 
 

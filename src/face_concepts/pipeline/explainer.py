@@ -224,6 +224,7 @@ class ConceptExplainer:
             progress=self.progress,
             cache=self._cache(),
             cache_key_extra={"patch": patch} if patch else None,
+            unit="patch" if patch else "image",
         )
 
     def _head(self) -> Any:
@@ -248,7 +249,7 @@ class ConceptExplainer:
             size = self._input_size()
             inputs = (resize_patches(b, size) for b in crops.split(self.batch_size))
             A = extract_activations(
-                self.split, inputs, batch_size=self.batch_size, progress=self.progress
+                self.split, inputs, batch_size=self.batch_size, progress=self.progress, unit="patch"
             )
         else:
             A = self._pooled(crops, patch=self.patch_settings_)
