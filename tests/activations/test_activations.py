@@ -96,7 +96,9 @@ def test_progress_goes_to_stderr(capsys):
     assert capsys.readouterr().err == ""
     extract_activations(_split(), _x(), progress=True)
     out = capsys.readouterr()
-    assert out.out == "" and "10/10" in out.err
+    # not a terminal: one summary line, no carriage-return redraws
+    assert out.out == "" and out.err.startswith("activations: 10 images in ")
+    assert out.err.count("\n") == 1 and "\r" not in out.err
 
 
 def test_input_errors():
