@@ -173,7 +173,7 @@ def traced(name: str, prob, U, W, cap_s: float, **kw) -> Trace:
     The callback is called once per iteration with the objective after it (for ``adam``: the
     loss its loop computed at that step). ``kw`` goes to the solver (``max_iter``, ``tol``).
     """
-    from face_concepts.decomposition.solvers import SOLVERS
+    from face_concepts.decomposition.registry import SOLVERS
 
     tr = Trace()
     t0, c0 = time.perf_counter(), time.process_time()

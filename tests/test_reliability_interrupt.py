@@ -171,14 +171,14 @@ def test_killed_fit_leaves_the_previous_run_intact(tmp_path):
     child = _start(
         """
         from face_concepts import ConceptExplainer
-        from face_concepts.decomposition import solvers
-        real = solvers.SOLVERS["hals"]
+        from face_concepts.decomposition import registry
+        real = registry.SOLVERS["hals"]
         def blocking(prob, U, W, callback=None, **kwargs):
             def cb(t, terms):
                 if t == 3:  # in the middle of the iterations
                     block_forever(sys.argv[3])
             return real(prob, U, W, callback=cb, **kwargs)
-        solvers.SOLVERS["hals"] = blocking
+        registry.SOLVERS["hals"] = blocking
         warnings.simplefilter("ignore")
         settings = json.loads(sys.argv[4])
         ex = ConceptExplainer(tiny_split(), random_state=1, progress=False, **settings)

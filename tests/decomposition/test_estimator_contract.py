@@ -2,7 +2,7 @@
 
 Two levels, each parametrised so that a solver added to the registry without a case here fails:
 
-- the solver functions of ``decomposition.solvers.SOLVERS`` (and the ``hals`` variants the
+- the solver functions of ``decomposition.registry.SOLVERS`` (and the ``hals`` variants the
   estimators do not expose: ``w_solver="mm"``, with and without extrapolation, the plain-NMF
   warm start): non-negative factors, monotone objective history where the solver promises it,
   ``ConvergenceWarning`` at ``max_iter=2``, identical bits on a repeated call;

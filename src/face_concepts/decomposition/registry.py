@@ -1,7 +1,7 @@
 """The solver registry: every full-batch solver by name, with its default ``max_iter`` / ``tol``.
 
-``solvers.py`` holds ``hals``, ``pgd`` and ``adam``; ``linearised.py`` the solver for heads that
-are not affine. ``FACE(solver=...)`` looks names up here (``estimators.py``); ``"auto"`` picks
+``solvers.py`` holds ``hals``, ``autograd_solvers.py`` ``pgd`` and ``adam``; ``linearised.py``
+the solver for heads that are not affine. ``FACE(solver=...)`` looks names up here (``estimators.py``); ``"auto"`` picks
 ``hals`` for an affine head (or λ = 0) and ``linearised`` otherwise.
 """
 
@@ -9,14 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from face_concepts.decomposition.autograd_solvers import solve_adam, solve_pgd
 from face_concepts.decomposition.linearised import solve_linearised
-from face_concepts.decomposition.solvers import DEFAULTS as _CORE_DEFAULTS
-from face_concepts.decomposition.solvers import SOLVERS as _CORE
-from face_concepts.decomposition.solvers import SolverResult
+from face_concepts.decomposition.solvers import SolverResult, solve_hals
 
-SOLVERS: dict[str, Callable[..., SolverResult]] = {**_CORE, "linearised": solve_linearised}
+SOLVERS: dict[str, Callable[..., SolverResult]] = {
+    "hals": solve_hals,
+    "pgd": solve_pgd,
+    "adam": solve_adam,
+    "linearised": solve_linearised,
+}
 DEFAULTS: dict[str, dict[str, float]] = {
-    **_CORE_DEFAULTS,
+    "hals": {"max_iter": 1000, "tol": 1e-5},
+    "pgd": {"max_iter": 1000, "tol": 1e-5},
+    "adam": {"max_iter": 22000, "tol": 1e-3},
     "linearised": {"max_iter": 1000, "tol": 1e-5},
 }
 

@@ -20,7 +20,7 @@ The solver has the structure of ``hals`` (alternating blocks, monotone):
   start (λ = 0, to ``solvers.WARM_TOL``), as the non-negative path does.
 
 Non-affine heads (ConvNeXt's LayerNorm head) use the same solvers as the non-negative bank with
-the W-step unprojected (``solvers.solve_pgd(signed=True)``, and ``linearised`` likewise). The mini-batch W-update is :func:`minimise_surrogate_signed`
+the W-step unprojected (``autograd_solvers.solve_pgd(signed=True)``, and ``linearised`` likewise). The mini-batch W-update is :func:`minimise_surrogate_signed`
 (closed form). ``adam`` (the authors' parity solver) has no signed variant.
 """
 
@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
+from face_concepts.decomposition.autograd_solvers import solve_pgd
 from face_concepts.decomposition.linearised import solve_linearised
 from face_concepts.decomposition.losses import Terms, factored_objective
 from face_concepts.decomposition.newton_cg import bank_newton_step
@@ -49,7 +50,6 @@ from face_concepts.decomposition.solvers import (
     _stop_test,
     _terms_at,
     _u_block,
-    solve_pgd,
 )
 
 BANKS = ("nonnegative", "signed")
@@ -138,7 +138,7 @@ def solve_semi_nmf(
     return res
 
 
-# The signed counterparts of ``solvers.SOLVERS`` (``FACE(bank="signed", solver=...)``).
+# The signed counterparts of ``registry.SOLVERS`` (``FACE(bank="signed", solver=...)``).
 SOLVERS: dict[str, Callable[..., SolverResult]] = {
     "hals": solve_semi_nmf,
     "pgd": functools.partial(solve_pgd, signed=True),

@@ -1,4 +1,4 @@
-"""Solvers for ``min_{U, W ≥ 0} L(U, W)`` (docs/method.md §2), chosen from a registry.
+"""The ``hals`` solver for ``min_{U, W ≥ 0} L(U, W)`` (docs/method.md §2) and the helpers every solver shares.
 
 ``hals`` (default for affine heads and plain NMF) — alternating block updates; the objective
 is convex in each block and every block update is monotone.
@@ -24,13 +24,9 @@ is convex in each block and every block update is monotone.
 
 Everything is factored: ``U W`` and its logits are never formed (logits are ``U (W Vᵀ) + b``).
 
-``pgd`` — alternating projected gradient with Armijo backtracking, through autograd on the
-materialised objective: works for any differentiable head; monotone by the sufficient-decrease
-test.
-
-``adam`` — the FACE authors' solver, reproduced for parity: joint Adam on ``(U, W)`` at lr 5e-4,
-clamp at 0 after each step, stop when the absolute loss change is below ``tol`` (1e-3) or after
-22,000 steps.
+``pgd`` and ``adam`` (autograd on the materialised objective) are in ``autograd_solvers.py``;
+every solver by name, with its defaults, in ``registry.py``. The helpers here (``evaluate``,
+``SolverResult``, the block steps) are shared by all of them.
 
 Stopping rules: ``hals`` stops when the objective's relative decrease per iteration, averaged
 over the last ``WINDOW`` iterations, is below ``tol`` (default 1e-5); ``pgd`` when one
@@ -44,10 +40,8 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
-import torch.nn.functional as F
 from sklearn.exceptions import ConvergenceWarning
 
 from face_concepts.decomposition.losses import Terms, factored_objective, kl_rows
@@ -455,140 +449,6 @@ def _stop_test(history: list[float], tol: float) -> bool:
     return mean_decrease < tol if tol > 0 else mean_decrease <= 0
 
 
-def _loss_terms(
-    prob: Problem, U: torch.Tensor, W: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mse, kl) on the materialised reconstruction, as the authors' code computes them."""
-    R = U @ W
-    mse = F.mse_loss(R, prob.A)
-    if prob.kl_weight > 0:
-        return mse, kl_rows(prob.target_logP, prob.kl_head.logits(R), prob.target_P).mean()
-    return mse, torch.zeros((), dtype=mse.dtype, device=mse.device)
-
-
-def _materialised_loss(prob: Problem, U: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    mse, kl = _loss_terms(prob, U, W)
-    return mse + prob.kl_weight * kl if prob.kl_weight > 0 else mse
-
-
-def pg_block(
-    f: Callable[[torch.Tensor], torch.Tensor],
-    X: torch.Tensor,
-    step: float,
-    n_steps: int,
-    *,
-    project: bool = True,
-) -> tuple[torch.Tensor, float]:
-    """``n_steps`` projected-gradient steps on ``f`` over X ≥ 0 with Armijo backtracking
-    (``project=False``: over all X, for the signed bank).
-
-    Accepts a step only when ``f(X⁺) ≤ f(X) + ⟨g, X⁺ − X⟩ + ‖X⁺ − X‖² / (2 step)``, which
-    implies ``f(X⁺) ≤ f(X)``. Returns the new X and the step to start from next time.
-    """
-    for _ in range(n_steps):
-        Xg = X.detach().requires_grad_(True)
-        with torch.enable_grad():
-            fx_t = f(Xg)
-            (g,) = torch.autograd.grad(fx_t, Xg)
-        fx = float(fx_t.detach())
-        accepted = False
-        with torch.no_grad():
-            for _ in range(40):
-                Xn = (X - step * g).clamp_(min=0) if project else X - step * g
-                d = Xn - X
-                bound = fx + float((g * d).sum()) + float((d * d).sum()) / (2 * step)
-                if float(f(Xn)) <= bound:
-                    accepted = True
-                    break
-                step *= 0.5
-        if not accepted:
-            break
-        X = Xn
-        step *= 2.0
-    return X.detach(), step
-
-
-def solve_pgd(
-    prob: Problem,
-    U: torch.Tensor,
-    W: torch.Tensor,
-    *,
-    max_iter: int = 1000,
-    tol: float = 1e-5,
-    inner_steps: int = 5,
-    callback: Callable[[int, Terms], None] | None = None,
-    signed: bool = False,
-) -> SolverResult:
-    """Alternating projected gradient (autograd): any differentiable head. ``signed``: ``W``
-    unconstrained (the signed bank, ``semi_nmf.py``); the codes stay ≥ 0."""
-    res = SolverResult(U=U, W=W, n_iter=0, converged=False)
-    prev = evaluate(prob, U, W)
-    _record(res.history, prev)
-    su, sw = 1.0, 1.0
-    for t in range(1, max_iter + 1):
-        U, su = pg_block(partial(_materialised_loss, prob, W=W), U, su, inner_steps)
-        W, sw = pg_block(
-            partial(_materialised_loss, prob, U), W, sw, inner_steps, project=not signed
-        )
-        cur = evaluate(prob, U, W)
-        _record(res.history, cur)
-        res.n_iter = t
-        if callback is not None:
-            callback(t, cur)
-        if prev.total <= 0 or (prev.total - cur.total) / prev.total < tol:
-            res.converged = True
-            break
-        prev = cur
-    _finish(res.history, res.n_iter, max_iter, res.converged, "pgd")
-    res.U, res.W = U, W
-    return res
-
-
-def solve_adam(
-    prob: Problem,
-    U: torch.Tensor,
-    W: torch.Tensor,
-    *,
-    max_iter: int = 22000,
-    tol: float = 1e-3,
-    lr: float = 5e-4,
-    callback: Callable[[int, Terms], None] | None = None,
-) -> SolverResult:
-    """The FACE authors' loop: joint Adam on the materialised loss, clamp, absolute-change stop.
-
-    ``history["total"][t]`` is the loss the authors' loop computes at step ``t`` (before that
-    step's update); the stop test is ``|L_t − L_{t−1}| < tol`` on those values.
-    """
-    res = SolverResult(U=U, W=W, n_iter=0, converged=False)
-    U = U.clone().requires_grad_(True)
-    W = W.clone().requires_grad_(True)
-    opt = torch.optim.Adam([U, W], lr=lr)
-    prev = None
-    for t in range(1, max_iter + 1):
-        opt.zero_grad()
-        with torch.enable_grad():
-            mse, kl = _loss_terms(prob, U, W)
-            loss = mse + prob.kl_weight * kl if prob.kl_weight > 0 else mse
-            loss.backward()
-        opt.step()
-        with torch.no_grad():
-            U.clamp_(min=0)
-            W.clamp_(min=0)
-        value = float(loss.detach())  # (float of a tensor that requires grad warns)
-        terms = Terms(value, float(mse.detach()), float(kl.detach()))
-        _record(res.history, terms)
-        res.n_iter = t
-        if callback is not None:
-            callback(t, terms)
-        if prev is not None and abs(prev - value) < tol:
-            res.converged = True
-            break
-        prev = value
-    _finish(res.history, res.n_iter, max_iter, res.converged, "adam")
-    res.U, res.W = U.detach(), W.detach()
-    return res
-
-
 class small_problem_threads:
     """Run tiny problems on one thread: their many small kernels lose more to thread
     synchronisation (badly so on a busy machine) than they gain. Restores the setting on exit.
@@ -607,15 +467,3 @@ class small_problem_threads:
 
     def __exit__(self, *exc: object) -> None:
         torch.set_num_threads(self.saved)
-
-
-SOLVERS: dict[str, Callable[..., SolverResult]] = {
-    "hals": solve_hals,
-    "pgd": solve_pgd,
-    "adam": solve_adam,
-}
-DEFAULTS: dict[str, dict[str, float]] = {
-    "hals": {"max_iter": 1000, "tol": 1e-5},
-    "pgd": {"max_iter": 1000, "tol": 1e-5},
-    "adam": {"max_iter": 22000, "tol": 1e-3},
-}
