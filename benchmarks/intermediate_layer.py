@@ -131,14 +131,23 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
             from face_concepts import ConceptExplainer
             from face_concepts.data import bundled_photos, load_images, preprocess_images
 
-            paths = [p.path for p in bundled_photos()][:N_IMAGES]
+            paths = [p.path for p in bundled_photos()][: case.get("images", N_IMAGES)]
             x = preprocess_images(load_images(paths), split.preprocess)
+            calls = [0]
+            forward = split.head.forward
+
+            def counted(*args: Any, **kwargs: Any) -> Any:
+                calls[0] += 1
+                return forward(*args, **kwargs)
+
+            split.head.forward = counted  # head calls of the fit, encoder and importance
             t0 = time.perf_counter()
             ex = ConceptExplainer(split, n_concepts=10, progress=False, random_state=0)
             ex.fit(x, class_id=285)
             out["n_rows"] = int(ex.row_codes_.shape[0])
             out["n_iter"] = ex.fit_info_.get("n_iter")
             out["solver"] = ex.fit_info_.get("solver")
+            out["head_calls"] = calls[0]
         out["wall_s"] = time.perf_counter() - t0
         out["finished"] = True
     except _TimeUp:
