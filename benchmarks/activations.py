@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from face_concepts.activations.extract import ActivationCache, extract_activations
+from face_concepts.activations.cache import ActivationCache
+from face_concepts.activations.extract import extract_activations
 from face_concepts.models import load_model
 
 BATCH = 64

@@ -47,7 +47,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def write_entry(root: str, n: int, seed: int = 0) -> str:
     """Generate n rows (resampled + perturbed real rows) as an ActivationCache entry; its key."""
-    from face_concepts.activations.extract import FORMAT_VERSION
+    from face_concepts.activations.cache import FORMAT_VERSION
 
     key = f"scale_n{n}_seed{seed}"
     path = os.path.join(root, key)
@@ -79,7 +79,7 @@ def child(args: argparse.Namespace) -> None:
     """One measurement in this (fresh) process; prints a JSON line."""
     from sklearn.exceptions import ConvergenceWarning
 
-    from face_concepts.activations.extract import ActivationCache
+    from face_concepts.activations.cache import ActivationCache
     from face_concepts.decomposition import FACE
     from face_concepts.decomposition.minibatch import CachedActivations
 

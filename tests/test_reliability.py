@@ -28,7 +28,8 @@ import _tiny
 import face_concepts._core.io as fio
 from face_concepts import ConceptExplainer
 from face_concepts._core.validation import dead_concepts
-from face_concepts.activations.extract import ActivationCache, extract_activations
+from face_concepts.activations.cache import ActivationCache
+from face_concepts.activations.extract import extract_activations
 from face_concepts.cli.main import main
 from face_concepts.data import load_images, preprocess_images
 from face_concepts.data.preprocess import Preprocess

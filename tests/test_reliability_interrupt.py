@@ -27,7 +27,8 @@ import torch
 
 import _tiny
 from face_concepts import ConceptExplainer
-from face_concepts.activations.extract import ActivationCache, extract_activations
+from face_concepts.activations.cache import ActivationCache
+from face_concepts.activations.extract import extract_activations
 from face_concepts.pipeline.bank import BankError, ConceptBank
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals")
@@ -120,7 +121,8 @@ def test_killed_extraction_resumes_from_finished_shards(tmp_path):
     cache_dir, marker = tmp_path / "cache", tmp_path / "blocked"
     child = _start(
         """
-        from face_concepts.activations.extract import ActivationCache, extract_activations
+        from face_concepts.activations.cache import ActivationCache
+        from face_concepts.activations.extract import extract_activations
         split, calls = tiny_split(), []
         def hook(module, args):
             calls.append(1)

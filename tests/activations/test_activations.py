@@ -11,12 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from face_concepts.activations.extract import (
-    FORMAT_VERSION,
-    ActivationCache,
-    content_hash,
-    extract_activations,
-)
+from face_concepts.activations.cache import FORMAT_VERSION, ActivationCache
+from face_concepts.activations.extract import extract_activations
+from face_concepts.activations.inputs import content_hash
 from face_concepts.models import ModelSplit
 
 SIZE = 12  # input side of the tiny test network
@@ -251,7 +248,7 @@ def test_key_depends_on_every_field(tmp_path):
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_stream_writes_shards_without_holding_them_and_feeds_a_minibatch_fit(tmp_path):
-    from face_concepts.activations.extract import CachedActivations
+    from face_concepts.activations.cache import CachedActivations
     from face_concepts.decomposition import FACE
 
     x = _x(23)

@@ -11,7 +11,7 @@ from sklearn.base import clone
 from sklearn.decomposition import NMF as SkNMF
 from sklearn.exceptions import ConvergenceWarning
 
-from face_concepts.activations.extract import ActivationCache
+from face_concepts.activations.cache import ActivationCache
 from face_concepts.decomposition import FACE, NMF, face_objective
 from face_concepts.decomposition import minibatch as mb
 from face_concepts.decomposition._head import Head

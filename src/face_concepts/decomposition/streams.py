@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from face_concepts._core.validation import as_float_tensor, check_choice, check_float, check_int
-from face_concepts.activations.extract import CachedActivations, _rechunk
+from face_concepts.activations.cache import CachedActivations
+from face_concepts.activations.inputs import _rechunk
 from face_concepts.decomposition._head import Head
 from face_concepts.decomposition.init import INITS
 from face_concepts.decomposition.losses import HEAD_REQUIRED
