@@ -26,23 +26,27 @@ Examples
 
 from __future__ import annotations
 
-from face_concepts.metrics.faithfulness import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_N_SUBSETS,
-    accuracy_on_reconstruction,
+from face_concepts.metrics.curves import (
     c_deletion,
     c_deletion_paper,
     c_insertion,
-    c_mu_fidelity,
-    certified_agreement,
     concept_order,
-    default_subset_size,
     deletion_curve,
-    head_logits,
     insertion_curve,
+)
+from face_concepts.metrics.faithfulness import (
+    DEFAULT_BATCH_SIZE,
+    accuracy_on_reconstruction,
+    certified_agreement,
+    head_logits,
     kl_divergence,
-    mu_fidelity_subsets,
     reconstruction_logits,
+)
+from face_concepts.metrics.mu_fidelity import (
+    DEFAULT_N_SUBSETS,
+    c_mu_fidelity,
+    default_subset_size,
+    mu_fidelity_subsets,
 )
 from face_concepts.metrics.reconstruction import mse, relative_l2
 from face_concepts.metrics.report import CURVE_KEYS, METRIC_KEYS, MetricReport, compute_metrics

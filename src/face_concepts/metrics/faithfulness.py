@@ -1,5 +1,7 @@
-"""Faithfulness metrics of docs/method.md §9.1: Acc, D_KL, certified agreement, C-Deletion, C-Insertion,
-C-μFidelity.
+"""Faithfulness metrics of docs/method.md §9.1 on the prediction: Acc, D_KL, certified agreement;
+and the helpers every faithfulness metric shares (input checks, the logits of a reconstruction
+and of masked codes). C-Deletion / C-Insertion are in ``curves.py``, C-μFidelity in
+``mu_fidelity.py``.
 
 Every function takes codes ``U_hat`` (n, r) produced by the single encoder and the concept bank
 ``W`` (r, p); none of them encodes. The head ``h`` maps (n, p) activations to (n, C) logits.
@@ -7,19 +9,17 @@ When the head is affine (``h(x) = x Vᵀ + b``, see :mod:`face_concepts.models.h
 reconstruction are computed as ``U (W Vᵀ) + b``, so ``U W`` is never materialised; any other
 head is called on ``U W`` in row batches.
 
-Deletion and insertion evaluate all ``r + 1`` masked code matrices (k = 0..r) in a few batched
-head calls: the masks are stacked into a (K, n, r) tensor, never looped over images.
+Masked codes (:func:`_iter_masked`) are evaluated in a few batched head calls: the masks are
+stacked into a (K, n, r) tensor, never looped over images.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
-from face_concepts._core.seeding import make_generator
 from face_concepts._core.validation import as_float_tensor, check_int
 from face_concepts.decomposition.losses import kl_rows
 from face_concepts.models.head import AffineHead
@@ -29,8 +29,6 @@ Head = Callable[[torch.Tensor], torch.Tensor]
 # Rows of (p or C)-wide activations per head call: bounds memory on large inputs while
 # keeping the number of calls small (the r + 1 deletion steps of 1,000 images take ~4 calls).
 DEFAULT_BATCH_SIZE = 8192
-# Default number of random subsets for C-μFidelity (Xplique's MuFidelity uses 200 samples).
-DEFAULT_N_SUBSETS = 200
 
 
 def _check_codes(U_hat: object, W: object) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,18 +156,6 @@ def _masked_logits(
     return torch.cat([c for _, c in _iter_masked(U, W, head, keep, batch_size, column)])
 
 
-def concept_order(importance: torch.Tensor) -> torch.Tensor:
-    """Concept indices sorted by importance, descending; ties keep the lower index first.
-
-    Examples
-    --------
-    >>> concept_order(torch.tensor([0.1, 0.5, 0.1, 0.3])).tolist()
-    [1, 3, 0, 2]
-    """
-    imp = as_float_tensor(importance, "importance", ndim=1)
-    return torch.sort(imp, descending=True, stable=True).indices
-
-
 def accuracy_on_reconstruction(
     A_bar: torch.Tensor,
     U_hat: torch.Tensor,
@@ -283,237 +269,3 @@ def _certified_from_logits(logits_a: torch.Tensor, logits_r: torch.Tensor) -> fl
     margin = top2[:, 0] - top2[:, 1]
     kl = _kl_rows_from_logits(logits_a, logits_r).clamp_min(0.0)  # rounding can dip below 0
     return float((margin > torch.sqrt(2.0 * kl)).double().mean())
-
-
-def _curve(
-    U_hat: torch.Tensor,
-    W: torch.Tensor,
-    head: Head,
-    class_id: int,
-    importance: torch.Tensor,
-    batch_size: int,
-    *,
-    deletion: bool,
-) -> torch.Tensor:
-    U, Wt = _check_codes(U_hat, W)
-    r = U.shape[1]
-    imp = _check_importance(importance, r, U)
-    rank = torch.empty(r, dtype=torch.long, device=U.device)
-    rank[concept_order(imp)] = torch.arange(r, device=U.device)
-    steps = torch.arange(r + 1, device=U.device).unsqueeze(1)
-    # Row k keeps concept i iff its rank is >= k (deletion) or < k (insertion).
-    keep = rank.unsqueeze(0) >= steps if deletion else rank.unsqueeze(0) < steps
-    hits = torch.empty(r + 1, dtype=torch.float64)
-    for start, logits in _iter_masked(U, Wt, head, keep, batch_size):
-        cid = _check_class(class_id, logits.shape[2])
-        hits[start : start + logits.shape[0]] = (
-            (logits.argmax(dim=2) == cid).double().mean(dim=1).cpu()
-        )
-    return hits
-
-
-def deletion_curve(
-    U_hat: torch.Tensor,
-    W: torch.Tensor,
-    head: Head,
-    class_id: int,
-    importance: torch.Tensor,
-    *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-) -> torch.Tensor:
-    """``d(k)``, k = 0..r: accuracy after zeroing the k most important columns of ``Û``.
-
-    Returns a float64 tensor of length ``r + 1``; ``d(0)`` is the accuracy on ``Û W``.
-
-    Examples
-    --------
-    >>> U, W = torch.rand(6, 3), torch.rand(3, 4)
-    >>> deletion_curve(U, W, torch.nn.Linear(4, 2), 0, torch.tensor([0.5, 0.2, 0.3])).shape
-    torch.Size([4])
-    """
-    return _curve(U_hat, W, head, class_id, importance, batch_size, deletion=True)
-
-
-def insertion_curve(
-    U_hat: torch.Tensor,
-    W: torch.Tensor,
-    head: Head,
-    class_id: int,
-    importance: torch.Tensor,
-    *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-) -> torch.Tensor:
-    """``s(k)``, k = 0..r: accuracy when only the k most important columns of ``Û`` are kept.
-
-    ``s(0)`` is the accuracy of ``h(0)`` (the bias alone), ``s(r)`` the accuracy on ``Û W``.
-
-    Examples
-    --------
-    >>> U, W = torch.rand(6, 3), torch.rand(3, 4)
-    >>> insertion_curve(U, W, torch.nn.Linear(4, 2), 0, torch.tensor([0.5, 0.2, 0.3])).shape
-    torch.Size([4])
-    """
-    return _curve(U_hat, W, head, class_id, importance, batch_size, deletion=False)
-
-
-def _check_curve(curve: object) -> torch.Tensor:
-    c = as_float_tensor(curve, "curve", ndim=1, dtype=torch.float64)
-    if c.shape[0] < 2:
-        raise ValueError(f"curve must have r + 1 >= 2 points (k = 0..r), got {c.shape[0]}")
-    return c
-
-
-def _aopc(curve: object, divisor_extra: int, *, warn: bool = True) -> float:
-    c = _check_curve(curve)
-    if warn and float(c[0]) == 0.0:
-        warnings.warn(
-            "deletion curve starts at d(0) = 0 (the class is never predicted on the "
-            "reconstruction); C-Deletion is 0 or negative and says nothing about the concepts",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return float((c[0] - c).sum() / (c.shape[0] + divisor_extra))
-
-
-def c_deletion(curve: torch.Tensor) -> float:
-    """AOPC of a deletion curve: ``Σ_{k=0}^{r} (d(0) − d(k)) / (r + 1)`` (docs/method.md §9.1).
-
-    If the class is never predicted (``d(0) = 0``) the score is 0 when the curve stays at 0 and
-    negative when deleting concepts makes the class appear; a ``RuntimeWarning`` says so.
-
-    Examples
-    --------
-    >>> c_deletion(torch.tensor([1.0, 0.0, 0.0]))
-    0.6666666666666666
-    """
-    return _aopc(curve, 0)
-
-
-def c_deletion_paper(curve: torch.Tensor) -> float:
-    """The authors' C-Deletion: the same sum divided by ``r + 2`` (paper-parity value).
-
-    Examples
-    --------
-    >>> c_deletion_paper(torch.tensor([1.0, 0.0, 0.0]))
-    0.5
-    """
-    return _aopc(curve, 1)
-
-
-def c_insertion(curve: torch.Tensor) -> float:
-    """Trapezoid area under an insertion curve over ``k ∈ [0, r]``, divided by ``r``.
-
-    Examples
-    --------
-    >>> c_insertion(torch.tensor([0.0, 1.0, 1.0]))
-    0.75
-    """
-    c = _check_curve(curve)
-    return float(torch.trapezoid(c) / (c.shape[0] - 1))
-
-
-def default_subset_size(n_concepts: int) -> int:
-    """Default C-μFidelity subset size: ``max(1, round(0.2 · r))`` (Xplique's 20 % of features).
-
-    Examples
-    --------
-    >>> default_subset_size(25)
-    5
-    """
-    return max(1, round(0.2 * check_int(n_concepts, "n_concepts", minimum=1)))
-
-
-def mu_fidelity_subsets(
-    n_concepts: int,
-    n_subsets: int = DEFAULT_N_SUBSETS,
-    subset_size: int | None = None,
-    random_state: int | torch.Generator | None = 0,
-) -> torch.Tensor:
-    """The random concept subsets of :func:`c_mu_fidelity`: a bool mask (n_subsets, n_concepts).
-
-    Each row has exactly ``subset_size`` True entries (no repeats inside a subset); rows are
-    independent draws from a CPU generator seeded by ``random_state``.
-
-    Examples
-    --------
-    >>> mu_fidelity_subsets(6, n_subsets=3, subset_size=2).sum(dim=1).tolist()
-    [2, 2, 2]
-    """
-    r = check_int(n_concepts, "n_concepts", minimum=1)
-    n_subsets = check_int(n_subsets, "n_subsets", minimum=2)
-    size = default_subset_size(r) if subset_size is None else subset_size
-    size = check_int(size, "subset_size", minimum=1, maximum=r)
-    generator = make_generator(random_state)
-    chosen = torch.rand(n_subsets, r, generator=generator).argsort(dim=1)[:, :size]
-    return torch.zeros(n_subsets, r, dtype=torch.bool).scatter_(1, chosen, True)
-
-
-def c_mu_fidelity(
-    U_hat: torch.Tensor,
-    W: torch.Tensor,
-    head: Head,
-    class_id: int,
-    importance: torch.Tensor,
-    *,
-    n_subsets: int = DEFAULT_N_SUBSETS,
-    subset_size: int | None = None,
-    random_state: int | torch.Generator | None = 0,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-) -> float:
-    """C-μFidelity: Pearson correlation between importance mass and logit drop, per image.
-
-    ``n_subsets`` random subsets ``S`` of ``subset_size`` concepts (default
-    :func:`default_subset_size`; drawn by :func:`mu_fidelity_subsets`, seeded by
-    ``random_state``) are shared by all images. For each image, correlate ``Σ_{i∈S} importance_i``
-    with ``h(û W)[class] − h((û with S zeroed) W)[class]`` over the subsets; average over images.
-
-    Undefined correlations (zero variance) count as 0, with a ``RuntimeWarning``: an image whose
-    drops are all equal (e.g. an all-zero code), or every image when the importance sums do not
-    vary (``r = 1``, ``subset_size = r``, equal importances).
-
-    Examples
-    --------
-    >>> U, W = torch.rand(6, 4), torch.rand(4, 5)
-    >>> imp = torch.tensor([0.4, 0.3, 0.2, 0.1])
-    >>> -1 <= c_mu_fidelity(U, W, torch.nn.Linear(5, 3), 0, imp, n_subsets=16) <= 1
-    True
-    """
-    U, Wt = _check_codes(U_hat, W)
-    r = U.shape[1]
-    imp = _check_importance(importance, r, U).cpu()
-    size = default_subset_size(r) if subset_size is None else subset_size
-    in_subset = mu_fidelity_subsets(r, n_subsets, size, random_state)
-    # Row 0 is the intact code, the reference for every drop.
-    keep = torch.cat([torch.ones(1, r, dtype=torch.bool), ~in_subset])
-    logits = _masked_logits(U, Wt, head, keep, batch_size, column=class_id)[..., 0].double().cpu()
-    drops = logits[:1] - logits[1:]  # (S, n)
-    mass = in_subset.double() @ imp  # (S,)
-    scale = logits.abs().amax(dim=0).clamp_min(1.0)
-    eps = 64 * torch.finfo(U.dtype).eps
-    return _mean_pearson(mass, drops, eps * scale)
-
-
-def _mean_pearson(x: torch.Tensor, Y: torch.Tensor, y_tol: torch.Tensor) -> float:
-    """Mean over columns of corr(x, Y[:, j]); zero-variance columns count as 0 (warned)."""
-    xc = x - x.mean()
-    sx = xc.norm()
-    if float(sx) <= 1e-12 * max(1.0, float(x.abs().max())):
-        warnings.warn(
-            "C-μFidelity is undefined because the importance sums of the subsets do not vary "
-            "(r = 1, subset_size = r or equal importances); returning 0",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return 0.0
-    Yc = Y - Y.mean(dim=0)
-    sy = Yc.norm(dim=0)
-    flat = sy <= y_tol * Y.shape[0] ** 0.5
-    if bool(flat.any()):
-        warnings.warn(
-            f"C-μFidelity: the logit drop does not vary over subsets for {int(flat.sum())} of "
-            f"{Y.shape[1]} image(s) (e.g. all-zero codes); their correlation counts as 0",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    corr = (xc @ Yc) / (sx * sy.clamp_min(torch.finfo(sy.dtype).tiny))
-    return float(torch.where(flat, torch.zeros_like(corr), corr).mean())

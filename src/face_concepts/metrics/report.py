@@ -18,7 +18,9 @@ from typing import Any
 import torch
 
 from face_concepts._core.validation import check_float
+from face_concepts.metrics import curves as cu
 from face_concepts.metrics import faithfulness as fa
+from face_concepts.metrics import mu_fidelity as mf
 from face_concepts.metrics.reconstruction import mse, relative_l2
 from face_concepts.metrics.sparsity import density, gini, hoyer
 from face_concepts.metrics.stability import stability as bank_stability
@@ -150,7 +152,7 @@ def compute_metrics(
     stability: float | Sequence[torch.Tensor] | None = None,
     encoder: Mapping[str, Any] | None = None,
     split: str | None = None,
-    n_subsets: int = fa.DEFAULT_N_SUBSETS,
+    n_subsets: int = mf.DEFAULT_N_SUBSETS,
     subset_size: int | None = None,
     density_threshold: float = 0.0,
     random_state: int | None = 0,
@@ -176,10 +178,10 @@ def compute_metrics(
     cid = fa._check_class(class_id, logits_a.shape[1])
     logits_r = fa.reconstruction_logits(U, Wt, head, batch_size=batch_size)
     acc, agreement, acc_original = fa._accuracy_from_logits(logits_a, logits_r, cid)
-    deletion = fa.deletion_curve(U, Wt, head, cid, importance, batch_size=batch_size)
-    insertion = fa.insertion_curve(U, Wt, head, cid, importance, batch_size=batch_size)
-    size = fa.default_subset_size(U.shape[1]) if subset_size is None else subset_size
-    mu = fa.c_mu_fidelity(
+    deletion = cu.deletion_curve(U, Wt, head, cid, importance, batch_size=batch_size)
+    insertion = cu.insertion_curve(U, Wt, head, cid, importance, batch_size=batch_size)
+    size = mf.default_subset_size(U.shape[1]) if subset_size is None else subset_size
+    mu = mf.c_mu_fidelity(
         U, Wt, head, cid, importance, n_subsets=n_subsets, subset_size=size,
         random_state=random_state, batch_size=batch_size,
     )  # fmt: skip
@@ -190,10 +192,10 @@ def compute_metrics(
         kl=fa._kl_from_logits(logits_a, logits_r),
         mse=mse(A, U, Wt),
         rel_l2=relative_l2(A, U, Wt),
-        c_deletion=fa.c_deletion(deletion),
+        c_deletion=cu.c_deletion(deletion),
         # Same curve, other normalisation: c_deletion already warned if d(0) = 0.
-        c_deletion_paper=fa._aopc(deletion, 1, warn=False),
-        c_insertion=fa.c_insertion(insertion),
+        c_deletion_paper=cu._aopc(deletion, 1, warn=False),
+        c_insertion=cu.c_insertion(insertion),
         c_mu_fidelity=mu,
         c_gini=gini(importance),
         density=density(U, density_threshold),
