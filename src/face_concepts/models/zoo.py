@@ -18,15 +18,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
-import math
 import os
-import pickle
-import re
 import socket
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -36,10 +33,15 @@ from face_concepts._core.device import resolve_device
 from face_concepts._core.validation import with_cli_message
 from face_concepts.data.preprocess import Preprocess
 from face_concepts.models.base import ModelSplit
+from face_concepts.models.metadata import (
+    _timm_categories,
+    _timm_preprocess,
+    _torchvision_preprocess,
+)
 from face_concepts.models.split import split_model
+from face_concepts.models.weights import _read_weights, _unwrap_state_dict, load_state_dict_file
 
 log = logging.getLogger(__name__)
-M = TypeVar("M", bound=nn.Module)  # load_state_dict_file returns the module it was given
 
 __all__ = [
     "RANDOM_WEIGHTS",
@@ -48,7 +50,6 @@ __all__ = [
     "bundled_mobilenet_v2",
     "list_bundled",
     "load_model",
-    "load_state_dict_file",
 ]
 
 _BUNDLED_PACKAGES = {
@@ -120,149 +121,6 @@ def _seeded(seed: int = _RANDOM_SEED) -> Iterator[None]:
 
 def _is_random(weights: Any) -> bool:
     return isinstance(weights, str) and weights == RANDOM_WEIGHTS
-
-
-# ----------------------------------------------------------------------------- weight files
-def _few(keys: Any, n: int = 5) -> str:
-    keys = sorted(keys)
-    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
-    return ", ".join(map(repr, keys[:n])) + more
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _unsafe_cause(exc: BaseException) -> str:
-    """Why ``torch.load(weights_only=True)`` refused a file, without PyTorch's advice.
-
-    PyTorch's message suggests loading with ``weights_only=False`` or allow-listing the
-    object, i.e. running the file's code; we never repeat that advice.
-    """
-    text = _ANSI.sub("", str(exc))
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if found:
-        return f"the file holds the Python object {found.group(1)}, not only tensors"
-    for line in (t.strip() for t in text.splitlines()):
-        if line and not re.search(r"weights_only|trust|safe_globals|can still be loaded", line):
-            return line
-    return f"{type(exc).__name__} while unpickling"
-
-
-def _read_weights(path: Path) -> Any:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        raise ValueError(
-            f"weights={str(path)!r} could not be loaded safely: only plain state dicts of tensors "
-            f"are accepted (torch.load weights_only=True, no arbitrary pickle). "
-            f"Cause: {_unsafe_cause(exc)}"
-        ) from exc
-
-
-def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    for key in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(
-            f"weights={str(path)!r} is not a state dict of tensors (nor a dict with a "
-            "'state_dict' or 'model' entry holding one)"
-        )
-    sd = dict(obj)
-    if sd and all(k.startswith("module.") for k in sd):  # saved from DataParallel/DDP
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    return sd
-
-
-def load_state_dict_file(model: M, weights: str | os.PathLike[str]) -> M:
-    """Load a state-dict file into ``model`` safely, with a clear message on any mismatch.
-
-    Examples
-    --------
-    >>> import tempfile, torchvision
-    >>> net = torchvision.models.resnet18()
-    >>> path = tempfile.mktemp(suffix=".pth"); torch.save(net.state_dict(), path)
-    >>> load_state_dict_file(torchvision.models.resnet18(), path).fc.out_features
-    1000
-    """
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights={str(path)!r}: no such file")
-    sd = _unwrap_state_dict(_read_weights(path), path)
-    expected = model.state_dict()
-    missing, unexpected = set(expected) - set(sd), set(sd) - set(expected)
-    if missing or unexpected:
-        raise ValueError(
-            f"weights={str(path)!r} does not match {type(model).__name__}: "
-            f"{len(missing)} missing keys [{_few(missing)}], {len(unexpected)} unexpected keys "
-            f"[{_few(unexpected)}]; is it a checkpoint of another architecture?"
-        )
-    wrong = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-        for k, v in sd.items()
-        if v.shape != expected[k].shape
-    ]
-    if wrong:
-        raise ValueError(
-            f"weights={str(path)!r}: {len(wrong)} tensors have the wrong shape, e.g. {'; '.join(wrong[:3])}"
-        )
-    model.load_state_dict(sd)
-    return model
-
-
-# ----------------------------------------------------------------------------- metadata
-def _rgb(values: Any) -> tuple[float, float, float]:
-    """The three per-channel values of a normalisation (mean or std) as floats."""
-    r, g, b = (float(v) for v in values)
-    return r, g, b
-
-
-def _torchvision_preprocess(weights: Any) -> Preprocess:
-    t = weights.transforms()
-    return Preprocess(
-        resize_size=int(t.resize_size[0]),
-        crop_size=int(t.crop_size[0]),
-        mean=_rgb(t.mean),
-        std=_rgb(t.std),
-        interpolation=str(t.interpolation.value),
-    )
-
-
-def _timm_preprocess(model: nn.Module) -> Preprocess:
-    import timm.data
-
-    cfg = timm.data.resolve_data_config({}, model=model)
-    crop = int(cfg["input_size"][-1])
-    # timm's own eval transform uses floor(crop / crop_pct) for the resize
-    resize = math.floor(crop / float(cfg.get("crop_pct", 0.875)))
-    interp = cfg.get("interpolation", "bilinear")
-    return Preprocess(
-        resize_size=resize,
-        crop_size=crop,
-        mean=_rgb(cfg["mean"]),
-        std=_rgb(cfg["std"]),
-        interpolation=interp
-        if interp in ("nearest", "bilinear", "bicubic", "lanczos")
-        else "bilinear",
-    )
-
-
-def _timm_categories(model: nn.Module) -> list[str] | None:
-    try:
-        from timm.data import ImageNetInfo, infer_imagenet_subset
-
-        subset = infer_imagenet_subset(model)
-        if subset is None:
-            return None
-        # first WordNet lemma ("tabby, tabby cat" -> "tabby"), like torchvision's names
-        return [d.split(", ")[0] for d in ImageNetInfo(subset).label_descriptions()]
-    except (ImportError, AttributeError, ValueError, OSError):
-        return None
 
 
 # ----------------------------------------------------------------------------- sources
