@@ -276,3 +276,18 @@ def test_fit_evaluate_save_shared(split, tmp_path):
         fit_evaluate_save(shared, data, 0)
     with pytest.raises(TypeError, match="give class_id with a ConceptExplainer"):
         fit_evaluate_save(ConceptExplainer(split, **FAST), images(1))
+
+
+def test_atlas_stability_per_class_and_shared(split, tmp_path):
+    jobs = [ClassJob(0, images(2, 5)), ClassJob(2, images(3, 5))]
+    per_class = quiet(
+        fit_classes, split, jobs, tmp_path / "a", settings=FAST, stability=True
+    )  # five refits per class on its own images
+    assert all(0.0 <= r["metrics"]["fit"]["stability"] <= 1.0 for r in per_class)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (shared,) = fit_classes(
+            split, jobs, tmp_path / "s", settings=FAST, shared=True, stability=True
+        )
+    assert any("C-Stab not computed for a shared bank" in str(w.message) for w in caught)
+    assert all(c["metrics"]["fit"]["stability"] is None for c in shared["classes"])
