@@ -79,9 +79,8 @@ def child(args: argparse.Namespace) -> None:
     """One measurement in this (fresh) process; prints a JSON line."""
     from sklearn.exceptions import ConvergenceWarning
 
-    from face_concepts.activations.cache import ActivationCache
+    from face_concepts.activations.cache import ActivationCache, CachedActivations
     from face_concepts.decomposition import FACE
-    from face_concepts.decomposition.minibatch import CachedActivations
 
     warnings.simplefilter("ignore", ConvergenceWarning)
     head = mobilenet_v2().classifier

@@ -11,11 +11,13 @@ from sklearn.base import clone
 from sklearn.decomposition import NMF as SkNMF
 from sklearn.exceptions import ConvergenceWarning
 
-from face_concepts.activations.cache import ActivationCache
+from face_concepts.activations.cache import ActivationCache, CachedActivations
 from face_concepts.decomposition import FACE, NMF, face_objective
 from face_concepts.decomposition import minibatch as mb
+from face_concepts.decomposition import surrogate as sg
 from face_concepts.decomposition._head import Head
 from face_concepts.decomposition.losses import kl_rows
+from face_concepts.decomposition.streams import total_rows
 
 # Mini-batch vs full-batch final objective on a small planted problem (relative).
 MINIBATCH_GAP = 0.02
@@ -53,8 +55,8 @@ def test_kl_bound_majorises_and_touches():
     Z = Z0 + 2 * torch.randn(50, 7, generator=g, dtype=torch.float64)
     logP = torch.log_softmax(torch.randn(50, 7, generator=g, dtype=torch.float64), dim=1)
     true = kl_rows(logP, Z)
-    assert bool((mb.kl_bound(Z, Z0, logP) >= true - EXACT_F64).all())
-    assert torch.allclose(mb.kl_bound(Z0, Z0, logP), kl_rows(logP, Z0), atol=EXACT_F64)
+    assert bool((sg.kl_bound(Z, Z0, logP) >= true - EXACT_F64).all())
+    assert torch.allclose(sg.kl_bound(Z0, Z0, logP), kl_rows(logP, Z0), atol=EXACT_F64)
 
 
 def test_statistics_surrogate_majorises_face_objective():
@@ -65,12 +67,12 @@ def test_statistics_surrogate_majorises_face_objective():
     W0 = torch.rand(3, 10, generator=g, dtype=torch.float64)
     h = Head(head, dtype=A.dtype, device=A.device)
     logP = torch.log_softmax(head(A), dim=1).detach()
-    st = mb.batch_statistics(A, U, W0, h, logP.exp())
+    st = sg.batch_statistics(A, U, W0, h, logP.exp())
     Vc = h.V - h.V.mean(dim=0, keepdim=True)
-    Q = mb.Surrogate(st, h.V, 0.5 * Vc.T @ Vc, lam)
+    Q = sg.Surrogate(st, h.V, 0.5 * Vc.T @ Vc, lam)
 
     def bound(W):  # per-row majoriser of the objective, built the obvious way
-        kl = mb.kl_bound(h.code_logits(U, W), h.code_logits(U, W0), logP).mean()
+        kl = sg.kl_bound(h.code_logits(U, W), h.code_logits(U, W0), logP).mean()
         return float(((A - U @ W) ** 2).mean() + lam * kl)
 
     def f(W):
@@ -93,10 +95,10 @@ def test_statistics_of_batches_sum_to_those_of_all_rows():
     W = torch.rand(3, 8, generator=g, dtype=torch.float64)
     h = Head(head, dtype=A.dtype, device=A.device)
     P = torch.softmax(head(A), dim=1).detach()
-    whole = mb.batch_statistics(A, U, W, h, P)
-    parts = mb.batch_statistics(A[:25], U[:25], W, h, P[:25])
+    whole = sg.batch_statistics(A, U, W, h, P)
+    parts = sg.batch_statistics(A[:25], U[:25], W, h, P[:25])
     for s in (slice(25, 61), slice(61, 90)):
-        parts.add(mb.batch_statistics(A[s], U[s], W, h, P[s]))
+        parts.add(sg.batch_statistics(A[s], U[s], W, h, P[s]))
     assert parts.rows == whole.rows == 90
     for a, b in zip(parts.tensors(), whole.tensors(), strict=True):
         assert torch.allclose(a, b, rtol=EXACT_F64, atol=EXACT_F64)
@@ -193,7 +195,7 @@ def test_streaming_from_activation_cache_equals_in_memory(tmp_path):
     ctx = quiet()
     mem = FACE(head, 3, kl_weight=1.0, batch_size=50, max_iter=3).fit(A)
     disk = FACE(head, 3, kl_weight=1.0, batch_size=50, max_iter=3)
-    disk.fit(mb.CachedActivations(cache, key))
+    disk.fit(CachedActivations(cache, key))
     ctx.__exit__(None, None, None)
     assert torch.equal(mem.concept_bank_, disk.concept_bank_)
     assert mem.objective_ == disk.objective_
@@ -207,10 +209,10 @@ def test_verbose_fit_shows_row_progress_with_the_known_total(tmp_path, capsys, m
     A = A.float()
     cache = ActivationCache(tmp_path, shard_size=37)
     cache.run("entry", A[:, :, None, None], lambda c: c.flatten(1), _NoBar())
-    source = mb.CachedActivations(cache, "entry")
+    source = CachedActivations(cache, "entry")
     assert len(source) == 150
-    assert mb.total_rows(A) == 150 and mb.total_rows([A[:40], A[40:]]) == 150
-    assert mb.total_rows(iter([A])) is None  # unknown without reading it
+    assert total_rows(A) == 150 and total_rows([A[:40], A[40:]]) == 150
+    assert total_rows(iter([A])) is None  # unknown without reading it
     ctx = quiet()
     FACE(head.float(), 3, kl_weight=1.0, batch_size=50, max_iter=2, verbose=True).fit(source)
     ctx.__exit__(None, None, None)

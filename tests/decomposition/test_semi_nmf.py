@@ -239,11 +239,12 @@ def test_minibatch_signed_fit_decreases_the_objective(lam):
 def test_minibatch_signed_surrogate_minimiser_is_the_exact_minimum():
     A, head = signed_planted(n=30, p=7, r=2, seed=9)
     from face_concepts.decomposition import minibatch as mb
+    from face_concepts.decomposition import surrogate as sg
 
     est = FACE(head, 2, kl_weight=2.0, bank="signed", batch_size=30)
     state = est._online_start(A)
     mb.step(state, A)
-    Q = mb.Surrogate(state.stats, state.head.V, state.K, state.lam, 0.3)
+    Q = sg.Surrogate(state.stats, state.head.V, state.K, state.lam, 0.3)
     W = sn.minimise_surrogate_signed(Q, state.K_eig, 7, A.dtype)
     # oracle: scipy's BFGS on the same (convex quadratic) surrogate, from W = 0
     res = minimize(

@@ -19,11 +19,11 @@ described in :mod:`face_concepts.decomposition.minibatch`.
 
 from __future__ import annotations
 
+from face_concepts.activations.cache import CachedActivations
 from face_concepts.decomposition.encoder import encode
 from face_concepts.decomposition.estimators import FACE, NMF
 from face_concepts.decomposition.init import initialize, nndsvd
 from face_concepts.decomposition.losses import face_objective, objective_and_grads
-from face_concepts.decomposition.minibatch import CachedActivations
 from face_concepts.decomposition.registry import SOLVERS
 
 __all__ = [

@@ -24,6 +24,7 @@ from face_concepts._core.validation import (
     dead_concepts,
 )
 from face_concepts.decomposition import minibatch as mb
+from face_concepts.decomposition import streams
 from face_concepts.decomposition._head import Head
 from face_concepts.decomposition.encoder import encode, solve_codes
 from face_concepts.decomposition.init import INITS, initialize
@@ -292,22 +293,22 @@ class FACE(BaseEstimator):
         dev = resolve_device(self.device, like=A0 if isinstance(A0, torch.Tensor) else None)
         signed = self._signed()
         A0 = as_float_tensor(A0, "A", non_negative=not signed, device=dev)
-        head, r, lam, init = mb.validate(self, A0)
+        head, r, lam, init = streams.validate(self, A0)
         init = "custom" if from_bank else init
         options = {
             "signed": signed,
             "random_state": self.random_state,
-            "forget_factor": mb.check_forget_factor(self.forget_factor),
+            "forget_factor": streams.check_forget_factor(self.forget_factor),
             "W0": W0,
         }
         self.init_, self.solver_ = init, "minibatch"
         return mb.start(A0, r, head, lam, init, options)
 
     def _fit_minibatch(self, A: Any, W0: Any, keep_codes: bool) -> torch.Tensor | None:
-        source = mb.check_source(A)
-        batch_size = mb.check_batch_size(self.batch_size)
+        source = streams.check_source(A)
+        batch_size = streams.check_batch_size(self.batch_size)
         state = self._online_start(
-            mb.first_batch(source, batch_size, non_negative=not self._signed()), W0
+            streams.first_batch(source, batch_size, non_negative=not self._signed()), W0
         )
         settings = {
             "max_iter": check_int(

@@ -164,7 +164,7 @@ def minimise_surrogate_signed(
     Q: Any, K_eig: tuple[torch.Tensor, torch.Tensor] | None, p: int, dtype: torch.dtype
 ) -> torch.Tensor:
     """The exact minimiser over all ``W`` of the mini-batch surrogate ``Q_s``
-    (``minibatch.Surrogate``, whose statistics are ``S = S_uu``, ``S_a = S_ua``)::
+    (``surrogate.Surrogate``, whose statistics are ``S = S_uu``, ``S_a = S_ua``)::
 
         Q_s(W) = (1/p)(⟨S, WWᵀ⟩ − 2⟨S_a, W⟩) + λ(⟨M, W⟩ + ½ s ⟨S, W K Wᵀ⟩)
 
