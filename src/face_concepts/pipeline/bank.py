@@ -45,9 +45,8 @@ from typing import Any
 
 import torch
 
+from face_concepts._core.atomic_pair import atomic_write_pair, backup_path
 from face_concepts._core.io import (
-    atomic_write_pair,
-    backup_path,
     json_bytes,
     safetensors_bytes,
     sha256_bytes,
