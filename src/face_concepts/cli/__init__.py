@@ -1,5 +1,5 @@
-"""The command-line interface: ``face-concepts <command>``."""
+"""The command-line interface: ``face-concepts <command>`` (entry point ``face_concepts.cli.main:main``).
 
-from face_concepts.cli.main import main
-
-__all__ = ["main"]
+``main.py`` parses and runs the commands, ``common.py`` holds what they share, ``atlas.py`` the
+many-class command.
+"""
