@@ -107,7 +107,34 @@ def factorize(
     Signed rows (a layer with negative activations, kept signed by ``split_model``) get the
     signed concept bank (``FACE(bank="signed")``: codes ≥ 0, signed concepts); scikit-learn's
     NMF (craft, ice) cannot factorise them."""
-    bank = "signed" if bool((A < 0).any()) else "nonnegative"
+    bank = bank_for(A)
+    _check_bank_supported(spec, A, bank)
+    if spec.factorizer == "face":
+        return _factorize_face(spec, A, head, n_concepts, kl_weight, random_state, max_iter, tol, verbose, bank)  # fmt: skip
+    return _factorize_sklearn(A, n_concepts, random_state, bank)
+
+
+def bank_for(A: torch.Tensor) -> str:
+    """The concept bank for rows ``A``: ``"signed"`` when any row has a negative entry (a layer
+    kept signed), else ``"nonnegative"``."""
+    return "signed" if bool((A < 0).any()) else "nonnegative"
+
+
+def fit_info(est: FACE, bank: str) -> dict[str, Any]:
+    """What a fitted :class:`FACE` reports to the pipeline: n_iter, objective, convergence,
+    solver, loss history and bank."""
+    return {
+        "n_iter": est.n_iter_,
+        "objective": est.objective_,
+        "converged": est.converged_,
+        "solver": est.solver_,
+        "history": est.loss_history_,
+        "bank": bank,
+    }
+
+
+def _check_bank_supported(spec: MethodSpec, A: torch.Tensor, bank: str) -> None:
+    """Refuse signed rows for a method whose factoriser needs non-negative activations."""
     if bank == "signed" and (spec.factorizer != "face" or spec.solver == "adam"):
         how = "scikit-learn's NMF" if spec.factorizer != "face" else "the authors' Adam loop"
         what = (
@@ -122,33 +149,44 @@ def factorize(
             f"--method {spec.name} {what} --method face or nmf (signed concept bank), or "
             "--signed posneg",
         )
-    if spec.factorizer == "face":
-        est = FACE(
-            head,
-            n_concepts,
-            kl_weight=kl_weight,
-            solver=spec.solver,
-            max_iter=max_iter,
-            tol=tol,
-            random_state=random_state,
-            verbose=verbose,
-            bank=bank,
-        )
-        with warnings.catch_warnings():
-            # The Adam solver (face-paper) reads its loss with float() while it still requires
-            # grad; PyTorch's warning about that line is internal and tells a user nothing.
-            warnings.filterwarnings("ignore", message=_TORCH_SCALAR_WARNING, category=UserWarning)
-            U = est.fit_transform(A)
-        info = {
-            "n_iter": est.n_iter_,
-            "objective": est.objective_,
-            "converged": est.converged_,
-            "solver": est.solver_,
-            "history": est.loss_history_,
-            "bank": bank,
-        }
-        return U, est.concept_bank_, info
-    # scikit-learn's NMF with its defaults, exactly as CRAFT/ICE call it.
+
+
+def _factorize_face(
+    spec: MethodSpec,
+    A: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    n_concepts: int,
+    kl_weight: float,
+    random_state: Any,
+    max_iter: int | None,
+    tol: float | None,
+    verbose: bool,
+    bank: str,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """:func:`factorize` with the FACE engine."""
+    est = FACE(
+        head,
+        n_concepts,
+        kl_weight=kl_weight,
+        solver=spec.solver,
+        max_iter=max_iter,
+        tol=tol,
+        random_state=random_state,
+        verbose=verbose,
+        bank=bank,
+    )
+    with warnings.catch_warnings():
+        # The Adam solver (face-paper) reads its loss with float() while it still requires
+        # grad; PyTorch's warning about that line is internal and tells a user nothing.
+        warnings.filterwarnings("ignore", message=_TORCH_SCALAR_WARNING, category=UserWarning)
+        U = est.fit_transform(A)
+    return U, est.concept_bank_, fit_info(est, bank)
+
+
+def _factorize_sklearn(
+    A: torch.Tensor, n_concepts: int, random_state: Any, bank: str
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """:func:`factorize` with scikit-learn's NMF with its defaults, exactly as CRAFT/ICE call it."""
     from sklearn.decomposition import NMF as SkNMF
 
     A64 = A.detach().cpu().double().numpy()

@@ -39,14 +39,16 @@ import itertools
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from face_concepts._core.validation import check_float
 from face_concepts.decomposition import FACE, encode
+from face_concepts.methods.registry import bank_for, fit_info
 from face_concepts.metrics import faithfulness as fa
 from face_concepts.metrics.reconstruction import relative_l2
 from face_concepts.metrics.split import train_test_split_indices
@@ -106,6 +108,105 @@ def _fit(est: FACE, rows: torch.Tensor, U0: Any, W0: Any) -> tuple[torch.Tensor,
     return U, time.perf_counter() - start
 
 
+def _check_search(
+    target_agreement: float, grid: Sequence[float], heldout_fraction: float, A_img: torch.Tensor
+) -> tuple[float, tuple[float, ...], float, int]:
+    """The search settings checked: ``(target, grid, held-out fraction, number of images)``."""
+    target = check_float(target_agreement, "target_agreement", minimum=0.0, maximum=1.0)
+    values = check_grid(grid)
+    frac = check_float(heldout_fraction, "heldout_fraction", minimum=0.0, maximum=1.0)
+    n_img = int(A_img.shape[0])
+    if n_img < 2:
+        raise ValueError(
+            f"kl_weight='auto' needs at least 2 images (it holds out {frac:.0%} of them to "
+            f"choose λ), got {n_img}; give more images or a number for kl_weight"
+        )
+    return target, values, frac, n_img
+
+
+def _split_images(
+    rows: torch.Tensor, row_image: torch.Tensor, n_img: int, frac: float, random_state: int
+) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """The seeded fit / held-out split of the images, and the mask of the rows of fit images."""
+    fit_idx, held_idx = train_test_split_indices(n_img, frac, random_state)
+    in_fit = torch.zeros(n_img, dtype=torch.bool)
+    in_fit[torch.as_tensor(fit_idx)] = True
+    return fit_idx, held_idx, in_fit[row_image.cpu()].to(rows.device)
+
+
+def _search(
+    grid: tuple[float, ...],
+    estimator: Callable[[float, bool], FACE],
+    fit_rows: torch.Tensor,
+    A_held: torch.Tensor,
+    head: Any,
+    encoder_kl_weight: str | float,
+    target: float,
+) -> tuple[list[dict[str, Any]], dict[float, tuple[torch.Tensor, torch.Tensor]], float | None]:
+    """Screen the grid in increasing λ, each fit warm-started from the previous one, until the
+    held-out agreement reaches ``target``: ``(points, factors, chosen λ or None)``."""
+    points: list[dict[str, Any]] = []
+    factors: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
+    U = W = None
+    for lam in grid:
+        est = estimator(lam, W is not None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            U, seconds = _fit(est, fit_rows, U, W)
+        W = est.concept_bank_
+        factors[lam] = (U, W)
+        enc = lam if encoder_kl_weight == "fit" else float(encoder_kl_weight)
+        scores = heldout_scores(A_held.to(W.device), W, head, enc)
+        points.append(
+            {"kl_weight": lam, **scores, "n_iter": int(est.n_iter_), "init": est.init_,
+             "converged": bool(est.converged_), "seconds": seconds}
+        )  # fmt: skip
+        if scores["agreement"] >= target:
+            return points, factors, lam
+    return points, factors, None
+
+
+def _best_point(points: list[dict[str, Any]], grid: tuple[float, ...], target: float) -> float:
+    """No λ reached ``target``: the smallest λ of best held-out agreement, with a warning."""
+    best = max(p["agreement"] for p in points)
+    chosen = min(p["kl_weight"] for p in points if p["agreement"] == best)
+    warnings.warn(
+        f"kl_weight='auto': no λ on the grid {list(grid)} reached held-out agreement "
+        f"{target:g} (best {best:.3f}, at λ = {chosen:g}); kept λ = {chosen:g}. Lower "
+        "target_agreement, or give more concepts (n_concepts) or a number for kl_weight",
+        AutoKLWeightWarning,
+        stacklevel=4,  # fit_auto_kl_weight's caller's caller, as before this helper existed
+    )
+    return float(chosen)
+
+
+def _warm_codes(
+    rows: torch.Tensor,
+    fit_rows_mask: torch.Tensor,
+    U_fit: torch.Tensor,
+    W_fit: torch.Tensor,
+    head: Any,
+    lam: float,
+    n_concepts: int,
+) -> torch.Tensor:
+    """Codes of every row for the refit: the search's for its rows, the encoder's for the rest."""
+    U0 = torch.zeros(rows.shape[0], n_concepts, dtype=U_fit.dtype, device=U_fit.device)
+    U0[fit_rows_mask] = U_fit
+    if bool((~fit_rows_mask).any()):
+        U0[~fit_rows_mask] = encode(rows[~fit_rows_mask], W_fit, head, kl_weight=lam)
+    return U0
+
+
+def _choice(chosen: float, reached: bool, target: float) -> dict[str, Any]:
+    """The search record's ``chosen`` / ``reached`` / ``reason`` entries."""
+    reason = (
+        f"smallest λ on the grid whose held-out agreement reaches {target:g}"
+        if reached
+        else f"no λ reached {target:g}: the λ of best held-out agreement"
+    )
+    return {"chosen": chosen, "reached": reached, "reason": reason}
+
+
 def fit_auto_kl_weight(
     rows: torch.Tensor,
     row_image: torch.Tensor,
@@ -143,26 +244,14 @@ def fit_auto_kl_weight(
     ``info`` is what :func:`face_concepts.methods.registry.factorize` returns for the final fit
     plus ``info["auto_kl_weight"]``, the record of the search.
     """
-    target = check_float(target_agreement, "target_agreement", minimum=0.0, maximum=1.0)
-    grid = check_grid(grid)
-    frac = check_float(heldout_fraction, "heldout_fraction", minimum=0.0, maximum=1.0)
-    n_img = int(A_img.shape[0])
-    if n_img < 2:
-        raise ValueError(
-            f"kl_weight='auto' needs at least 2 images (it holds out {frac:.0%} of them to "
-            f"choose λ), got {n_img}; give more images or a number for kl_weight"
-        )
+    target, grid, frac, n_img = _check_search(target_agreement, grid, heldout_fraction, A_img)
     started = time.perf_counter()
-    fit_idx, held_idx = train_test_split_indices(n_img, frac, random_state)
-    in_fit = torch.zeros(n_img, dtype=torch.bool)
-    in_fit[torch.as_tensor(fit_idx)] = True
-    fit_rows_mask = in_fit[row_image.cpu()].to(rows.device)
+    fit_idx, held_idx, fit_rows_mask = _split_images(rows, row_image, n_img, frac, random_state)
     fit_rows = rows[fit_rows_mask]
     A_held = A_img[torch.as_tensor(held_idx)]
 
-    # Signed rows (a layer kept signed) get the signed concept bank, as in
-    # face_concepts.methods.registry.factorize.
-    bank = "signed" if bool((rows < 0).any()) else "nonnegative"
+    # Signed rows (a layer kept signed) get the signed concept bank, as in factorize.
+    bank = bank_for(rows)
 
     def estimator(lam: float, warm: bool, stop: float | None) -> FACE:
         return FACE(
@@ -175,45 +264,17 @@ def fit_auto_kl_weight(
     # per point instead of warned (the refit below warns as any fit does).
     search_tol = SEARCH_TOL if tol is None else max(SEARCH_TOL, float(tol))
 
-    points: list[dict[str, Any]] = []
-    factors: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
-    U = W = None
-    chosen = None
-    for lam in grid:
-        est = estimator(lam, W is not None, search_tol)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            U, seconds = _fit(est, fit_rows, U, W)
-        W = est.concept_bank_
-        factors[lam] = (U, W)
-        enc = lam if encoder_kl_weight == "fit" else float(encoder_kl_weight)
-        scores = heldout_scores(A_held.to(W.device), W, head, enc)
-        points.append(
-            {"kl_weight": lam, **scores, "n_iter": int(est.n_iter_), "init": est.init_,
-             "converged": bool(est.converged_), "seconds": seconds}
-        )  # fmt: skip
-        if scores["agreement"] >= target:
-            chosen = lam
-            break
+    points, factors, chosen = _search(
+        grid, lambda lam, warm: estimator(lam, warm, search_tol), fit_rows, A_held, head,
+        encoder_kl_weight, target,
+    )  # fmt: skip
     reached = chosen is not None
-    if not reached:
-        best = max(p["agreement"] for p in points)
-        chosen = min(p["kl_weight"] for p in points if p["agreement"] == best)
-        warnings.warn(
-            f"kl_weight='auto': no λ on the grid {list(grid)} reached held-out agreement "
-            f"{target:g} (best {best:.3f}, at λ = {chosen:g}); kept λ = {chosen:g}. Lower "
-            "target_agreement, or give more concepts (n_concepts) or a number for kl_weight",
-            AutoKLWeightWarning,
-            stacklevel=3,
-        )
+    if chosen is None:
+        chosen = _best_point(points, grid, target)
     # Refit on every row at the chosen λ, warm-started: the search's codes for its rows, the
     # single encoder's for the held-out images' rows.
-    assert chosen is not None  # reached, or the best point's λ
     U_fit, W_fit = factors[chosen]
-    U0 = torch.zeros(rows.shape[0], n_concepts, dtype=U_fit.dtype, device=U_fit.device)
-    U0[fit_rows_mask] = U_fit
-    if bool((~fit_rows_mask).any()):
-        U0[~fit_rows_mask] = encode(rows[~fit_rows_mask], W_fit, head, kl_weight=chosen)
+    U0 = _warm_codes(rows, fit_rows_mask, U_fit, W_fit, head, chosen, n_concepts)
     est = estimator(chosen, True, tol)
     U, seconds = _fit(est, rows, U0, W_fit)
     record = {
@@ -225,26 +286,12 @@ def fit_auto_kl_weight(
         "n_heldout_images": len(held_idx),
         "encoder_kl_weight": encoder_kl_weight,
         "points": points,
-        "chosen": chosen,
-        "reached": reached,
-        "reason": (
-            f"smallest λ on the grid whose held-out agreement reaches {target:g}"
-            if reached
-            else f"no λ reached {target:g}: the λ of best held-out agreement"
-        ),
+        **_choice(chosen, reached, target),
         "refit_n_iter": int(est.n_iter_),
         "refit_seconds": seconds,
         "seconds": time.perf_counter() - started,
     }
-    info = {
-        "n_iter": est.n_iter_,
-        "objective": est.objective_,
-        "converged": est.converged_,
-        "solver": est.solver_,
-        "history": est.loss_history_,
-        "bank": bank,
-        "auto_kl_weight": record,
-    }
+    info = {**fit_info(est, bank), "auto_kl_weight": record}
     return U, est.concept_bank_, info
 
 
