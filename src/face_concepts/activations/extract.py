@@ -38,6 +38,49 @@ def _check_finite(out: torch.Tensor, split: Any) -> torch.Tensor:
     return out
 
 
+def _check_stream(
+    inputs: Inputs,
+    cache: ActivationCache | None,
+    spatial: bool,
+    data_hash: str | None,
+    stream: bool,
+) -> bool:
+    """Refuse ``stream=True`` where it cannot work; return whether ``inputs`` is a one-shot
+    iterator (it then has to be held to be read twice)."""
+    one_shot = not isinstance(inputs, torch.Tensor) and iter(inputs) is inputs
+    if stream and (cache is None or spatial):
+        raise ValueError("stream=True needs a cache (cache=ActivationCache(...)) and pooled rows")
+    if stream and one_shot and data_hash is None:
+        raise TypeError(
+            "stream=True reads inputs twice (hash, then compute): pass a tensor or a re-iterable "
+            "(a list, a DataLoader), or give data_hash; a one-shot iterator would have to be "
+            "held in memory"
+        )
+    return one_shot
+
+
+def _cache_key(
+    cache: ActivationCache,
+    split: Any,
+    inputs: Inputs,
+    spatial: bool,
+    cache_key_extra: dict[str, Any] | None,
+    data_hash: str | None,
+) -> str:
+    """The cache entry of these activations: model fingerprint, layer, preprocessing, patch
+    settings, the inputs' content hash (or the given ``data_hash``) and the extra fields."""
+    extra = dict(cache_key_extra or {})
+    pool = split.pool if isinstance(split.pool, str) else type(split.pool).__qualname__
+    return cache.key(
+        fingerprint=split.fingerprint,
+        layer=split.layer,
+        preprocess=split.preprocess.to_dict() if split.preprocess is not None else None,
+        patch=extra.pop("patch", None),
+        data_hash=data_hash or content_hash(inputs),
+        extra={"spatial": bool(spatial), "transform": split.transform, "pool": pool, **extra},
+    )
+
+
 # The return type follows ``stream``: a tensor, or the cache entry's re-iterable source.
 @overload
 def extract_activations(
@@ -156,15 +199,7 @@ def extract_activations(
         # concatenated outside inference mode: a normal tensor, usable later under autograd
         return torch.cat(outs)
 
-    one_shot = not isinstance(inputs, torch.Tensor) and iter(inputs) is inputs
-    if stream and (cache is None or spatial):
-        raise ValueError("stream=True needs a cache (cache=ActivationCache(...)) and pooled rows")
-    if stream and one_shot and data_hash is None:
-        raise TypeError(
-            "stream=True reads inputs twice (hash, then compute): pass a tensor or a re-iterable "
-            "(a list, a DataLoader), or give data_hash; a one-shot iterator would have to be "
-            "held in memory"
-        )
+    one_shot = _check_stream(inputs, cache, spatial, data_hash, stream)
     if cache is not None and one_shot and not stream:
         inputs = list(inputs)  # a one-shot iterator is read twice (hash, then compute)
     bar = Progress(_total(inputs), "activations", unit=unit, enabled=progress)
@@ -174,16 +209,7 @@ def extract_activations(
             if not out:
                 raise ValueError("inputs is empty")
             return out[0] if len(out) == 1 else torch.cat(out)
-        extra = dict(cache_key_extra or {})
-        pool = split.pool if isinstance(split.pool, str) else type(split.pool).__qualname__
-        key = cache.key(
-            fingerprint=split.fingerprint,
-            layer=split.layer,
-            preprocess=split.preprocess.to_dict() if split.preprocess is not None else None,
-            patch=extra.pop("patch", None),
-            data_hash=data_hash or content_hash(inputs),
-            extra={"spatial": bool(spatial), "transform": split.transform, "pool": pool, **extra},
-        )
+        key = _cache_key(cache, split, inputs, spatial, cache_key_extra, data_hash)
         if stream:
             cache.run(key, inputs, compute, bar, keep=False)
             return CachedActivations(cache, key)
