@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import matplotlib
 import pytest
 import torch
@@ -11,6 +14,9 @@ import torch
 from _skip_guard import pytest_collection_modifyitems, pytest_configure  # noqa: F401
 
 matplotlib.use("Agg")
+# The command line caches activations by default (face_concepts._core.paths): tests, and the
+# children they start, use a throw-away cache instead of the user's ~/.cache.
+os.environ.setdefault("FACE_CONCEPTS_CACHE", tempfile.mkdtemp(prefix="face-concepts-test-cache-"))
 # One intra-op thread: the suite's problems are tiny, where OpenMP barriers cost more than they
 # save, and on a busy 2-core machine two spinning threads per process made tiny fits up to 28x
 # slower (measured by the benchmark author). Bits also depend on the thread count

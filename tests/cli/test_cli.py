@@ -478,3 +478,25 @@ def test_console_script_is_installed():
     assert (
         proc.returncode == 0 and proc.stdout.strip() == f"face-concepts {face_concepts.__version__}"
     )
+
+
+def test_fit_reuses_extracted_activations_by_default(
+    capsys, tiny, tiny_images, tmp_path, monkeypatch
+):
+    """Issue 18 item 2: a retry on the same images and layer (here with another --n-concepts)
+    takes every activation from the cache; --no-cache extracts everything again."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FACE_CONCEPTS_CACHE", str(cache))
+    rows: list[int] = []
+    forward = tiny.features.forward
+    monkeypatch.setattr(tiny.features, "forward", lambda x: rows.append(x.shape[0]) or forward(x))
+    tiny_fit(capsys, tiny_images, tmp_path / "a")
+    first = sum(rows)
+    assert any(cache.rglob("*.safetensors")), "the default cache was not written"
+    rows.clear()
+    tiny_fit(capsys, tiny_images, tmp_path / "b", "--n-concepts", "3")
+    assert first > 0 and sum(rows) == 0
+    assert ConceptBank.load(tmp_path / "b").tensors["W"].shape[0] == 3
+    rows.clear()
+    tiny_fit(capsys, tiny_images, tmp_path / "c", "--no-cache")
+    assert sum(rows) == first

@@ -18,6 +18,7 @@ import torch
 
 import _tiny
 from face_concepts import ConceptExplainer
+from face_concepts._core.paths import default_cache_dir
 from face_concepts.cli import common
 from face_concepts.cli.main import build_parser, resolve_settings
 from face_concepts.methods.registry import METHODS
@@ -82,6 +83,9 @@ def test_cli_help_states_the_config_defaults():
         if setting.flag is None:
             continue
         text = fit_help["--" + setting.flag.replace("_", "-")]
+        if name == "cache_dir":  # the one setting whose command-line default differs (on)
+            assert text == " ".join(common.CACHE_HELP.split())
+            continue
         assert text.startswith(setting.help), name  # the one help text, not a copy
         if setting.default is None:  # the help says what runs instead of a value
             assert "default:" in setting.help and "(default: None)" not in text, name
@@ -97,6 +101,11 @@ def test_cli_help_states_the_config_defaults():
 
 def test_resolved_cli_defaults_build_the_default_config():
     s = resolve_settings(build_parser().parse_args(["fit"]))
+    # every default is the config's, except the activation cache: on by default on the command line
+    assert common.explainer_config(s) == dataclasses.replace(
+        DEFAULTS, cache_dir=str(default_cache_dir())
+    )
+    s = resolve_settings(build_parser().parse_args(["fit", "--no-cache"]))
     assert common.explainer_config(s) == DEFAULTS
 
 

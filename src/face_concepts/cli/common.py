@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from face_concepts._core.paths import default_cache_dir
 from face_concepts.pipeline.config import METHOD_NAMES, SETTINGS, ExplainerConfig, Setting
 
 __all__ = ["METHOD_NAMES", "MINIMUM", "OPTIONS", "UsageError", "explainer_config"]
@@ -49,6 +50,7 @@ OPTIONS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "class_id": ((int, str), None),
     **{flag: _option(flag) for flag in EXPLAINER_FLAGS},  # method, n_concepts, ..., seed, device
     "stability": (bool, False),
+    "no_cache": (bool, False),
     "out": (str, None),
     "overwrite": (bool, False),
     "json": (bool, False),
@@ -143,14 +145,29 @@ def _add_setting(g: Any, flag: str) -> None:
         kwargs = {} if number is None else {"type": _number_or_word(number, str in kinds)}
         if flag.endswith("_dir"):
             kwargs["metavar"] = "DIR"
-    help_text = setting_help(flag).replace("%", "%%")  # argparse formats help with %
+    help_text = CACHE_HELP if flag == "cache_dir" else setting_help(flag)
+    help_text = help_text.replace("%", "%%")  # argparse formats help with %
     g.add_argument(name, default=_S, help=help_text, **kwargs)
+
+
+# The command line caches activations by default (Python: ExplainerConfig.cache_dir, no cache
+# unless given): a retry, another method or another --n-concepts on the same images and layer
+# then skips the extraction.
+CACHE_HELP = (
+    "folder of the on-disk activation cache, reused by later runs on the same model, layer, "
+    "preprocessing, crops and images (default: $FACE_CONCEPTS_CACHE, else "
+    "~/.cache/face-concepts/activations; --no-cache for none)"
+)
 
 
 def fit_flags(p: argparse.ArgumentParser) -> None:
     """The explainer's flags that `fit` and `atlas` take (every one, generated)."""
     for flag in FIT_SETTINGS:
         _add_setting(p, flag)
+    p.add_argument(
+        "--no-cache", action="store_true", default=_S,
+        help="extract the activations again instead of reusing or writing the cache",
+    )  # fmt: skip
     p.add_argument(
         "--stability", action=argparse.BooleanOptionalAction, default=_S,
         help="compute C-Stab: refit on 5 folds of the images (5 more fits; needs at least 5 "
@@ -162,6 +179,8 @@ def explainer_config(s: SimpleNamespace, **overrides: Any) -> ExplainerConfig:
     """The explainer settings of resolved command-line settings (flags over config over
     defaults), ``overrides`` last."""
     values = {name: getattr(s, setting.flag) for name, setting in SETTINGS.items() if setting.flag}
+    if values.get("cache_dir") is None and not getattr(s, "no_cache", False):
+        values["cache_dir"] = str(default_cache_dir())
     return ExplainerConfig(**{**values, **overrides})
 
 
