@@ -172,11 +172,7 @@ def compute_metrics(
     >>> len(rep.deletion_curve)
     4
     """
-    U, Wt = fa._check_codes(U_hat, W)
-    A = fa._check_activations(A_bar, U, Wt)
-    logits_a = fa.head_logits(A, head, batch_size=batch_size)
-    cid = fa._check_class(class_id, logits_a.shape[1])
-    logits_r = fa.reconstruction_logits(U, Wt, head, batch_size=batch_size)
+    A, U, Wt, logits_a, logits_r, cid = _checked_logits(A_bar, U_hat, W, head, class_id, batch_size)
     acc, agreement, acc_original = fa._accuracy_from_logits(logits_a, logits_r, cid)
     deletion = cu.deletion_curve(U, Wt, head, cid, importance, batch_size=batch_size)
     insertion = cu.insertion_curve(U, Wt, head, cid, importance, batch_size=batch_size)
@@ -209,11 +205,36 @@ def compute_metrics(
         class_id=cid,
         split=split,
         encoder=dict(encoder) if encoder is not None else {},
-        settings={
-            "mu_fidelity_n_subsets": int(n_subsets),
-            "mu_fidelity_subset_size": int(size),
-            "random_state": random_state,
-            "density_threshold": float(density_threshold),
-            "c_deletion_normalisation": "r + 1 (c_deletion); r + 2 (c_deletion_paper)",
-        },
+        settings=_settings(n_subsets, size, random_state, density_threshold),
     )
+
+
+def _checked_logits(
+    A_bar: torch.Tensor,
+    U_hat: torch.Tensor,
+    W: torch.Tensor,
+    head: fa.Head,
+    class_id: int,
+    batch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The inputs checked, and the logits of the images and of their reconstructions:
+    ``(A, U, W, logits_a, logits_r, class_id)``."""
+    U, Wt = fa._check_codes(U_hat, W)
+    A = fa._check_activations(A_bar, U, Wt)
+    logits_a = fa.head_logits(A, head, batch_size=batch_size)
+    cid = fa._check_class(class_id, logits_a.shape[1])
+    logits_r = fa.reconstruction_logits(U, Wt, head, batch_size=batch_size)
+    return A, U, Wt, logits_a, logits_r, cid
+
+
+def _settings(
+    n_subsets: int, subset_size: int, random_state: int | None, density_threshold: float
+) -> dict[str, Any]:
+    """The metric settings a :class:`MetricReport` records."""
+    return {
+        "mu_fidelity_n_subsets": int(n_subsets),
+        "mu_fidelity_subset_size": int(subset_size),
+        "random_state": random_state,
+        "density_threshold": float(density_threshold),
+        "c_deletion_normalisation": "r + 1 (c_deletion); r + 2 (c_deletion_paper)",
+    }
