@@ -238,6 +238,23 @@ def split_model(
         "model": model,
         "input_size": input_size,
     }
+    split = _make_split(model, layer, parts, common, tol)
+    if categories is not None and len(categories) != split.n_classes:
+        raise ValueError(
+            f"categories has {len(categories)} names but the model has {split.n_classes} classes"
+        )
+    split, diff = _check_sign_and_verify(split, signed, check_non_negative, verify, tol)
+    if not split.exact:
+        split.approximation = _approximation(split, diff)
+        warnings.warn(split.approximation, ApproximateSplitWarning, stacklevel=2)
+    return split
+
+
+def _make_split(
+    model: nn.Module, layer: str | None, parts: _Parts | None, common: dict[str, Any], tol: float
+) -> ModelSplit:
+    """The split at the family's last map (``parts``), or at an intermediate ``layer`` with the
+    rest of the network as its head."""
     if layer is None or (parts is not None and layer == parts.layer):
         if parts is None:
             raise no_head_error(
@@ -245,20 +262,21 @@ def split_model(
                 "torchvision ResNet, MobileNetV2/V3, EfficientNet, DenseNet, VGG, ConvNeXt, "
                 "RegNet, ShuffleNetV2, MNASNet, ViT, Swin; timm CNNs, ViT, DeiT, Swin",
             )
-        split = ModelSplit(parts.features, parts.head, layer=parts.layer, **common)
-    else:
-        _check_layer(model, layer)
-        features = Truncated(model, layer)
-        probe = ModelSplit(features, nn.Identity(), **common).probe(1)
-        with torch.inference_mode():
-            fmap = features(probe)
-        head, exact = _rest_of_network(model, layer, probe, tuple(fmap.shape[1:]), tol)
-        split = ModelSplit(features, head, layer=layer, exact=exact, **common)
-    if categories is not None and len(categories) != split.n_classes:
-        raise ValueError(
-            f"categories has {len(categories)} names but the model has {split.n_classes} classes"
-        )
-    # one probe forward serves both the sign check and the verification
+        return ModelSplit(parts.features, parts.head, layer=parts.layer, **common)
+    _check_layer(model, layer)
+    features = Truncated(model, layer)
+    probe = ModelSplit(features, nn.Identity(), **common).probe(1)
+    with torch.inference_mode():
+        fmap = features(probe)
+    head, exact = _rest_of_network(model, layer, probe, tuple(fmap.shape[1:]), tol)
+    return ModelSplit(features, head, layer=layer, exact=exact, **common)
+
+
+def _check_sign_and_verify(
+    split: ModelSplit, signed: str | None, check_non_negative: bool, verify: bool, tol: float
+) -> tuple[ModelSplit, float | None]:
+    """Apply ``signed`` / ``check_non_negative`` to a signed layer and verify the split on one
+    probe forward; return the split and its measured difference (None when not measured)."""
     probe = split.probe()
     with torch.inference_mode():
         fmap = split.features(probe)
@@ -270,10 +288,7 @@ def split_model(
     elif verify or not split.exact:
         with torch.inference_mode():
             diff = split._compare(probe, split.head(split._pool(fmap)), tol)
-    if not split.exact:
-        split.approximation = _approximation(split, diff)
-        warnings.warn(split.approximation, ApproximateSplitWarning, stacklevel=2)
-    return split
+    return split, diff
 
 
 class ApproximateSplitWarning(UserWarning):
