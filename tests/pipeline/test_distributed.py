@@ -285,3 +285,18 @@ def test_cli_atlas_bundled_real_model(tmp_path, capsys):
     assert summary["classes"][0]["split"] == "heldout"  # the demo's held-out views
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert 'class="class-importance"' in html and "model not loaded" not in html
+
+
+def test_cli_atlas_takes_class_names(tiny_model, class_folders, tmp_path, capsys):
+    """--classes accepts names as --class-id does (issue 18): resolved after the model loads,
+    a name that is no class is one usage line, and a class named twice is refused."""
+    images = ["--images", str(class_folders)]
+    code, out, err = _atlas([*images, "--classes", "ant,1", "--out", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    assert [c["class_id"] for c in json.loads(out)["classes"]] == [0, 1]
+    code, _, err = _atlas([*images, "--classes", "ants_x", "--out", str(tmp_path / "b")], capsys)
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert code == 2 and len(errors) == 1 and "--classes 'ants_x'" in errors[0], err
+    assert "near matches: 'ant' (0)" in errors[0]
+    code, _, err = _atlas([*images, "--classes", "bee,1", "--out", str(tmp_path / "c")], capsys)
+    assert code == 2 and "twice" in err, err

@@ -38,7 +38,10 @@ def add_atlas_parser(sub: Any) -> argparse.ArgumentParser:
         "--bundled", action="store_true", default=_S, help="the bundled real photos (as the demo)"
     )
     p.add_argument("--heldout", metavar="DIR", default=_S, help="held-out images, one folder/class")
-    p.add_argument("--classes", metavar="IDS", default=_S, help="class ids, e.g. 285,207,1")
+    p.add_argument(
+        "--classes", metavar="CLASSES", default=_S,
+        help="class ids or names separated by commas, e.g. 285,207 or tabby,tiger_cat",
+    )  # fmt: skip
     p.add_argument("--shared", action="store_true", default=_S, help="one bank for all classes")
     fit_flags(p)  # every explainer flag of `fit`, generated from ExplainerConfig
     p.add_argument(
@@ -57,22 +60,39 @@ def _usage(message: str) -> Exception:
     return UsageError(message)
 
 
-def parse_classes(text: Any) -> list[int]:
-    """``"285, 207"`` → ``[285, 207]``; anything else is a usage error.
+def parse_classes(text: Any) -> list[int | str]:
+    """``"285, tabby"`` → ``[285, "tabby"]``: indices, or class names resolved once the model is
+    loaded (:func:`face_concepts.cli.common.resolve_class`); anything else is a usage error.
 
     Examples
     --------
     >>> parse_classes("3,1")
     [3, 1]
+    >>> parse_classes("285, tiger_cat")
+    [285, 'tiger_cat']
     """
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
-    if not parts or not all(p.isdigit() for p in parts):
+    if not parts:
         raise _usage(
-            f"--classes must be class ids separated by commas (e.g. 285,207), got {text!r}"
+            f"--classes must be class ids or names separated by commas (e.g. 285,207 or "
+            f"tabby,tiger_cat), got {text!r}"
         )
-    ids = [int(p) for p in parts]
-    if len(set(ids)) != len(ids):
+    items: list[int | str] = [int(p) if p.isdigit() else p for p in parts]
+    _check_unique(items, text)
+    return items
+
+
+def _check_unique(items: list[Any], text: Any) -> None:
+    if len(set(items)) != len(items):
         raise _usage(f"--classes lists a class twice: {text!r}")
+
+
+def resolve_classes(items: list[int | str], split: Any, model: str, text: Any) -> list[int]:
+    """The class indices of ``--classes`` (names looked up in the model's class names)."""
+    from face_concepts.cli.common import resolve_class
+
+    ids = [resolve_class(c, split, model, flag="--classes") for c in items]
+    _check_unique(ids, text)
     return ids
 
 
@@ -197,7 +217,7 @@ def _weights_record(weights: str | None) -> str | None:
     return str(Path(weights).resolve())
 
 
-def _check_args(s: SimpleNamespace) -> tuple[bool, list[int] | None, bool]:
+def _check_args(s: SimpleNamespace) -> tuple[bool, list[int | str] | None, bool]:
     """Usage checks before anything is loaded: (bundled, classes, shared)."""
     from face_concepts.cli.common import _require
     from face_concepts.methods.registry import get_method
@@ -208,7 +228,7 @@ def _check_args(s: SimpleNamespace) -> tuple[bool, list[int] | None, bool]:
         raise _usage("give exactly one of --images DIR (one subfolder per class) or --bundled")
     classes = parse_classes(s.classes) if getattr(s, "classes", None) is not None else None
     if classes is None and not bundled:
-        raise _usage("missing --classes (class ids separated by commas)")
+        raise _usage("missing --classes (class ids or names separated by commas)")
     if bundled and s.heldout is not None:
         raise _usage("--heldout goes with --images; --bundled holds out views of its photos")
     try:
@@ -225,13 +245,18 @@ def cmd_atlas(s: SimpleNamespace) -> int:
     from face_concepts.pipeline.shared import fit_classes
     from face_concepts.report import ModelCache, build_report
 
-    bundled, classes, shared = _check_args(s)
+    bundled, given_classes, shared = _check_args(s)
     images = s.images
     executor = _executor(s)  # before the model: a missing Ray fails fast
     with executor:
         _say(s, f"loading model {s.model} ...")
         # on CPU; tasks move it to --device
         split = load_model(s.model, s.weights, layer=s.layer, signed=s.signed)
+        classes = (
+            None
+            if given_classes is None
+            else resolve_classes(given_classes, split, s.model, s.classes)
+        )
         jobs = (
             _bundled_jobs(split, classes, s.seed)
             if bundled
