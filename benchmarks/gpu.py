@@ -80,9 +80,9 @@ def sync(device: torch.device) -> None:
 
 def parity(A: torch.Tensor, V: torch.Tensor, b: torch.Tensor, dev: torch.device) -> dict:
     from face_concepts.decomposition._head import Head
+    from face_concepts.decomposition.hals import solve_hals
     from face_concepts.decomposition.init import initialize
     from face_concepts.decomposition.problem import make_problem
-    from face_concepts.decomposition.solvers import solve_hals
 
     U0, W0 = initialize(A, R, "nndsvda")
     out = {}

@@ -42,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from _common import load_average, log, machine_lines, matmul_gflops, mobilenet_crop_activations
 from face_concepts import FACE, NMF
 from face_concepts.decomposition._head import Head
+from face_concepts.decomposition.hals import solve_hals
 from face_concepts.decomposition.init import initialize
 from face_concepts.decomposition.newton import solve_codes_newton
 from face_concepts.decomposition.newton_cg import bank_newton_step
@@ -50,7 +51,6 @@ from face_concepts.decomposition.solvers import (
     _terms_at,
     evaluate,
     kkt_residual,
-    solve_hals,
 )
 from face_concepts.models.head import affine_parameters
 

@@ -23,6 +23,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from face_concepts.decomposition import solvers as sv
 from face_concepts.decomposition._head import Head
+from face_concepts.decomposition.hals import solve_hals
 from face_concepts.decomposition.init import initialize
 from face_concepts.decomposition.newton_cg import bank_newton_step
 from face_concepts.decomposition.problem import Problem, make_problem
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     plain = Problem(A=prob.A, head=None, kl_weight=0.0, sq_norm_A=prob.sq_norm_A)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        warm = sv.solve_hals(plain, U, W, max_iter=sv.WARM_MAX_ITER, tol=sv.WARM_TOL)
+        warm = solve_hals(plain, U, W, max_iter=sv.WARM_MAX_ITER, tol=sv.WARM_TOL)
     U, W = warm.U, warm.W
     curvature = sv._Curvature()
     out: dict = {"lam": args.lam, "warm_iter": warm.n_iter, "obj": [], "kkt": []}

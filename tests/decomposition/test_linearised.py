@@ -12,10 +12,10 @@ from sklearn.exceptions import ConvergenceWarning
 from face_concepts.decomposition import FACE, face_objective
 from face_concepts.decomposition._head import Head
 from face_concepts.decomposition.autograd_solvers import solve_pgd
+from face_concepts.decomposition.hals import solve_hals
 from face_concepts.decomposition.init import initialize
 from face_concepts.decomposition.linearised import solve_linearised
 from face_concepts.decomposition.problem import make_problem
-from face_concepts.decomposition.solvers import solve_hals
 
 
 class Counting(torch.nn.Module):

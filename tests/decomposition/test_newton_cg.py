@@ -15,6 +15,7 @@ from face_concepts.decomposition import face_objective
 from face_concepts.decomposition import newton_cg as ncg
 from face_concepts.decomposition import solvers as sv
 from face_concepts.decomposition._head import Head
+from face_concepts.decomposition.hals import solve_hals
 from face_concepts.decomposition.init import initialize
 from face_concepts.decomposition.problem import make_problem
 
@@ -86,7 +87,7 @@ def test_kkt_residual_is_scale_free_and_vanishes_at_a_solution():
     D = torch.tensor([0.5, 2.0, 7.0], dtype=U.dtype)
     scaled = sv.kkt_residual(prob, U * D, W / D[:, None], None, sv.evaluate(prob, U, W).total)
     assert scaled == pytest.approx(start, rel=1e-10)
-    res = sv.solve_hals(prob, U, W, max_iter=3000, tol=0.0)
+    res = solve_hals(prob, U, W, max_iter=3000, tol=0.0)
     end = sv.kkt_residual(prob, res.U, res.W, None, res.history["total"][-1])
     assert end < 1e-3 * start
 
@@ -97,14 +98,14 @@ def test_warm_start_fits_plain_nmf_first():
     U0, W0 = initialize(A.float(), 3, "nndsvda")
     A32 = A.float()
     prob32 = make_problem(A32, Head(lin.float(), dtype=A32.dtype, device=A32.device), 1.0)
-    res = sv.solve_hals(prob32, U0, W0, max_iter=50, tol=1e-5, warm_start=True)
+    res = solve_hals(prob32, U0, W0, max_iter=50, tol=1e-5, warm_start=True)
     plain = sv.Problem(A=A32, head=None, kl_weight=0.0, sq_norm_A=prob32.sq_norm_A)
-    nmf = sv.solve_hals(plain, U0, W0, max_iter=sv.WARM_MAX_ITER, tol=sv.WARM_TOL)
+    nmf = solve_hals(plain, U0, W0, max_iter=sv.WARM_MAX_ITER, tol=sv.WARM_TOL)
     assert res.warm_iter == nmf.n_iter > 0
     assert res.history["total"][0] == pytest.approx(
         sv.evaluate(prob32, nmf.U, nmf.W).total, rel=1e-6
     )
-    cold = sv.solve_hals(prob32, U0, W0, max_iter=1, tol=1e-5)
+    cold = solve_hals(prob32, U0, W0, max_iter=1, tol=1e-5)
     assert cold.warm_iter == 0
     assert cold.history["total"][0] == pytest.approx(sv.evaluate(prob32, U0, W0).total, rel=1e-6)
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from face_concepts.decomposition.autograd_solvers import solve_adam, solve_pgd
+from face_concepts.decomposition.hals import solve_hals
 from face_concepts.decomposition.linearised import solve_linearised
-from face_concepts.decomposition.solvers import SolverResult, solve_hals
+from face_concepts.decomposition.solvers import SolverResult
 
 SOLVERS: dict[str, Callable[..., SolverResult]] = {
     "hals": solve_hals,

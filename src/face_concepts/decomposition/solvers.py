@@ -1,4 +1,5 @@
-"""The ``hals`` solver for ``min_{U, W ≥ 0} L(U, W)`` (docs/method.md §2) and the helpers every solver shares.
+"""The ``hals`` solver's block steps for ``min_{U, W ≥ 0} L(U, W)`` (docs/method.md §2) and the
+helpers every solver shares; the ``hals`` loop itself is :func:`hals.solve_hals`.
 
 ``hals`` (default for affine heads and plain NMF) — alternating block updates; the objective
 is convex in each block and every block update is monotone.
@@ -38,7 +39,6 @@ optimality at any point (reported by the benchmarks).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -46,7 +46,6 @@ from sklearn.exceptions import ConvergenceWarning
 
 from face_concepts.decomposition.losses import Terms, factored_objective, kl_rows
 from face_concepts.decomposition.newton import solve_codes_newton
-from face_concepts.decomposition.newton_cg import bank_newton_step
 from face_concepts.decomposition.problem import Problem
 
 U_NEWTON_STEPS = 1  # projected Newton iterations per U-block update (affine head, λ > 0)
@@ -362,75 +361,6 @@ class _Extrapolation:
         else:
             self.beta_bar = self.beta
             self.beta = self.beta / self.eta
-
-
-def solve_hals(
-    prob: Problem,
-    U: torch.Tensor,
-    W: torch.Tensor,
-    *,
-    max_iter: int = 1000,
-    tol: float = 1e-5,
-    max_inner: int = 10,
-    extrapolate: bool | None = None,
-    w_solver: str = "newton",
-    warm_start: bool = False,
-    callback: Callable[[int, Terms], None] | None = None,
-) -> SolverResult:
-    """Alternating block updates (affine heads or λ = 0). See the module docstring.
-
-    ``tol``: stop once the objective's relative decrease, averaged over the last ``WINDOW``
-    iterations, is below it (see ``_stop_test``). ``w_solver``: the W-block with λ > 0,
-    ``"newton"`` (projected Newton-CG, ``bank_newton``) or ``"mm"`` (majorise-minimise HALS).
-    ``extrapolate`` (default: with the MM blocks only): safeguarded extrapolation between
-    iterations. ``warm_start`` (λ > 0): first fit plain NMF from ``(U, W)`` to ``WARM_TOL``.
-    """
-    if not prob.factored:
-        raise ValueError("solver='hals' needs an affine head (or kl_weight=0); use solver='pgd'")
-    res = SolverResult(U=U, W=W, n_iter=0, converged=False)
-    if warm_start and prob.kl_weight > 0:
-        plain = Problem(A=prob.A, head=None, kl_weight=0.0, sq_norm_A=prob.sq_norm_A)
-        with warnings.catch_warnings():
-            # A warm start that is not converged is still a start: no warning for it.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            warm = solve_hals(plain, U, W, max_iter=WARM_MAX_ITER, tol=WARM_TOL)
-        U, W, res.warm_iter = warm.U, warm.W, warm.n_iter
-    newton_w = prob.kl_weight > 0 and w_solver == "newton"
-    if extrapolate is None:
-        extrapolate = not newton_w
-    ex = _Extrapolation()
-    cu, cw = _Curvature(), _Curvature()
-    with torch.no_grad():
-        prev, Z = _terms_at(prob, U, W)
-        _record(res.history, prev)
-        for t in range(1, max_iter + 1):
-            U_old, W_old = U, W
-            U, Z, f_u, UtA = _u_block(prob, U, W, Z, max_inner, prev.total, cu)
-            if newton_w:
-                W, Z, cur, UtA = bank_newton_step(prob, U, W, Z, f_u, UtA=UtA)
-            else:
-                W, Z, _, UtA = w_step(prob, U, W, Z, max_inner, f_u.total, cw)
-                cur = factored_objective(
-                    prob.sq_norm_A, UtA, U.T @ U, W, prob.n, prob.p, _kl_of(prob, Z), prob.kl_weight
-                )
-            if extrapolate and t > 1:
-                Ue, We = ex.propose(U, U_old), ex.propose(W, W_old)
-                trial, Ze = _terms_at(prob, Ue, We)
-                accepted = trial.total < cur.total
-                if accepted:
-                    U, W, cur, Z = Ue, We, trial, Ze
-                ex.update(accepted)
-            _record(res.history, cur)
-            res.n_iter = t
-            if callback is not None:
-                callback(t, cur)
-            if _stop_test(res.history["total"], tol):
-                res.converged = True
-                break
-            prev = cur
-    _finish(res.history, res.n_iter, max_iter, res.converged, "hals")
-    res.U, res.W = U, W
-    return res
 
 
 def _stop_test(history: list[float], tol: float) -> bool:
