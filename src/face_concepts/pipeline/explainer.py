@@ -212,7 +212,7 @@ class ConceptExplainer:
     def _cache(self) -> Any:
         if self.cache_dir is None:
             return None
-        from face_concepts.activations.extract import ActivationCache
+        from face_concepts.activations.cache import ActivationCache
 
         return ActivationCache(self.cache_dir)
 

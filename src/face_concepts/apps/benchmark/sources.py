@@ -183,7 +183,7 @@ def load_benchmark_model(spec: str) -> Any:
                 f"model {spec!r}: checkpoint {str(ckpt)!r} not found; train it with "
                 "`python benchmarks/train_vit_fashion_mnist.py` (about 2 CPU minutes on 1 thread)"
             )
-        from face_concepts.models.zoo import load_state_dict_file
+        from face_concepts.models.weights import load_state_dict_file
 
         return fashion_vit_split(load_state_dict_file(fashion_vit(), ckpt))
     if head != FASHION_MNIST_SPEC:
@@ -196,7 +196,7 @@ def load_benchmark_model(spec: str) -> Any:
             f"model {spec!r}: checkpoint {str(ckpt)!r} not found; train it with "
             "`python benchmarks/train_fashion_mnist.py` (about 5 minutes on 2 CPU cores)"
         )
-    from face_concepts.models.zoo import load_state_dict_file
+    from face_concepts.models.weights import load_state_dict_file
 
     return fashion_mnist_split(load_state_dict_file(FashionCNN(), ckpt), name=FASHION_MNIST_SPEC)
 
