@@ -30,6 +30,9 @@ from face_concepts.decomposition.solvers import (
     w_step,
 )
 
+# A W-block: (problem, U, W, logits, objective after the U-block, UᵀA) -> (W, logits, terms, UᵀA)
+WBlock = Callable[..., tuple[torch.Tensor, torch.Tensor | None, Terms, torch.Tensor]]
+
 
 def solve_hals(
     prob: Problem,
@@ -43,6 +46,7 @@ def solve_hals(
     w_solver: str = "newton",
     warm_start: bool = False,
     callback: Callable[[int, Terms], None] | None = None,
+    signed_w_block: WBlock | None = None,
 ) -> SolverResult:
     """Alternating block updates (affine heads or λ = 0). See the module docstring.
 
@@ -51,6 +55,8 @@ def solve_hals(
     ``"newton"`` (projected Newton-CG, ``bank_newton``) or ``"mm"`` (majorise-minimise HALS).
     ``extrapolate`` (default: with the MM blocks only): safeguarded extrapolation between
     iterations. ``warm_start`` (λ > 0): first fit plain NMF from ``(U, W)`` to ``WARM_TOL``.
+    ``signed_w_block``: the W-block of the signed bank (``semi_nmf.bank_step``; W unconstrained,
+    its extrapolation not clamped, extrapolation on by default): the same loop serves both banks.
     """
     if not prob.factored:
         raise ValueError("solver='hals' needs an affine head (or kl_weight=0); use solver='pgd'")
@@ -60,11 +66,13 @@ def solve_hals(
         with warnings.catch_warnings():
             # A warm start that is not converged is still a start: no warning for it.
             warnings.simplefilter("ignore", ConvergenceWarning)
-            warm = solve_hals(plain, U, W, max_iter=WARM_MAX_ITER, tol=WARM_TOL)
+            warm = solve_hals(
+                plain, U, W, max_iter=WARM_MAX_ITER, tol=WARM_TOL, signed_w_block=signed_w_block
+            )
         U, W, res.warm_iter = warm.U, warm.W, warm.n_iter
     newton_w = prob.kl_weight > 0 and w_solver == "newton"
     if extrapolate is None:
-        extrapolate = not newton_w
+        extrapolate = signed_w_block is not None or not newton_w
     ex = _Extrapolation()
     cu, cw = _Curvature(), _Curvature()
     with torch.no_grad():
@@ -73,7 +81,9 @@ def solve_hals(
         for t in range(1, max_iter + 1):
             U_old, W_old = U, W
             U, Z, f_u, UtA = _u_block(prob, U, W, Z, max_inner, prev.total, cu)
-            if newton_w:
+            if signed_w_block is not None:
+                W, Z, cur, UtA = signed_w_block(prob, U, W, Z, f_u, UtA)
+            elif newton_w:
                 W, Z, cur, UtA = bank_newton_step(prob, U, W, Z, f_u, UtA=UtA)
             else:
                 W, Z, _, UtA = w_step(prob, U, W, Z, max_inner, f_u.total, cw)
@@ -81,7 +91,9 @@ def solve_hals(
                     prob.sq_norm_A, UtA, U.T @ U, W, prob.n, prob.p, _kl_of(prob, Z), prob.kl_weight
                 )
             if extrapolate and t > 1:
-                Ue, We = ex.propose(U, U_old), ex.propose(W, W_old)
+                Ue = ex.propose(U, U_old)
+                # the signed bank's W is not clamped at 0
+                We = ex.propose(W, W_old) if signed_w_block is None else W + ex.beta * (W - W_old)
                 trial, Ze = _terms_at(prob, Ue, We)
                 accepted = trial.total < cur.total
                 if accepted:

@@ -27,29 +27,19 @@ the W-step unprojected (``autograd_solvers.solve_pgd(signed=True)``, and ``linea
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from sklearn.exceptions import ConvergenceWarning
 
 from face_concepts.decomposition.autograd_solvers import solve_pgd
+from face_concepts.decomposition.hals import solve_hals
 from face_concepts.decomposition.linearised import solve_linearised
 from face_concepts.decomposition.losses import Terms, factored_objective
 from face_concepts.decomposition.newton_cg import bank_newton_step
 from face_concepts.decomposition.problem import Problem
 from face_concepts.decomposition.solvers import (
-    WARM_MAX_ITER,
-    WARM_TOL,
     SolverResult,
-    _Curvature,
-    _Extrapolation,
-    _finish,
-    _record,
-    _stop_test,
-    _terms_at,
-    _u_block,
 )
 
 BANKS = ("nonnegative", "signed")
@@ -98,44 +88,14 @@ def solve_semi_nmf(
     extrapolate: bool = True,
     callback: Callable[[int, Terms], None] | None = None,
 ) -> SolverResult:
-    """Alternating U-block / signed W-block updates (module docstring); the stop rule of
-    ``hals`` (windowed relative decrease below ``tol``, else ``max_iter`` with a warning).
-    ``warm_start`` (λ > 0): first fit plain Semi-NMF from ``(U, W)`` to ``WARM_TOL``."""
-    if not prob.factored:
-        raise ValueError("solver='hals' needs an affine head (or kl_weight=0); use solver='pgd'")
-    res = SolverResult(U=U, W=W, n_iter=0, converged=False)
-    if warm_start and prob.kl_weight > 0:
-        plain = Problem(A=prob.A, head=None, kl_weight=0.0, sq_norm_A=prob.sq_norm_A)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            warm = solve_semi_nmf(plain, U, W, max_iter=WARM_MAX_ITER, tol=WARM_TOL)
-        U, W, res.warm_iter = warm.U, warm.W, warm.n_iter
-    curv, ex = _Curvature(), _Extrapolation()
-    with torch.no_grad():
-        prev, Z = _terms_at(prob, U, W)
-        _record(res.history, prev)
-        for t in range(1, max_iter + 1):
-            U_old, W_old = U, W
-            U, Z, f_u, UtA = _u_block(prob, U, W, Z, max_inner, prev.total, curv)
-            W, Z, cur, _ = bank_step(prob, U, W, Z, f_u, UtA)
-            if extrapolate and t > 1:  # HALS-e's safeguarded step; W is not clamped
-                Ue, We = ex.propose(U, U_old), W + ex.beta * (W - W_old)
-                trial, Ze = _terms_at(prob, Ue, We)
-                accepted = trial.total < cur.total
-                if accepted:
-                    U, W, cur, Z = Ue, We, trial, Ze
-                ex.update(accepted)
-            _record(res.history, cur)
-            res.n_iter = t
-            if callback is not None:
-                callback(t, cur)
-            if _stop_test(res.history["total"], tol):
-                res.converged = True
-                break
-            prev = cur
-    _finish(res.history, res.n_iter, max_iter, res.converged, "hals")
-    res.U, res.W = U, W
-    return res
+    """Alternating U-block / signed W-block updates (module docstring): the loop of ``hals``
+    (``hals.solve_hals``) with :func:`bank_step` as its W-block; its stop rule (windowed relative
+    decrease below ``tol``, else ``max_iter`` with a warning). ``warm_start`` (λ > 0): first fit
+    plain Semi-NMF from ``(U, W)`` to ``WARM_TOL``."""
+    return solve_hals(
+        prob, U, W, max_iter=max_iter, tol=tol, max_inner=max_inner, warm_start=warm_start,
+        extrapolate=extrapolate, callback=callback, signed_w_block=bank_step,
+    )  # fmt: skip
 
 
 # The signed counterparts of ``registry.SOLVERS`` (``FACE(bank="signed", solver=...)``).
