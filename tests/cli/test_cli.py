@@ -22,7 +22,9 @@ from torch import nn
 import _tiny
 import face_concepts
 import face_concepts.models
-from face_concepts.cli.main import UsageError, build_parser, main, read_config, resolve_settings
+from face_concepts.cli.common import UsageError
+from face_concepts.cli.main import build_parser, main
+from face_concepts.cli.settings import read_config, resolve_settings
 from face_concepts.metrics.report import METRIC_KEYS
 from face_concepts.models import ModelSplit
 from face_concepts.pipeline.bank import ConceptBank

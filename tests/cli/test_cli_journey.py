@@ -111,7 +111,7 @@ def test_a_method_typo_suggests_the_method(tmp_path):
 
 
 def test_the_cli_method_list_is_the_registry():
-    from face_concepts.cli.main import METHOD_NAMES
+    from face_concepts.cli.common import METHOD_NAMES
     from face_concepts.methods.registry import METHODS
 
     assert sorted(METHOD_NAMES) == sorted(METHODS)
@@ -153,7 +153,8 @@ def test_config_keys_may_be_spelled_as_flags(tmp_path):
     proc = face("fit", "--config", cfg, cwd=tmp_path)
     # the key was read (before: "unknown key 'class-id'") and then checked like the flag
     one_error_line(proc, 2, "--class-id must be >= 0")
-    from face_concepts.cli.main import build_parser, resolve_settings
+    from face_concepts.cli.main import build_parser
+    from face_concepts.cli.settings import resolve_settings
 
     cfg.write_text('class-id = "tabby"\nkl-weight = 2\n[fit]\nn-concepts = 3\nmax_iter = 9\n')
     s = resolve_settings(build_parser().parse_args(["fit", "--config", str(cfg)]))

@@ -20,7 +20,8 @@ import _tiny
 from face_concepts import ConceptExplainer
 from face_concepts._core.paths import default_cache_dir
 from face_concepts.cli import common
-from face_concepts.cli.main import build_parser, resolve_settings
+from face_concepts.cli.main import build_parser
+from face_concepts.cli.settings import resolve_settings
 from face_concepts.methods.registry import METHODS
 from face_concepts.pipeline.bank import ConceptBank
 from face_concepts.pipeline.config import (
