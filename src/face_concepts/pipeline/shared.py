@@ -39,8 +39,9 @@ from face_concepts.methods.registry import factorize, get_method
 from face_concepts.pipeline.bank import ConceptBank
 from face_concepts.pipeline.config import DEFAULTS as _D
 from face_concepts.pipeline.config import ExplainerConfig, config_attributes
-from face_concepts.pipeline.explainer import N_TOP_CROPS, ConceptExplainer
+from face_concepts.pipeline.explainer import ConceptExplainer
 from face_concepts.pipeline.persist import _to_uint8
+from face_concepts.pipeline.views import N_TOP_CROPS
 
 __all__ = [
     "CLASSES_DIR",
