@@ -231,7 +231,8 @@ def test_cli_atlas_shared(tiny_model, class_folders, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--classes", "0,x"], "--classes must be class ids"),
+        (["--classes", "0,x"], "--classes 'x' is not a class name"),
+        (["--classes", " , "], "--classes must be class ids or names"),
         (["--classes", "0,0"], "lists a class twice"),
         (["--classes", "2"], "class 2: no folder for class_id=2"),
         (["--classes", "0", "--address", "auto"], "need --executor ray"),
