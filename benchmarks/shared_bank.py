@@ -36,8 +36,8 @@ from _common import load_average, machine_lines
 from face_concepts import load_model
 from face_concepts.apps.demo import _views, choose_classes
 from face_concepts.pipeline.bank import ConceptBank
+from face_concepts.pipeline.classes import ClassJob, fit_classes
 from face_concepts.pipeline.executors import LocalExecutor, RayExecutor
-from face_concepts.pipeline.shared import ClassJob, fit_classes
 from face_concepts.report.glossary import METRIC_HELP
 
 KEYS = ("acc", "kl", "c_deletion", "c_insertion", "c_gini")

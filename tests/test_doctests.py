@@ -24,6 +24,7 @@ SRC = Path(face_concepts.__file__).parent
 # Modules whose every example needs real images, weights, data sets or a cluster.
 SKIP_ONLY = {
     "face_concepts.data.idx",  # the Fashion-MNIST files of the Debian package
+    "face_concepts.pipeline.classes",  # a model and per-class images (fit_classes)
     "face_concepts.pipeline.explainer",  # MobileNetV2 weights and a folder of photos
     "face_concepts.pipeline.jobs",  # folders of photos
     "face_concepts.report",  # a saved run

@@ -24,6 +24,7 @@ from face_concepts.cli.main import build_parser
 from face_concepts.cli.settings import resolve_settings
 from face_concepts.methods.registry import METHODS
 from face_concepts.pipeline.bank import ConceptBank
+from face_concepts.pipeline.classes import ClassJob, fit_classes
 from face_concepts.pipeline.config import (
     DEFAULTS,
     METHOD_NAMES,
@@ -31,7 +32,7 @@ from face_concepts.pipeline.config import (
     ExplainerConfig,
 )
 from face_concepts.pipeline.jobs import fit_evaluate_save
-from face_concepts.pipeline.shared import ClassJob, SharedConceptExplainer, fit_classes
+from face_concepts.pipeline.shared import SharedConceptExplainer
 
 TINY = "test:config"
 FAST = {"n_concepts": 2, "patch_size": 8, "n_designs": 8, "max_iter": 25, "progress": False}

@@ -22,6 +22,7 @@ import _tiny
 from face_concepts.cli.atlas import _print
 from face_concepts.cli.main import main
 from face_concepts.pipeline.bank import ConceptBank
+from face_concepts.pipeline.classes import ClassJob, fit_classes
 from face_concepts.pipeline.executors import (
     RAY_MISSING,
     LocalExecutor,
@@ -29,7 +30,6 @@ from face_concepts.pipeline.executors import (
     get_executor,
     run_task,
 )
-from face_concepts.pipeline.shared import ClassJob, fit_classes
 
 
 @pytest.fixture(scope="module")

@@ -22,14 +22,9 @@ from face_concepts.decomposition import FACE, encode
 from face_concepts.importance import sobol_indices
 from face_concepts.models import ModelSplit
 from face_concepts.pipeline.bank import ConceptBank
+from face_concepts.pipeline.classes import ClassJob, fit_classes
 from face_concepts.pipeline.executors import LocalExecutor
-from face_concepts.pipeline.shared import (
-    CLASSES_DIR,
-    ClassJob,
-    SharedConceptExplainer,
-    class_run_name,
-    fit_classes,
-)
+from face_concepts.pipeline.shared import CLASSES_DIR, SharedConceptExplainer, class_run_name
 from face_concepts.report import ModelCache, build_report, find_runs
 from face_concepts.report.shared import importance_shares
 

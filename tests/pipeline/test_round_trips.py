@@ -24,7 +24,8 @@ from face_concepts._core.warn import recording
 from face_concepts.methods.registry import factorize, get_method
 from face_concepts.pipeline import bank as bank_module
 from face_concepts.pipeline.bank import ConceptBank
-from face_concepts.pipeline.shared import SharedConceptExplainer, _on_device
+from face_concepts.pipeline.classes import _on_device
+from face_concepts.pipeline.shared import SharedConceptExplainer
 
 TINY = "test:roundtrip"
 SETTINGS = {"n_concepts": 3, "patch_size": 8, "n_designs": 8, "max_iter": 30, "progress": False}

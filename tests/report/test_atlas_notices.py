@@ -24,7 +24,7 @@ from face_concepts.data.preprocess import Preprocess
 from face_concepts.importance import gradient_input
 from face_concepts.models import split_model
 from face_concepts.pipeline.bank import ConceptBank
-from face_concepts.pipeline.shared import ClassJob, fit_classes
+from face_concepts.pipeline.classes import ClassJob, fit_classes
 from face_concepts.report import ModelCache, build_report
 
 TINY = "test:atlas"

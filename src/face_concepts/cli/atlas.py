@@ -98,7 +98,7 @@ def resolve_classes(items: list[int | str], split: Any, model: str, text: Any) -
 
 def _folder_jobs(split: Any, images: str, heldout: str | None, classes: list[int]) -> list[Any]:
     from face_concepts.data import load_images, resolve_imagenet_class_folder
-    from face_concepts.pipeline.shared import ClassJob
+    from face_concepts.pipeline.classes import ClassJob
 
     if not Path(images).is_dir():
         raise _usage(f"--images {images!r} is not a folder with one subfolder per class")
@@ -119,7 +119,7 @@ def _folder_jobs(split: Any, images: str, heldout: str | None, classes: list[int
 
 def _bundled_jobs(split: Any, classes: list[int] | None, seed: int) -> list[Any]:
     from face_concepts.apps.demo import _views, choose_classes
-    from face_concepts.pipeline.shared import ClassJob
+    from face_concepts.pipeline.classes import ClassJob
 
     found = dict(choose_classes(split, max_classes=1000))
     if classes is None:
@@ -242,7 +242,7 @@ def cmd_atlas(s: SimpleNamespace) -> int:
     """Run ``face-concepts atlas`` on resolved settings; returns the exit code."""
     from face_concepts.cli.common import _emit_json, _say, explainer_config
     from face_concepts.models import load_model
-    from face_concepts.pipeline.shared import fit_classes
+    from face_concepts.pipeline.classes import fit_classes
     from face_concepts.report import ModelCache, build_report
 
     bundled, given_classes, shared = _check_args(s)
