@@ -85,6 +85,55 @@ def _write_figures(ex: ConceptExplainer, run_dir: Path) -> list[str]:
 KEYS = ("acc", "agreement", "kl", "rel_l2", "c_insertion", "c_deletion", "c_gini", "density")
 
 
+def _fit_method(
+    split: Any,
+    method: str,
+    cid: int,
+    name: str,
+    fit_x: Any,
+    held_x: Any,
+    out: Path,
+    *,
+    n_concepts: int,
+    kl_weight: float,
+    seed: int,
+    max_iter: int | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """Fit, evaluate and save one method on one class of the demo; its summary entry."""
+    config = ExplainerConfig(
+        method=method,
+        n_concepts=n_concepts,
+        kl_weight=kl_weight,
+        random_state=seed,
+        max_iter=max_iter,  # None: converged fits (the solver's own stop)
+        progress=False,
+    )
+    ex = ConceptExplainer.from_config(split, config)
+    run_dir = out / f"{cid}_{slug(name)}" / method
+    result = fit_evaluate_save(ex, fit_x, cid, heldout=held_x, out=run_dir)
+    fit_s, rep_fit, rep_held = result.fit_seconds, *result.metrics.values()  # fit, heldout
+    files = _write_figures(ex, run_dir)
+    record: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "fit_seconds": round(fit_s, 2),
+        "n_iter": ex.fit_info_["n_iter"],
+        "kl_weight": ex.effective_kl_weight,
+        "fit": {k: rep_fit[k] for k in KEYS},
+        "heldout": {k: rep_held[k] for k in KEYS},
+        "top_concepts": [int(i) for i in torch.argsort(ex.importance(), descending=True)[:3]],
+        "figures": files,
+    }
+    h = record["heldout"]
+    _log(
+        f"   {method:5s} λ={ex.effective_kl_weight:g}: {ex.fit_info_['n_iter']} iterations in {fit_s:.1f} s | held-out "
+        f"agreement {h['agreement']:.3f}, KL {h['kl']:.4f}, rel-ℓ2 {h['rel_l2']:.3f}, C-Ins {h['c_insertion']:.3f}, "
+        f"C-Del {h['c_deletion']:.3f}",
+        progress,
+    )
+    return record
+
+
 def run_demo(
     out_dir: str | Path = "runs/demo",
     *,
@@ -119,38 +168,10 @@ def run_demo(
         fit_x, held_x = _views(photos, n_views, seed), _views(photos, n_heldout, seed + 1000)
         entry: dict[str, Any] = {"class_id": cid, "class_name": name, "n_photos": len(photos)}
         for method in ("face", "nmf") if compare_nmf else ("face",):
-            config = ExplainerConfig(
-                method=method,
-                n_concepts=n_concepts,
-                kl_weight=kl_weight,
-                random_state=seed,
-                max_iter=max_iter,  # None: converged fits (the solver's own stop)
-                progress=False,
-            )
-            ex = ConceptExplainer.from_config(split, config)
-            run_dir = out / f"{cid}_{slug(name)}" / method
-            result = fit_evaluate_save(ex, fit_x, cid, heldout=held_x, out=run_dir)
-            fit_s, rep_fit, rep_held = result.fit_seconds, *result.metrics.values()  # fit, heldout
-            files = _write_figures(ex, run_dir)
-            entry[method] = {
-                "run_dir": str(run_dir),
-                "fit_seconds": round(fit_s, 2),
-                "n_iter": ex.fit_info_["n_iter"],
-                "kl_weight": ex.effective_kl_weight,
-                "fit": {k: rep_fit[k] for k in KEYS},
-                "heldout": {k: rep_held[k] for k in KEYS},
-                "top_concepts": [
-                    int(i) for i in torch.argsort(ex.importance(), descending=True)[:3]
-                ],
-                "figures": files,
-            }
-            h = entry[method]["heldout"]
-            _log(
-                f"   {method:5s} λ={ex.effective_kl_weight:g}: {ex.fit_info_['n_iter']} iterations in {fit_s:.1f} s | held-out "
-                f"agreement {h['agreement']:.3f}, KL {h['kl']:.4f}, rel-ℓ2 {h['rel_l2']:.3f}, C-Ins {h['c_insertion']:.3f}, "
-                f"C-Del {h['c_deletion']:.3f}",
-                progress,
-            )
+            entry[method] = _fit_method(
+                split, method, cid, name, fit_x, held_x, out, n_concepts=n_concepts,
+                kl_weight=kl_weight, seed=seed, max_iter=max_iter, progress=progress,
+            )  # fmt: skip
         summary["classes"].append(entry)
     summary["seconds"] = round(time.perf_counter() - start, 1)
     atomic_write_json(out / "summary.json", summary)
