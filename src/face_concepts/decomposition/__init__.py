@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from face_concepts.activations.cache import CachedActivations
 from face_concepts.decomposition.encoder import encode
-from face_concepts.decomposition.estimators import FACE, NMF
+from face_concepts.decomposition.estimators import FACE
 from face_concepts.decomposition.init import initialize, nndsvd
 from face_concepts.decomposition.losses import face_objective, objective_and_grads
+from face_concepts.decomposition.nmf import NMF
 from face_concepts.decomposition.registry import SOLVERS
 
 __all__ = [
