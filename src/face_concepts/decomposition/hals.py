@@ -30,6 +30,22 @@ from face_concepts.decomposition.solvers import (
     w_step,
 )
 
+
+def _plain_warm_start(
+    prob: Problem, U: torch.Tensor, W: torch.Tensor, signed_w_block: WBlock | None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Plain NMF (Semi-NMF with ``signed_w_block``) from ``(U, W)`` to ``WARM_TOL``: the start
+    of a FACE fit. Returns ``(U, W, iterations)``."""
+    plain = Problem(A=prob.A, head=None, kl_weight=0.0, sq_norm_A=prob.sq_norm_A)
+    with warnings.catch_warnings():
+        # A warm start that is not converged is still a start: no warning for it.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warm = solve_hals(
+            plain, U, W, max_iter=WARM_MAX_ITER, tol=WARM_TOL, signed_w_block=signed_w_block
+        )
+    return warm.U, warm.W, warm.n_iter
+
+
 # A W-block: (problem, U, W, logits, objective after the U-block, UᵀA) -> (W, logits, terms, UᵀA)
 WBlock = Callable[..., tuple[torch.Tensor, torch.Tensor | None, Terms, torch.Tensor]]
 
@@ -62,14 +78,7 @@ def solve_hals(
         raise ValueError("solver='hals' needs an affine head (or kl_weight=0); use solver='pgd'")
     res = SolverResult(U=U, W=W, n_iter=0, converged=False)
     if warm_start and prob.kl_weight > 0:
-        plain = Problem(A=prob.A, head=None, kl_weight=0.0, sq_norm_A=prob.sq_norm_A)
-        with warnings.catch_warnings():
-            # A warm start that is not converged is still a start: no warning for it.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            warm = solve_hals(
-                plain, U, W, max_iter=WARM_MAX_ITER, tol=WARM_TOL, signed_w_block=signed_w_block
-            )
-        U, W, res.warm_iter = warm.U, warm.W, warm.n_iter
+        U, W, res.warm_iter = _plain_warm_start(prob, U, W, signed_w_block)
     newton_w = prob.kl_weight > 0 and w_solver == "newton"
     if extrapolate is None:
         extrapolate = signed_w_block is not None or not newton_w
