@@ -145,6 +145,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     seconds = time.perf_counter() - t0
     acc = evaluate(model, xte, yte)
+    return save_and_record(model, out, args, acc, seconds, MIN_TEST_ACCURACY)
+
+
+def save_and_record(
+    model: nn.Module,
+    out: Path,
+    args: argparse.Namespace,
+    acc: float,
+    seconds: float,
+    min_accuracy: float,
+    *,
+    architecture: str | None = None,
+    cpu_seconds: float | None = None,
+) -> int:
+    """Save the checkpoint atomically, write its record (``OUT.json`` and ``--record``) and
+    print it; the exit code is 1 when the test accuracy is below ``min_accuracy``. Shared by the
+    CNN and ViT recipes."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     torch.save(model.state_dict(), tmp)
@@ -152,8 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "checkpoint": _portable(out),
         "sha256": sha256_file(out),
+        **({"architecture": architecture} if architecture else {}),
         "test_accuracy": round(acc, 4),
         "train_seconds": round(seconds, 1),
+        # this process only: the machine's load does not count
+        **({"train_cpu_seconds": round(cpu_seconds, 1)} if cpu_seconds is not None else {}),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "record", "force")},
         "load_average": [round(v, 2) for v in os.getloadavg()],
         "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -165,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.record:
         Path(args.record).write_text(text, encoding="utf-8")
     sys.stdout.write(text)
-    if acc < MIN_TEST_ACCURACY:
-        print(f"test accuracy {acc:.4f} is below {MIN_TEST_ACCURACY}", file=sys.stderr)
+    if acc < min_accuracy:
+        print(f"test accuracy {acc:.4f} is below {min_accuracy}", file=sys.stderr)
         return 1
     return 0
 

@@ -21,10 +21,6 @@ accuracy, training time, settings). An existing checkpoint is kept unless ``--fo
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -39,8 +35,8 @@ from face_concepts.apps.benchmark.sources import (
     fashion_vit,
 )
 from face_concepts.data.idx import fashion_mnist
-from train_fashion_mnist import _portable, evaluate, sha256_file, train
 from train_fashion_mnist import build_parser as cnn_parser
+from train_fashion_mnist import evaluate, save_and_record, sha256_file, train
 
 # The recipe's promise; the script exits 1 below it. Measured 2026-12-04 with the defaults
 # (benchmarks/results/fashion_mnist_vit.json): test accuracy 0.8714, 131.5 s of CPU on one
@@ -88,32 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     acc = evaluate(model, xte, yte)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, out)
-    record = {
-        "checkpoint": _portable(out),
-        "sha256": sha256_file(out),
-        "architecture": "face_concepts.apps.benchmark.sources.fashion_vit (torchvision VisionTransformer)",
-        "test_accuracy": round(acc, 4),
-        "train_seconds": round(seconds, 1),
-        "train_cpu_seconds": round(cpu, 1),  # this process only: the load does not count
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "record", "force")},
-        "load_average": [round(v, 2) for v in os.getloadavg()],
-        "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-    text = json.dumps(record, indent=2) + "\n"
-    out.with_suffix(".json").write_text(text, encoding="utf-8")
-    if args.record:
-        Path(args.record).write_text(text, encoding="utf-8")
-    sys.stdout.write(text)
-    if acc < MIN_TEST_ACCURACY:
-        print(f"test accuracy {acc:.4f} is below {MIN_TEST_ACCURACY}", file=sys.stderr)
-        return 1
-    return 0
+    return save_and_record(
+        model, out, args, acc, seconds, MIN_TEST_ACCURACY,
+        architecture="face_concepts.apps.benchmark.sources.fashion_vit (torchvision VisionTransformer)",
+        cpu_seconds=cpu,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
