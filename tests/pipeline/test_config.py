@@ -195,19 +195,19 @@ def test_a_saved_run_records_and_reloads_its_config(split, tmp_path):
 def test_atlas_accepts_every_fit_flag():
     fit = {o for a in _subparser("fit")._actions for o in a.option_strings}
     atlas = {o for a in _subparser("atlas")._actions for o in a.option_strings}
-    # --class-id names one class (atlas: --classes); --overwrite replaces one run directory
-    assert fit - atlas == {"--class-id", "--overwrite"}
+    # --class-id names one class (atlas: --classes, which takes ids or names)
+    assert fit - atlas == {"--class-id"}
     argv = ["atlas", "--classes", "0,1", "--out", "o", "--method", "nmf", "--n-concepts", "4",
             "--kl-weight", "0.5", "--patch-size", "8", "--n-designs", "16", "--batch-size", "3",
             "--max-iter", "9", "--tol", "0.001", "--filter-correct", "--cache-dir", "c",
-            "--seed", "2", "--device", "cpu", "--no-progress", "--stability"]  # fmt: skip
+            "--seed", "2", "--device", "cpu", "--no-progress", "--stability", "--overwrite"]  # fmt: skip
     s = resolve_settings(build_parser().parse_args(argv))
     assert common.explainer_config(s) == ExplainerConfig(
         method="nmf", n_concepts=4, kl_weight=0.5, patch_size=8, n_designs=16, batch_size=3,
         max_iter=9, tol=1e-3, filter_correct=True, cache_dir="c", random_state=2, device="cpu",
         progress=False,
     )  # fmt: skip
-    assert s.stability is True
+    assert s.stability is True and s.overwrite is True
 
 
 def test_cli_bounds_come_from_the_config(tmp_path):

@@ -243,14 +243,15 @@ def test_cli_atlas_shared(tiny_model, class_folders, tmp_path, capsys):
     ],
 )
 def test_cli_atlas_usage_errors(args, message, tiny_model, class_folders, tmp_path, capsys):
-    code, out, err = _atlas(["--images", str(class_folders), *args, "--out", str(tmp_path)], capsys)
+    out_dir = str(tmp_path / "out")
+    code, out, err = _atlas(["--images", str(class_folders), *args, "--out", out_dir], capsys)
     assert code == 2 and out == ""
     errors = [line for line in err.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0]
 
 
 def test_cli_atlas_needs_exactly_one_image_source(tiny_model, tmp_path, capsys):
-    code, _, err = _atlas(["--classes", "0", "--out", str(tmp_path)], capsys)
+    code, _, err = _atlas(["--classes", "0", "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and "exactly one of --images" in err
 
 
@@ -265,7 +266,7 @@ def test_cli_atlas_without_ray(monkeypatch, tiny_model, class_folders, tmp_path,
             "--executor",
             "ray",
             "--out",
-            str(tmp_path),
+            str(tmp_path / "out"),
         ],
         capsys,
     )
@@ -301,3 +302,29 @@ def test_cli_atlas_takes_class_names(tiny_model, class_folders, tmp_path, capsys
     assert "near matches: 'ant' (0)" in errors[0]
     code, _, err = _atlas([*images, "--classes", "bee,1", "--out", str(tmp_path / "c")], capsys)
     assert code == 2 and "twice" in err, err
+
+
+def test_cli_atlas_refuses_a_non_empty_out_unless_overwrite(
+    tiny_model, class_folders, tmp_path, capsys
+):
+    """Issue 18 item 5 for atlas: an --out that holds something is refused before loading;
+    with --overwrite the new atlas replaces the old and what it did not rewrite (a class no longer
+    asked for) is removed."""
+    out = tmp_path / "out"
+    images = ["--images", str(class_folders)]
+    code, _, err = _atlas([*images, "--classes", "0,1", "--out", str(out)], capsys)
+    assert code == 0, err
+    before = sorted(p.name for p in out.iterdir())
+    assert "report.html" in before and len(before) >= 3
+    code, _, err = _atlas([*images, "--classes", "0", "--out", str(out)], capsys)
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and len(errors) == 1 and "--overwrite" in errors[0], err
+    assert sorted(p.name for p in out.iterdir()) == before  # untouched
+    code, summary, err = _atlas(
+        [*images, "--classes", "0", "--out", str(out), "--overwrite"], capsys
+    )
+    assert code == 0, err
+    kept = {Path(c["run_dir"]).name for c in json.loads(summary)["classes"]}
+    after = sorted(p.name for p in out.iterdir())
+    assert set(after) <= kept | {"report.html"} | {n for n in before if n.endswith(".json")}
+    assert len(kept) == 1 and next(iter(kept)) in after and len(after) < len(before)

@@ -51,7 +51,47 @@ def add_atlas_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=_S, help="local: processes; ray: local CPUs")
     p.add_argument("--gpus-per-task", type=float, default=_S, help="ray: GPUs per task (0)")
     p.add_argument("--out", metavar="DIR", default=_S, help="output folder (required)")
+    p.add_argument(
+        "--overwrite", action="store_true", default=_S,
+        help="write into an --out that is not empty; once the new atlas is built, what the old "
+        "one left there and the new one did not rewrite (other classes' runs, ...) is removed",
+    )  # fmt: skip
     return p
+
+
+def _check_out(out: Path, overwrite: bool) -> list[Path]:
+    """Refuse a non-empty --out without --overwrite (before anything is loaded); returns what is
+    there, for :func:`_remove_stale` once the new atlas is built."""
+    existing = (
+        sorted(p for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
+    )
+    if existing and not overwrite:
+        names = ", ".join(repr(p.name) for p in existing[:3]) + (
+            ", ..." if len(existing) > 3 else ""
+        )
+        raise _usage(
+            f"--out {out} is not empty ({len(existing)} entries: {names}); pass --overwrite to "
+            "replace the atlas there, or choose another --out"
+        )
+    return existing
+
+
+def _remove_stale(existing: list[Path], since: float) -> list[Path]:
+    """Remove the entries of the old --out that this atlas did not write (not modified since
+    ``since``, a ``time.time()``): runs of classes no longer asked for, a shared bank replaced
+    by per-class banks, ... Returns what was removed."""
+    import shutil
+
+    removed = []
+    for path in existing:
+        if not path.exists() or path.stat().st_mtime >= since:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(path)
+    return removed
 
 
 def _usage(message: str) -> Exception:
@@ -246,6 +286,8 @@ def cmd_atlas(s: SimpleNamespace) -> int:
     from face_concepts.report import ModelCache, build_report
 
     bundled, given_classes, shared = _check_args(s)
+    existing = _check_out(Path(s.out), bool(getattr(s, "overwrite", False)))
+    started = time.time()
     images = s.images
     executor = _executor(s)  # before the model: a missing Ray fails fast
     with executor:
@@ -280,6 +322,9 @@ def cmd_atlas(s: SimpleNamespace) -> int:
     cache = ModelCache(device=s.device)
     cache.put(split, s.model, _weights_record(s.weights), split.layer, signed=s.signed)
     report = build_report(out, device=s.device, progress=s.progress, cache=cache)
+    removed = _remove_stale(existing, started)
+    if removed:
+        _say(s, f"removed {len(removed)} entries of the previous atlas in {out}")
     summary = {
         "out": str(out), "report": str(report), "shared": shared, "executor": described,
         "model": s.model, "seconds": round(seconds, 2), "classes": rows,
