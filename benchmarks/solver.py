@@ -80,11 +80,14 @@ def sklearn_fit(A: torch.Tensor, repeats: int = 3) -> tuple[float, float, int]:
     return statistics.median(times), float(sk.reconstruction_err_) ** 2 / X.size, int(sk.n_iter_)
 
 
-def face_fit(A: torch.Tensor, head: torch.nn.Module, lam: float) -> dict:
+def face_fit(A: torch.Tensor, head: torch.nn.Module, lam: float, bank: str = "nonnegative") -> dict:
+    """The default ``FACE(...).fit(A)`` end to end, timed, with its KKT residual at the stop;
+    ``bank="signed"``: the signed concept bank (row 5), W unconstrained in the residual."""
+    signed = bank == "signed"
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        est = FACE(head, R, kl_weight=lam, random_state=0).fit(A)
+        est = FACE(head, R, kl_weight=lam, bank=bank, random_state=0).fit(A)
     seconds = time.perf_counter() - t0
     prob = make_problem(A, Head(head, dtype=A.dtype, device=A.device), lam)
     U = est.transform(A)
@@ -95,7 +98,7 @@ def face_fit(A: torch.Tensor, head: torch.nn.Module, lam: float) -> dict:
         "warm": est.n_warm_iter_,
         "converged": est.converged_,
         "warnings": sorted({type(w.message).__name__ for w in caught}),
-        "kkt": kkt_residual(prob, U, est.concept_bank_, None, est.objective_),
+        "kkt": kkt_residual(prob, U, est.concept_bank_, None, est.objective_, signed=signed),
     }
 
 
@@ -111,26 +114,6 @@ def centred(A: torch.Tensor, head: torch.nn.Module) -> tuple[torch.Tensor, torch
     return A - mu, shifted.eval()
 
 
-def signed_fit(A: torch.Tensor, head: torch.nn.Module, lam: float) -> dict:
-    """The end-to-end ``bank="signed"`` fit (row 5), with its KKT residual (W unconstrained)."""
-    t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        est = FACE(head, R, kl_weight=lam, bank="signed", random_state=0).fit(A)
-    seconds = time.perf_counter() - t0
-    prob = make_problem(A, Head(head, dtype=A.dtype, device=A.device), lam)
-    U = est.transform(A)
-    return {
-        "seconds": seconds,
-        "objective": est.objective_,
-        "iterations": est.n_iter_,
-        "warm": est.n_warm_iter_,
-        "converged": est.converged_,
-        "warnings": sorted({type(w.message).__name__ for w in caught}),
-        "kkt": kkt_residual(prob, U, est.concept_bank_, None, est.objective_, signed=True),
-    }
-
-
 def signed_section(
     A: torch.Tensor, head: torch.nn.Module, lambdas: list[float], nonneg: dict[float, dict]
 ) -> list[str]:
@@ -141,7 +124,7 @@ def signed_section(
     rows = []
     for lam in lambdas:
         log(f"λ = {lam:g}: signed bank on the centred A, then the non-negative fit")
-        sg = signed_fit(Ac, head_c, lam)
+        sg = face_fit(Ac, head_c, lam, bank="signed")
         nn_fit = nonneg.get(lam) or face_fit(A, head, lam)
         ratio = sg["seconds"] / nn_fit["seconds"]
         rows.append(

@@ -124,8 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def prepare(
+    args: argparse.Namespace, n_train: int | None = None
+) -> int | tuple[Path, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The start both recipes share: the checkpoint path and the train/test tensors (the first
+    ``n_train`` training images only, if given), or an exit code: 0 when the checkpoint exists
+    and ``--force`` is not given, 2 when Fashion-MNIST is not installed."""
     out = Path(args.out).expanduser()
     if out.is_file() and not args.force:
         print(f"{out} exists (sha256 {sha256_file(out)}); use --force to retrain", file=sys.stderr)
@@ -137,8 +141,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Fashion-MNIST is not available: {exc}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
+    if n_train is not None:
+        x_tr, y_tr = x_tr[:n_train], y_tr[:n_train]
     xtr, xte = fashion_mnist_tensor(x_tr), fashion_mnist_tensor(x_te)
-    ytr, yte = torch.as_tensor(y_tr), torch.as_tensor(y_te)
+    return out, xtr, torch.as_tensor(y_tr).long(), xte, torch.as_tensor(y_te).long()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    data = prepare(args)
+    if isinstance(data, int):
+        return data
+    out, xtr, ytr, xte, yte = data
     t0 = time.perf_counter()
     model = train(
         xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed

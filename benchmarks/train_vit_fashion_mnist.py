@@ -25,18 +25,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the CNN recipe next to this file
 
 from face_concepts.apps.benchmark.sources import (
     FASHION_MNIST_VIT_CHECKPOINT,
-    fashion_mnist_tensor,
     fashion_vit,
 )
-from face_concepts.data.idx import fashion_mnist
 from train_fashion_mnist import build_parser as cnn_parser
-from train_fashion_mnist import evaluate, save_and_record, sha256_file, train
+from train_fashion_mnist import evaluate, prepare, save_and_record, train
 
 # The recipe's promise; the script exits 1 below it. Measured 2026-12-04 with the defaults
 # (benchmarks/results/fashion_mnist_vit.json): test accuracy 0.8714, 131.5 s of CPU on one
@@ -57,21 +53,10 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    out = Path(args.out).expanduser()
-    if out.is_file() and not args.force:
-        print(f"{out} exists (sha256 {sha256_file(out)}); use --force to retrain", file=sys.stderr)
-        return 0
-    try:
-        x_tr, y_tr = fashion_mnist(args.root, "train")
-        x_te, y_te = fashion_mnist(args.root, "test")
-    except FileNotFoundError as exc:
-        print(f"Fashion-MNIST is not available: {exc}", file=sys.stderr)
-        return 2
-    torch.set_num_threads(args.threads)
-    if args.n_train is not None:
-        x_tr, y_tr = x_tr[: args.n_train], y_tr[: args.n_train]
-    xtr, xte = fashion_mnist_tensor(x_tr), fashion_mnist_tensor(x_te)
-    ytr, yte = torch.as_tensor(y_tr).long(), torch.as_tensor(y_te).long()
+    data = prepare(args, n_train=args.n_train)
+    if isinstance(data, int):
+        return data
+    out, xtr, ytr, xte, yte = data
     t0, c0 = time.perf_counter(), time.process_time()
     model = train(
         xtr,
