@@ -198,7 +198,7 @@ def test_non_affine_head_uses_autograd_path():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         U = f.fit_transform(A)
-    assert f.solver_ == "linearised"
+    assert f.solver_ == "jacobian"
     h = np.array(f.loss_history_["total"])
     assert np.all(np.diff(h) <= 1e-12 * h[:-1])
     assert float(U.min()) >= 0

@@ -33,10 +33,10 @@ N, P, R, C = 40, 12, 3, 5
 LAM = 1.0
 
 # Solvers whose objective history never rises (up to float64 rounding, TOL["monotone"]):
-# hals, pgd and linearised accept only steps that do not raise the objective. adam does not
+# hals, pgd, linearised and jacobian accept only steps that do not raise the objective. adam does not
 # promise it: it takes fixed-rate Adam steps and clamps, and its history is the loss *before*
 # each step.
-MONOTONE = {"hals": True, "pgd": True, "linearised": True, "adam": False}
+MONOTONE = {"hals": True, "pgd": True, "linearised": True, "jacobian": True, "adam": False}
 
 # (registry name, extra keyword arguments of the solver function): every registry entry at least
 # once, plus the hals variants that only the solver function exposes.
@@ -47,15 +47,18 @@ SOLVER_CASES = [
     ("hals", {"warm_start": True}),  # plain-NMF warm start first (what FACE uses)
     ("pgd", {}),
     ("linearised", {}),  # prox-linear MM, for heads that are not affine (here: the affine one)
+    ("jacobian", {}),  # the head's affine model between head calls (here: exact)
     ("adam", {"lr": 1e-2}),
 ]
 # Estimator fits: the registry's solvers and the mini-batch fit (batch_size; 16 rows, 3 batches).
 FITS = [*({"solver": name} for name in SOLVERS), {"batch_size": 16}]
 # The signed bank (Semi-NMF, docs/method.md §4.7): the same contract, except that W may be
-# negative; its solvers are the signed variants of hals / linearised and the mini-batch fit.
+# negative; its solvers are the signed variants of hals / linearised / jacobian and the
+# mini-batch fit.
 FITS += [
     {"solver": "hals", "bank": "signed"},
     {"solver": "linearised", "bank": "signed"},
+    {"solver": "jacobian", "bank": "signed"},
     {"batch_size": 16, "bank": "signed"},
 ]
 
@@ -171,7 +174,7 @@ def test_solver_stops_before_max_iter_with_a_loose_tol(name, options):
 
 # ----------------------------------------------------------------------------- estimators
 # Iteration caps that keep every fit well under a second on this data (adam's default is 22,000).
-CAPS = {"hals": 40, "pgd": 40, "linearised": 40, "adam": 300, "minibatch": 6}
+CAPS = {"hals": 40, "pgd": 40, "linearised": 40, "jacobian": 10, "adam": 300, "minibatch": 6}
 
 
 def _cap(kw: dict) -> int:
@@ -302,7 +305,9 @@ def test_shape_checks(kind, kw):
 
 
 # ----------------------------------------------------------------------------- non-affine head
-@pytest.mark.parametrize("solver", ["auto", *(s for s in ("linearised", "pgd") if s in SOLVERS)])
+@pytest.mark.parametrize(
+    "solver", ["auto", *(s for s in ("jacobian", "linearised", "pgd") if s in SOLVERS)]
+)
 def test_non_affine_head_fits_keep_the_contract(solver, tol):
     """The solvers for heads that are not affine, on one (the affine head then tanh)."""
     A, affine = data()
@@ -311,7 +316,11 @@ def test_non_affine_head_fits_keep_the_contract(solver, tol):
     with pytest.warns(ConvergenceWarning, match="max_iter=15"):
         U = est.fit_transform(A)
     # "auto" picks a solver for any differentiable head (hals needs an affine one)
-    assert est.solver_ == solver if solver != "auto" else est.solver_ in {"linearised", "pgd"}
+    assert (
+        est.solver_ == solver
+        if solver != "auto"
+        else est.solver_ in {"jacobian", "linearised", "pgd"}
+    )
     assert float(U.min()) >= 0 and float(est.concept_bank_.min()) >= 0
     assert_monotone(est.loss_history_["total"], tol["monotone"])
     expected = face_objective(A, U, est.concept_bank_, head, LAM)

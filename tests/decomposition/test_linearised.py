@@ -108,10 +108,11 @@ def test_first_order_stationarity_at_the_stop():
     assert after < 1e-2 * before
 
 
-def test_face_auto_picks_it_for_a_non_affine_head_and_counts_head_calls():
+def test_face_solver_linearised_for_a_non_affine_head():
+    """By name (``auto`` now picks ``jacobian``, tests/decomposition/test_jacobian.py)."""
     A, mlp = _data(seed=3)
     head = Counting(mlp)
-    est = FACE(head, n_concepts=3, kl_weight=1.0, max_iter=50, random_state=0)
+    est = FACE(head, n_concepts=3, kl_weight=1.0, max_iter=50, random_state=0, solver="linearised")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(A)

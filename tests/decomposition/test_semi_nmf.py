@@ -116,7 +116,7 @@ def test_signed_solvers_are_monotone_for_a_non_affine_head(tol, solver):
     U = _quiet_fit(est, A)
     h = np.array(est.loss_history_["total"])
     assert (
-        est.solver_ == ("linearised" if solver == "auto" else "pgd")
+        est.solver_ == ("jacobian" if solver == "auto" else "pgd")
         and float(U.min()) >= 0
         and float(est.concept_bank_.min()) < 0
     )

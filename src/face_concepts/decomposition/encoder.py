@@ -16,7 +16,7 @@ import torch
 
 from face_concepts._core.validation import as_float_tensor, check_float, check_int
 from face_concepts.decomposition._head import Head
-from face_concepts.decomposition.linearised import solve_linearised
+from face_concepts.decomposition.jacobian import solve_jacobian
 from face_concepts.decomposition.losses import HEAD_REQUIRED, kl_rows
 from face_concepts.decomposition.newton import solve_codes_newton
 from face_concepts.decomposition.problem import make_problem
@@ -48,11 +48,11 @@ def solve_codes(
     """Minimise the objective over U ≥ 0 with W fixed, starting at ``U``; returns (U, iterations).
 
     Affine head with λ > 0: projected Newton (``newton.py``); a head that is not affine: the
-    head linearised once per iteration (``linearised.py``, W fixed); λ = 0: exact HALS sweeps
-    of NNLS.
+    head's affine model between head calls (``jacobian.py``, W fixed); λ = 0: exact HALS
+    sweeps of NNLS.
     """
     if prob.kl_weight > 0 and not prob.factored:
-        res = solve_linearised(prob, U, W, max_iter=max_iter, tol=tol, update_W=False)
+        res = solve_jacobian(prob, U, W, max_iter=max_iter, tol=tol, update_W=False)
         return res.U, res.n_iter
     prev = evaluate(prob, U, W).total
     if prob.kl_weight > 0 and prob.factored:

@@ -56,15 +56,18 @@ class FACE(BaseEstimator):
         that the estimator reproduces their setting. ``ConceptExplainer`` and the CLI default to
         1.0 instead: at this objective's scale λ ≤ 1e-2 gave NMF's concepts in our λ sweeps
         (``benchmarks/results/reproduction.md``).
-    solver : {"auto", "hals", "pgd", "adam", "linearised"}
+    solver : {"auto", "hals", "pgd", "adam", "linearised", "jacobian"}
         "auto" picks "hals" (monotone block steps with factored logits) for affine heads and
-        "linearised" otherwise (the head linearised once per iteration: one forward and one
-        backward per iteration, monotone; see ``linearised.py``). "pgd" is plain projected
-        gradient through autograd (about 20 head calls per iteration). "adam" is the authors'
-        solver, for parity.
+        "jacobian" otherwise (between two head calls the head is replaced by its Jacobian,
+        anchored at each row's true logits, and the FACE problem on that model is solved by
+        the affine engine: about two head calls per iteration, monotone; see ``jacobian.py``).
+        "linearised" models the head by its gradient only (one forward and one backward per
+        iteration, many more iterations). "pgd" is plain projected gradient through autograd
+        (about 20 head calls per iteration). "adam" is the authors' solver, for parity.
     max_iter, tol : int, float, optional
         Defaults per solver: hals 1000 and 1e-5 (relative decrease of the objective per
-        iteration, averaged over the last 10 iterations; the same for linearised); pgd 1000 and
+        iteration, averaged over the last 10 iterations; the same for linearised); jacobian
+        200 and 1e-4 (the same, over 3 outer iterations); pgd 1000 and
         1e-5 (relative decrease over one iteration); adam 22,000 and 1e-3 (absolute loss change, the authors' rule).
     init : {"auto", "nndsvd", "nndsvda", "nndsvd-authors", "random", "custom", "signed-svd"}
         "auto" is "signed-svd" with ``bank="signed"``, "nndsvd-authors" for solver "adam" and

@@ -50,15 +50,15 @@ class _Evaluation:
     def __init__(self, prob: Problem, X: torch.Tensor) -> None:
         recon = float(((prob.A - X) ** 2).mean())
         self._X, self._kl = None, None
+        self.logits: torch.Tensor | None = None  # h(X), detached (kl_weight > 0)
         if prob.kl_weight <= 0:
             self.terms = Terms(recon, recon, 0.0)
             return
         self._X = X.detach().requires_grad_(True)
         with torch.enable_grad():
-            self._kl = (
-                prob.kl_weight
-                * kl_rows(prob.target_logP, prob.kl_head.logits(self._X), prob.target_P).mean()
-            )
+            Z = prob.kl_head.logits(self._X)
+            self._kl = prob.kl_weight * kl_rows(prob.target_logP, Z, prob.target_P).mean()
+        self.logits = Z.detach()
         kl = float(self._kl.detach()) / prob.kl_weight
         self.terms = Terms(recon + prob.kl_weight * kl, recon, kl)
 

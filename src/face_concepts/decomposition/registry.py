@@ -1,8 +1,9 @@
 """The solver registry: every full-batch solver by name, with its default ``max_iter`` / ``tol``.
 
-``solvers.py`` holds ``hals``, ``autograd_solvers.py`` ``pgd`` and ``adam``; ``linearised.py``
-the solver for heads that are not affine. ``FACE(solver=...)`` looks names up here (``estimators.py``); ``"auto"`` picks
-``hals`` for an affine head (or λ = 0) and ``linearised`` otherwise.
+``solvers.py`` holds ``hals``, ``autograd_solvers.py`` ``pgd`` and ``adam``; ``linearised.py`` and
+``jacobian.py`` the solvers for heads that are not affine. ``FACE(solver=...)`` looks names up
+here (``estimators.py``); ``"auto"`` picks ``hals`` for an affine head (or λ = 0) and
+``jacobian`` otherwise.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable
 
 from face_concepts.decomposition.autograd_solvers import solve_adam, solve_pgd
 from face_concepts.decomposition.hals import solve_hals
+from face_concepts.decomposition.jacobian import solve_jacobian
 from face_concepts.decomposition.linearised import solve_linearised
 from face_concepts.decomposition.solvers import SolverResult
 
@@ -19,15 +21,17 @@ SOLVERS: dict[str, Callable[..., SolverResult]] = {
     "pgd": solve_pgd,
     "adam": solve_adam,
     "linearised": solve_linearised,
+    "jacobian": solve_jacobian,
 }
 DEFAULTS: dict[str, dict[str, float]] = {
     "hals": {"max_iter": 1000, "tol": 1e-5},
     "pgd": {"max_iter": 1000, "tol": 1e-5},
     "adam": {"max_iter": 22000, "tol": 1e-3},
     "linearised": {"max_iter": 1000, "tol": 1e-5},
+    "jacobian": {"max_iter": 200, "tol": 1e-4},
 }
 
 
 def auto_solver(kl_weight: float, affine: bool) -> str:
-    """``solver="auto"``: ``hals`` for plain NMF or an affine head, else ``linearised``."""
-    return "hals" if (kl_weight == 0 or affine) else "linearised"
+    """``solver="auto"``: ``hals`` for plain NMF or an affine head, else ``jacobian``."""
+    return "hals" if (kl_weight == 0 or affine) else "jacobian"

@@ -34,6 +34,7 @@ import torch
 
 from face_concepts.decomposition.autograd_solvers import solve_pgd
 from face_concepts.decomposition.hals import solve_hals
+from face_concepts.decomposition.jacobian import solve_jacobian
 from face_concepts.decomposition.linearised import solve_linearised
 from face_concepts.decomposition.losses import Terms, factored_objective
 from face_concepts.decomposition.newton_cg import bank_newton_step
@@ -103,6 +104,7 @@ SOLVERS: dict[str, Callable[..., SolverResult]] = {
     "hals": solve_semi_nmf,
     "pgd": functools.partial(solve_pgd, signed=True),
     "linearised": functools.partial(solve_linearised, signed=True),
+    "jacobian": functools.partial(solve_jacobian, signed_w_block=bank_step),
 }
 
 

@@ -363,15 +363,15 @@ class _Extrapolation:
             self.beta = self.beta / self.eta
 
 
-def _stop_test(history: list[float], tol: float) -> bool:
+def _stop_test(history: list[float], tol: float, window: int = WINDOW) -> bool:
     """The default stop of ``hals``: the relative decrease of the objective per iteration,
-    averaged over the last ``WINDOW`` iterations (fewer at the start), is below ``tol``.
+    averaged over the last ``window`` iterations (fewer at the start), is below ``tol``.
 
     One iteration's decrease is noisy (the alternating blocks trade progress); the mean over a
     window is not. ``tol = 0`` runs until a whole window brings no decrease.
     """
     t = len(history) - 1
-    k = min(WINDOW, t)
+    k = min(window, t)
     before, after = history[-1 - k], history[-1]
     if before <= 0 or after <= 0:
         return True

@@ -1,0 +1,168 @@
+"""The ``jacobian`` solver (heads that are not affine): oracles, monotonicity, head calls."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from face_concepts.decomposition import FACE, face_objective
+from face_concepts.decomposition import jacobian as jac
+from face_concepts.decomposition._head import Head
+from face_concepts.decomposition.hals import solve_hals
+from face_concepts.decomposition.init import initialize
+from face_concepts.decomposition.jacobian import head_jacobian, solve_jacobian
+from face_concepts.decomposition.linearised import solve_linearised
+from face_concepts.decomposition.problem import make_problem
+from face_concepts.decomposition.semi_nmf import SOLVERS as SIGNED_SOLVERS
+
+
+class Counting(torch.nn.Module):
+    """Wraps a head and counts its forward calls (so the head is never seen as affine)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.net(x)
+
+
+def _data(seed: int = 0, n: int = 60, p: int = 10, C: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.rand(n, p, generator=g, dtype=torch.float64)
+    torch.manual_seed(seed)
+    mlp = torch.nn.Sequential(
+        torch.nn.Linear(p, 8), torch.nn.Tanh(), torch.nn.Linear(8, C)
+    ).double()
+    with torch.no_grad():
+        mlp[2].weight.mul_(4.0)  # a head with real curvature
+    return A, mlp
+
+
+def _run(fn, prob, U, W, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return fn(prob, U.clone(), W.clone(), **kw)
+
+
+def _monotone(history, tol):
+    h = np.array(history)
+    return bool(np.all(np.diff(h) <= tol["monotone"] * h[:-1]))
+
+
+def test_head_jacobian_matches_reverse_mode_autograd():
+    A, mlp = _data()
+    head = Head(mlp, dtype=A.dtype, device=A.device)
+    x = A[3]
+    ref = torch.autograd.functional.jacobian(lambda v: mlp(v[None])[0], x)
+    assert torch.allclose(head_jacobian(head, x), ref, atol=1e-12)
+
+
+def test_an_affine_head_it_cannot_see_is_solved_like_hals_in_few_head_calls():
+    """For an affine head the model is exact: the solver must reach hals' optimum (oracle), never
+    reject a model step, and get close within a handful of head calls at its default tol."""
+    A, _ = _data(seed=1)
+    lin = torch.nn.Linear(A.shape[1], 5).double()
+    hidden = Counting(lin)  # not recognised as affine: goes through the model path
+    prob = make_problem(A, Head(hidden, dtype=A.dtype, device=A.device), 1.0)
+    assert not prob.factored
+    U0, W0 = initialize(A, 3, "nndsvda", random_state=0)
+    ours = _run(solve_jacobian, prob, U0, W0, max_iter=200, tol=1e-9)
+    ref_prob = make_problem(A, Head(lin, dtype=A.dtype, device=A.device), 1.0)
+    ref = _run(solve_hals, ref_prob, U0, W0, max_iter=3000, tol=1e-10)
+    assert ours.history["total"][-1] == pytest.approx(ref.history["total"][-1], rel=1e-6)
+    assert ours.n_head_calls == ours.n_iter + 1  # one forward per iteration: no rejection
+    quick = _run(solve_jacobian, prob, U0, W0, max_iter=200, tol=1e-4)
+    assert quick.n_head_calls <= 10
+    assert quick.history["total"][-1] == pytest.approx(ref.history["total"][-1], rel=1e-4)
+
+
+@pytest.mark.parametrize("lam", [1.0, 30.0])
+def test_monotone_true_objective_and_fewer_head_calls_than_linearised(lam, tol):
+    A, mlp = _data()
+    head = Counting(mlp)
+    prob = make_problem(A, Head(head, dtype=A.dtype, device=A.device), lam)
+    U0, W0 = initialize(A, 3, "nndsvda", random_state=0)
+    head.calls = 0
+    ours = _run(solve_jacobian, prob, U0, W0, max_iter=300, tol=1e-7)
+    our_calls = head.calls
+    head.calls = 0
+    lin = _run(solve_linearised, prob, U0, W0, max_iter=1000, tol=1e-7)
+    assert _monotone(ours.history["total"], tol)
+    # every forward is counted (the Jacobian's forward-mode pass is one more)
+    assert ours.n_head_calls + 1 == our_calls
+    assert our_calls < head.calls
+    assert ours.history["total"][-1] <= lin.history["total"][-1] * (1 + 1e-3)
+    # the history is the true objective at the returned point
+    assert ours.history["total"][-1] == pytest.approx(
+        float(face_objective(A, ours.U, ours.W, mlp, lam)), rel=1e-9
+    )
+
+
+def _kkt(A, mlp, lam, U, W):
+    """Norm of the projected gradient of the §2 objective written out directly (the oracle)."""
+    logP = torch.log_softmax(mlp(A), dim=1).detach()
+    U, W = U.clone().requires_grad_(True), W.clone().requires_grad_(True)
+    X = U @ W
+    kl = (logP.exp() * (logP - torch.log_softmax(mlp(X), dim=1))).sum(1).mean()
+    gU, gW = torch.autograd.grad(((A - X) ** 2).mean() + lam * kl, (U, W))
+    parts = [torch.where(Y > 0, g, g.clamp(max=0)) for Y, g in ((U, gU), (W, gW))]
+    return float(torch.cat([q.flatten() for q in parts]).norm())
+
+
+def test_first_order_stationarity_at_the_stop():
+    A, mlp = _data(seed=2)
+    prob = make_problem(A, Head(mlp, dtype=A.dtype, device=A.device), 3.0)
+    U0, W0 = initialize(A, 3, "nndsvda", random_state=0)
+    res = _run(solve_jacobian, prob, U0, W0, max_iter=500, tol=1e-12)
+    assert _kkt(A, mlp, 3.0, res.U, res.W) < 1e-2 * _kkt(A, mlp, 3.0, U0, W0)
+
+
+def test_codes_only_keeps_the_bank_and_matches_linearised():
+    """``update_W=False`` (the encoder's problem): W untouched, objective no worse than the
+    linearised encoder's at a tight tolerance."""
+    A, mlp = _data(seed=4)
+    prob = make_problem(A, Head(mlp, dtype=A.dtype, device=A.device), 2.0)
+    U0, W0 = initialize(A, 3, "nndsvda", random_state=0)
+    ours = _run(solve_jacobian, prob, U0, W0, max_iter=300, tol=1e-10, update_W=False)
+    ref = _run(solve_linearised, prob, U0, W0, max_iter=3000, tol=1e-10, update_W=False)
+    assert torch.equal(ours.W, W0)
+    assert ours.history["total"][-1] <= ref.history["total"][-1] * (1 + 1e-4)
+
+
+def test_signed_bank_variant(tol):
+    A, mlp = _data(seed=5)
+    A = A - 0.5  # signed activations
+    prob = make_problem(A, Head(mlp, dtype=A.dtype, device=A.device), 1.0)
+    U0, W0 = initialize(A, 3, "signed-svd", random_state=0, signed=True)
+    res = _run(SIGNED_SOLVERS["jacobian"], prob, U0, W0, max_iter=200, tol=1e-8)
+    assert _monotone(res.history["total"], tol)
+    assert bool((res.U >= 0).all()) and bool((res.W < 0).any())
+    assert res.history["total"][-1] < 0.9 * res.history["total"][0]
+
+
+def test_fallback_step_keeps_descent_when_the_model_is_never_trusted(monkeypatch, tol):
+    """With no model step allowed every iteration takes the linearised fallback: still monotone
+    and still converging (the path that guards against a misleading model)."""
+    monkeypatch.setattr(jac, "MAX_TRIES", 0)
+    A, mlp = _data(seed=6)
+    prob = make_problem(A, Head(mlp, dtype=A.dtype, device=A.device), 1.0)
+    U0, W0 = initialize(A, 3, "nndsvda", random_state=0)
+    res = _run(solve_jacobian, prob, U0, W0, max_iter=30, tol=0.0)
+    assert res.n_iter == 30
+    assert _monotone(res.history["total"], tol)
+    assert res.history["total"][-1] < res.history["total"][0]
+
+
+def test_face_auto_picks_it_for_a_non_affine_head():
+    A, mlp = _data(seed=3)
+    est = FACE(Counting(mlp), n_concepts=3, kl_weight=1.0, random_state=0)
+    est.fit(A)
+    assert est.solver_ == "jacobian"
+    h = np.array(est.loss_history_["total"])
+    assert np.all(np.diff(h) <= 1e-12 * h[:-1])
