@@ -27,6 +27,7 @@ from face_concepts.cli.common import (
     SIGNED_CHOICES,
     UsageError,
 )
+from face_concepts.pipeline.config import fit_batch_conflict
 
 
 def _class_arg(text: str) -> int | str:
@@ -142,6 +143,11 @@ def check_settings(s: SimpleNamespace) -> None:
     signed = getattr(s, "signed", None)
     if signed is not None and signed not in SIGNED_CHOICES:
         raise UsageError(f"--signed must be posneg or relu, got {signed!r}")
+    conflict = fit_batch_conflict(
+        method, getattr(s, "kl_weight", None), getattr(s, "fit_batch_size", None), cli=True
+    )
+    if conflict is not None:
+        raise UsageError(conflict)
 
 
 def resolve_settings(args: argparse.Namespace) -> SimpleNamespace:

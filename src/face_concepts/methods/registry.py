@@ -29,6 +29,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from face_concepts._core.validation import with_cli_message
 from face_concepts.decomposition import FACE, NMF
+from face_concepts.models.head import affine_parameters
 
 _TORCH_SCALAR_WARNING = "Converting a tensor with requires_grad=True to a scalar"
 
@@ -100,17 +101,21 @@ def factorize(
     max_iter: int | None = None,
     tol: float | None = None,
     verbose: bool = False,
+    batch_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Fit ``A ≈ U W`` as the method says. Returns ``(U, W, info)``; info has n_iter, history,
-    and ``bank``. ``verbose``: the FACE solver's progress on stderr.
+    and ``bank``. ``verbose``: the FACE solver's progress on stderr. ``batch_size``: rows per
+    mini-batch of FACE's fit (``FACE(batch_size=)``; None: every row at once); methods face and
+    nmf only (:func:`check_batch_fit`), and ``max_iter``/``tol`` then count epochs.
 
     Signed rows (a layer with negative activations, kept signed by ``split_model``) get the
     signed concept bank (``FACE(bank="signed")``: codes ≥ 0, signed concepts); scikit-learn's
     NMF (craft, ice) cannot factorise them."""
+    check_batch_fit(spec, head, kl_weight, batch_size)
     bank = bank_for(A)
     _check_bank_supported(spec, A, bank)
     if spec.factorizer == "face":
-        return _factorize_face(spec, A, head, n_concepts, kl_weight, random_state, max_iter, tol, verbose, bank)  # fmt: skip
+        return _factorize_face(spec, A, head, n_concepts, kl_weight, random_state, max_iter, tol, verbose, bank, batch_size)  # fmt: skip
     return _factorize_sklearn(A, n_concepts, random_state, bank)
 
 
@@ -131,6 +136,39 @@ def fit_info(est: FACE, bank: str) -> dict[str, Any]:
         "history": est.loss_history_,
         "bank": bank,
     }
+
+
+def check_batch_fit(spec: MethodSpec, head: Any, kl_weight: float, batch_size: int | None) -> None:
+    """Refuse a mini-batch fit (``batch_size``, the explainer's ``fit_batch_size``) that this
+    method or head cannot run, in one line naming the setting; called before any model work.
+
+    Only the FACE engine's MM-HALS fits by mini-batches: not scikit-learn's NMF (craft, ice),
+    not the Adam loop (face-paper), and with λ > 0 only for an affine head (its running
+    statistics use ``h(x) = x Vᵀ + b``). ``ExplainerConfig`` refuses the first two already
+    (``face_concepts.pipeline.config.fit_batch_conflict``); this covers direct callers."""
+    if batch_size is None:
+        return
+    why = None
+    if spec.factorizer != "face":
+        why = "factorises with scikit-learn's NMF, which has no mini-batch fit"
+    elif spec.solver not in ("auto", "hals"):
+        why = f"runs the {spec.solver!r} solver, which has no mini-batch fit"
+    if why is not None:
+        raise with_cli_message(
+            ValueError(
+                f"fit_batch_size is for methods face and nmf only: method {spec.name!r} {why}; "
+                "leave fit_batch_size unset (every row at once)"
+            ),
+            f"--fit-batch-size is for --method face and nmf only: --method {spec.name} {why}; "
+            "leave --fit-batch-size unset (every row at once)",
+        )
+    if kl_weight > 0 and affine_parameters(head) is None:
+        raise ValueError(
+            "fit_batch_size needs an affine head (nn.Linear, or Dropout + Linear in eval mode) "
+            f"when the KL term is on (λ = {kl_weight:g}): the mini-batch fit's running "
+            f"statistics use h(x) = x Vᵀ + b, and this model's head ({type(head).__name__}) is "
+            "not affine; leave fit_batch_size unset (every row at once)"
+        )
 
 
 def _check_bank_supported(spec: MethodSpec, A: torch.Tensor, bank: str) -> None:
@@ -162,8 +200,9 @@ def _factorize_face(
     tol: float | None,
     verbose: bool,
     bank: str,
+    batch_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """:func:`factorize` with the FACE engine."""
+    """:func:`factorize` with the FACE engine (by mini-batches of ``batch_size`` rows if given)."""
     est = FACE(
         head,
         n_concepts,
@@ -174,6 +213,7 @@ def _factorize_face(
         random_state=random_state,
         verbose=verbose,
         bank=bank,
+        batch_size=batch_size,
     )
     with warnings.catch_warnings():
         # The Adam solver (face-paper) reads its loss with float() while it still requires
@@ -244,6 +284,7 @@ __all__ = [
     "METHODS",
     "NMF",
     "MethodSpec",
+    "check_batch_fit",
     "factorize",
     "finite_difference_importance",
     "get_method",

@@ -43,6 +43,7 @@ __all__ = [
     "ExplainerConfig",
     "Setting",
     "config_attributes",
+    "fit_batch_conflict",
 ]
 
 # face_concepts.methods.registry.METHODS, named here so that a typo is refused without importing
@@ -127,7 +128,7 @@ class ExplainerConfig:
         64,
         "images (or crops) per forward pass of the model while extracting activations; "
         "memory only, the concepts do not depend on it. Not a mini-batch of the "
-        "factorisation, which always uses every row",
+        "factorisation (that is fit_batch_size)",
         kind=int,
         minimum=1,
     )
@@ -145,6 +146,14 @@ class ExplainerConfig:
         "1e-4)",
         kind=float,
         minimum=0.0,
+    )
+    fit_batch_size: int | None = _setting(
+        None,
+        "rows per mini-batch of the FACE factorisation (default: every row at once); for more "
+        "rows than fit in memory; methods face and nmf only (max_iter and tol then count epochs, "
+        "defaults 50 and 1e-4)",
+        kind=int,
+        minimum=1,
     )
     random_state: int = _setting(0, "seed of every random step", kind=int, minimum=0, flag="seed")
     device: str | None = _setting(
@@ -174,6 +183,9 @@ class ExplainerConfig:
         for f in dataclasses.fields(self):
             value = _check(f, getattr(self, f.name))
             object.__setattr__(self, f.name, value)
+        problem = fit_batch_conflict(self.method, self.kl_weight, self.fit_batch_size)
+        if problem is not None:
+            raise ValueError(problem)
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self, *, saved_only: bool = False) -> dict[str, Any]:
@@ -295,6 +307,56 @@ def _check(f: dataclasses.Field, value: Any) -> Any:
     if meta["minimum"] is not None and value < meta["minimum"]:
         raise ValueError(f"{name} must be >= {meta['minimum']:g}, got {value}")
     return value
+
+
+def fit_batch_conflict(
+    method: Any, kl_weight: Any, fit_batch_size: Any, *, cli: bool = False
+) -> str | None:
+    """Why ``fit_batch_size`` cannot go with this method or λ, or None when it can.
+
+    Only FACE's MM-HALS engine fits by mini-batches (methods face and nmf): craft and ice run
+    scikit-learn's NMF, face-paper the authors' Adam loop, and ``kl_weight="auto"`` refits at
+    several λ from warm-started codes of every row. ``cli``: the message names flags.
+
+    Examples
+    --------
+    >>> fit_batch_conflict("face", 1.0, 256) is None
+    True
+    >>> print(fit_batch_conflict("craft", 1.0, 256))
+    fit_batch_size is for methods face and nmf only: method 'craft' factorises with scikit-learn's NMF, which has no mini-batch fit; leave fit_batch_size unset (every row at once) or use method 'face' or 'nmf'
+    """
+    if fit_batch_size is None:
+        return None
+    if method == "face" and kl_weight == "auto":
+        if cli:
+            return (
+                "--fit-batch-size cannot be used with --kl-weight auto, which refits at several "
+                "λ from warm-started codes of every row; give a number for --kl-weight or leave "
+                "--fit-batch-size unset"
+            )
+        return (
+            "fit_batch_size cannot be used with kl_weight='auto', which refits at several λ "
+            "from warm-started codes of every row; give a number for kl_weight or leave "
+            "fit_batch_size unset"
+        )
+    nmf = "factorises with scikit-learn's NMF, which has no mini-batch fit"
+    why = {
+        "craft": nmf,
+        "ice": nmf,
+        "face-paper": "runs the authors' Adam solver, which has no mini-batch fit (the "
+        "mini-batch fit updates the bank by MM-HALS)",
+    }.get(method)
+    if why is None:
+        return None
+    if cli:
+        return (
+            f"--fit-batch-size is for --method face and nmf only: --method {method} {why}; "
+            "leave --fit-batch-size unset (every row at once) or use --method face or nmf"
+        )
+    return (
+        f"fit_batch_size is for methods face and nmf only: method {method!r} {why}; leave "
+        "fit_batch_size unset (every row at once) or use method 'face' or 'nmf'"
+    )
 
 
 def config_attributes(cls: type) -> type:

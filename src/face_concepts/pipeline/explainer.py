@@ -23,7 +23,12 @@ from face_concepts.data import (
 )
 from face_concepts.decomposition import FACE, encode
 from face_concepts.importance import sobol_indices
-from face_concepts.methods.registry import factorize, finite_difference_importance, get_method
+from face_concepts.methods.registry import (
+    check_batch_fit,
+    factorize,
+    finite_difference_importance,
+    get_method,
+)
 from face_concepts.pipeline.config import DEFAULTS as _D
 from face_concepts.pipeline.config import ExplainerConfig, config_attributes
 from face_concepts.pipeline.views import ExplainerViews
@@ -65,6 +70,11 @@ class ConceptExplainer(ExplainerViews):
         Images per forward pass.
     max_iter, tol : optional
         Passed to the solver.
+    fit_batch_size : int or None
+        Rows (crops) per mini-batch of the FACE factorisation (``FACE(batch_size=)``); None
+        (default): every row at once. For more rows than fit in memory; methods face and nmf
+        only (a ValueError otherwise, and for ``kl_weight="auto"``); ``max_iter``/``tol`` then
+        count epochs (defaults 50 and 1e-4) and ``fit_info_["solver"]`` is "minibatch".
     random_state : int
     device : str or None
         Where the factorisation runs (default: CPU, or the model's device).
@@ -112,6 +122,7 @@ class ConceptExplainer(ExplainerViews):
         batch_size: int = _D.batch_size,
         max_iter: int | None = _D.max_iter,
         tol: float | None = _D.tol,
+        fit_batch_size: int | None = _D.fit_batch_size,
         random_state: int = _D.random_state,
         device: Any = _D.device,
         progress: bool = _D.progress,
@@ -126,7 +137,7 @@ class ConceptExplainer(ExplainerViews):
             n_designs=n_designs, filter_correct=filter_correct, batch_size=batch_size,
             max_iter=max_iter, tol=tol, random_state=random_state, device=device,
             progress=progress, cache_dir=cache_dir, verbose=verbose,
-            target_agreement=target_agreement,
+            target_agreement=target_agreement, fit_batch_size=fit_batch_size,
         )  # fmt: skip
 
     @classmethod
@@ -177,6 +188,7 @@ class ConceptExplainer(ExplainerViews):
             "batch_size": self.batch_size,
             "max_iter": self.max_iter,
             "tol": self.tol,
+            "fit_batch_size": self.fit_batch_size,
             "random_state": self.random_state,
         }
 
@@ -264,6 +276,7 @@ class ConceptExplainer(ExplainerViews):
         """
         self.warnings_: list[str] = []
         with recording(self.warnings_):
+            self._check_fit_batch()
             prepared = self._prepare_fit(images, class_id)
             dev = resolve_device(self.device)
             if self.spec.kl_weight is None and self.kl_weight == "auto":
@@ -281,8 +294,14 @@ class ConceptExplainer(ExplainerViews):
                 max_iter=self.max_iter,
                 tol=self.tol,
                 verbose=self.verbose,
+                batch_size=self.fit_batch_size,
             )
             return self._adopt_fit(prepared, U, W, info)
+
+    def _check_fit_batch(self) -> None:
+        """Refuse a ``fit_batch_size`` this method or head cannot run, before any image is read."""
+        if self.fit_batch_size is not None:
+            check_batch_fit(self.spec, self._head(), self.effective_kl_weight, self.fit_batch_size)
 
     # The two halves of ``fit``, also used by ``multiclass.SharedConceptExplainer``, which
     # factorises the rows of several classes at once and then adopts the shared bank per class.

@@ -98,6 +98,7 @@ class SharedConceptExplainer:
         batch_size: int = _D.batch_size,
         max_iter: int | None = _D.max_iter,
         tol: float | None = _D.tol,
+        fit_batch_size: int | None = _D.fit_batch_size,
         random_state: int = _D.random_state,
         device: Any = _D.device,
         progress: bool = _D.progress,
@@ -111,7 +112,7 @@ class SharedConceptExplainer:
             n_designs=n_designs, filter_correct=filter_correct, batch_size=batch_size,
             max_iter=max_iter, tol=tol, random_state=random_state, device=device,
             progress=progress, cache_dir=cache_dir, verbose=verbose,
-            target_agreement=target_agreement,
+            target_agreement=target_agreement, fit_batch_size=fit_batch_size,
         )  # fmt: skip
 
     @classmethod
@@ -150,6 +151,7 @@ class SharedConceptExplainer:
     def _fit(
         self, explainers: dict[int, ConceptExplainer], images_by_class: Mapping[int, Any]
     ) -> None:
+        next(iter(explainers.values()))._check_fit_batch()  # before any image is read
         prepared = {
             c: explainers[c]._prepare_fit(images, c)
             for c, images in zip(explainers, images_by_class.values())
@@ -166,6 +168,7 @@ class SharedConceptExplainer:
             max_iter=self.max_iter,
             tol=self.tol,
             verbose=self.verbose,
+            batch_size=self.fit_batch_size,
         )
         counts = [int(p["rows"].shape[0]) for p in prepared.values()]
         for (c, ex), U_c in zip(explainers.items(), U.cpu().split(counts)):

@@ -78,6 +78,7 @@ class ExplainerViews:
                     random_state=self.random_state,
                     max_iter=self.max_iter,
                     tol=self.tol,
+                    batch_size=self.fit_batch_size,
                 )
             stopped.append(not info["converged"])
             return W
