@@ -147,8 +147,9 @@ def test_signed_bank_variant(tol):
 
 
 def test_fallback_step_keeps_descent_when_the_model_is_never_trusted(monkeypatch, tol):
-    """With no model step allowed every iteration takes the linearised fallback: still monotone
-    and still converging (the path that guards against a misleading model)."""
+    """With no model step allowed, the first iteration takes one linearised step and the second
+    hands the rest of the fit to linearised: still monotone, all iterations counted (the path
+    that guards against a misleading model)."""
     monkeypatch.setattr(jac, "MAX_TRIES", 0)
     A, mlp = _data(seed=6)
     prob = make_problem(A, Head(mlp, dtype=A.dtype, device=A.device), 1.0)

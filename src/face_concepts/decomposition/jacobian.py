@@ -58,7 +58,7 @@ from face_concepts.decomposition.solvers import (
 
 INNER_ITER = 20  # hals iterations on the affine model per head call
 INNER_TOL = 1e-7  # and their stop tolerance
-MAX_TRIES = 8  # damped model solves per outer iteration before one linearised step
+MAX_TRIES = 5  # damped model solves per outer iteration before one linearised step
 PROMISE_ULPS = 100  # a model decrease below this many ulps (relative) is rounding: no head call
 WINDOW = 3  # the stop averages the relative decrease over this many outer iterations
 
@@ -135,6 +135,7 @@ def solve_jacobian(
     n_calls = 1
     floor = PROMISE_ULPS * torch.finfo(prob.A.dtype).eps
     mu = 0.0  # proximal weight, in units of α (a Levenberg–Marquardt damping)
+    failures, handed_over = 0, False
     _record(res.history, cur)
     for t in range(1, max_iter + 1):
         assert G is not None and Z is not None
@@ -158,7 +159,21 @@ def solve_jacobian(
         if stationary:
             res.converged = True
             break
+        if accepted is None and failures >= 1:
+            # The model has misled twice: this head is too far from affine across its rows for
+            # it. The rest of the fit is linearised's (at most MAX_TRIES head calls were lost).
+            rest = _linearised_rest(
+                prob, U, W, max_iter - t + 1, tol, signed, update_W, callback, t
+            )
+            n_calls += rest.n_head_calls
+            res.history = {k: v + rest.history[k][1:] for k, v in res.history.items()}
+            res.n_iter = t - 1 + rest.n_iter
+            res.converged = rest.converged
+            U, W = rest.U, rest.W
+            handed_over = True
+            break
         if accepted is None:  # the model misled: one majorised (linearised) step instead
+            failures += 1
             step = solve_linearised(
                 prob, U, W, max_iter=1, tol=0.0, signed=signed, update_W=update_W
             )
@@ -179,11 +194,34 @@ def solve_jacobian(
         if _stop_test(res.history["total"], tol, WINDOW):
             res.converged = True
             break
-    if update_W:
+    if update_W and not handed_over:
         _finish(res.history, res.n_iter, max_iter, res.converged, "jacobian")
     res.U, res.W = U, W
     res.n_head_calls = n_calls
     return res
+
+
+def _linearised_rest(
+    prob: Problem,
+    U: torch.Tensor,
+    W: torch.Tensor,
+    max_iter: int,
+    tol: float,
+    signed: bool,
+    update_W: bool,
+    callback: Callable[[int, Terms], None] | None,
+    t: int,
+) -> SolverResult:
+    """The rest of a fit by ``linearised`` from outer iteration ``t`` (its ConvergenceWarning,
+    if any, names ``linearised``)."""
+
+    def shifted(k: int, terms: Terms) -> None:
+        if callback is not None:
+            callback(t - 1 + k, terms)
+
+    return solve_linearised(
+        prob, U, W, max_iter=max_iter, tol=tol, signed=signed, update_W=update_W, callback=shifted
+    )
 
 
 def _solve_model(
