@@ -196,3 +196,20 @@ def traced(name: str, prob, U, W, cap_s: float, **kw) -> Trace:
         except _TimeUp:
             tr.capped = True
     return tr
+
+
+def exported_problem(path: str, lam: float):
+    """The FACE problem at λ on the rows, head weights and bias that ``benchmarks/gpu.py
+    --export`` wrote (an affine head): ``(A, Problem)``."""
+    from safetensors.torch import load_file
+
+    from face_concepts.decomposition._head import Head
+    from face_concepts.decomposition.problem import make_problem
+
+    d = load_file(path)
+    A = d["A"]
+    lin = torch.nn.Linear(A.shape[1], d["V"].shape[0])
+    with torch.no_grad():
+        lin.weight.copy_(d["V"])
+        lin.bias.copy_(d["b"])
+    return A, make_problem(A, Head(lin, dtype=A.dtype, device=A.device), lam)

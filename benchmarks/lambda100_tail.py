@@ -18,22 +18,24 @@ each mode runs for ``--budget`` seconds on one thread and prints the objective a
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from scipy.optimize import minimize
 from sklearn.exceptions import ConvergenceWarning
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import exported_problem
 from face_concepts.decomposition import solvers as sv
-from face_concepts.decomposition._head import Head
 from face_concepts.decomposition.hals import solve_hals
 from face_concepts.decomposition.init import initialize
 from face_concepts.decomposition.newton import solve_codes_newton
 from face_concepts.decomposition.newton_cg import _objective, bank_derivatives, bank_newton_step
-from face_concepts.decomposition.problem import make_problem
 
 MARKS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
@@ -66,13 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", ConvergenceWarning)
-    d = load_file(args.data)
-    A = d["A"]
-    lin = torch.nn.Linear(A.shape[1], d["V"].shape[0])
-    with torch.no_grad():
-        lin.weight.copy_(d["V"])
-        lin.bias.copy_(d["b"])
-    prob = make_problem(A, Head(lin, dtype=A.dtype, device=A.device), args.lam)
+    A, prob = exported_problem(args.data, args.lam)
     U, W = initialize(A, args.rank, "nndsvda", random_state=0)
     start = solve_hals(prob, U, W, max_iter=max(args.start, 1), tol=0.0, warm_start=True)
     U, W = (start.U, start.W) if args.start else (U, W)

@@ -14,19 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from sklearn.exceptions import ConvergenceWarning
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import exported_problem
 from face_concepts.decomposition import solvers as sv
-from face_concepts.decomposition._head import Head
 from face_concepts.decomposition.hals import solve_hals
 from face_concepts.decomposition.init import initialize
 from face_concepts.decomposition.newton_cg import bank_newton_step
-from face_concepts.decomposition.problem import Problem, make_problem
+from face_concepts.decomposition.problem import Problem
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,13 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    d = load_file(args.data)
-    A = d["A"]
-    lin = torch.nn.Linear(A.shape[1], d["V"].shape[0])
-    with torch.no_grad():
-        lin.weight.copy_(d["V"])
-        lin.bias.copy_(d["b"])
-    prob = make_problem(A, Head(lin, dtype=A.dtype, device=A.device), args.lam)
+    A, prob = exported_problem(args.data, args.lam)
     U, W = initialize(A, args.rank, "nndsvda", random_state=0)
     plain = Problem(A=prob.A, head=None, kl_weight=0.0, sq_norm_A=prob.sq_norm_A)
     with warnings.catch_warnings():

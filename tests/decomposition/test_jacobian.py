@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
-from sklearn.exceptions import ConvergenceWarning
 
+from _nonaffine import Counting, mlp_data, run_quiet
 from face_concepts.decomposition import FACE, face_objective
 from face_concepts.decomposition import jacobian as jac
 from face_concepts.decomposition._head import Head
@@ -19,35 +17,7 @@ from face_concepts.decomposition.linearised import solve_linearised
 from face_concepts.decomposition.problem import make_problem
 from face_concepts.decomposition.semi_nmf import SOLVERS as SIGNED_SOLVERS
 
-
-class Counting(torch.nn.Module):
-    """Wraps a head and counts its forward calls (so the head is never seen as affine)."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net, self.calls = net, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return self.net(x)
-
-
-def _data(seed: int = 0, n: int = 60, p: int = 10, C: int = 5):
-    g = torch.Generator().manual_seed(seed)
-    A = torch.rand(n, p, generator=g, dtype=torch.float64)
-    torch.manual_seed(seed)
-    mlp = torch.nn.Sequential(
-        torch.nn.Linear(p, 8), torch.nn.Tanh(), torch.nn.Linear(8, C)
-    ).double()
-    with torch.no_grad():
-        mlp[2].weight.mul_(4.0)  # a head with real curvature
-    return A, mlp
-
-
-def _run(fn, prob, U, W, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return fn(prob, U.clone(), W.clone(), **kw)
+_data, _run = mlp_data, run_quiet
 
 
 def _monotone(history, tol):
