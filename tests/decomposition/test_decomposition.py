@@ -293,3 +293,17 @@ def test_hals_refuses_non_affine_head():
         FACE(
             torch.nn.Sequential(head, torch.nn.ReLU()), n_concepts=3, kl_weight=1.0, solver="hals"
         ).fit(A)
+
+
+def test_encode_survives_a_bank_whose_gram_matrix_is_singular_in_float32():
+    """Two equal, tiny concepts: the ridge of the warm start vanishes in float32 rounding and
+    the solve is singular; the encoder falls back to the pseudo-inverse and still reconstructs
+    (found with a random-weights MobileNetV3 whose activations are ~1e-4)."""
+    W = torch.tensor([[1e-4, 2e-4, 0.0], [1e-4, 2e-4, 0.0]])
+    A = torch.tensor([[1e-4, 2e-4, 0.0], [3e-4, 6e-4, 0.0]])
+    G = W @ W.T
+    with pytest.raises(torch.linalg.LinAlgError):  # the case the fallback exists for
+        torch.linalg.solve(G + 1e-10 * float(G.trace()) * torch.eye(2), W @ A.T)
+    U = encode(A, W)
+    assert float(U.min()) >= 0
+    assert torch.allclose(U @ W, A, atol=1e-9)

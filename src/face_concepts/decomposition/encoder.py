@@ -34,7 +34,13 @@ def _warm_start(A: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     G = W @ W.T
     eps = 1e-10 * float(G.diagonal().sum()) + 1e-30
     G = G + eps * torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
-    return torch.linalg.solve(G, W @ A.T).T.clamp_(min=0).contiguous()
+    try:
+        X = torch.linalg.solve(G, W @ A.T)
+    except torch.linalg.LinAlgError:
+        # A bank so small (or so dependent) that the ridge vanishes in float rounding: the
+        # least-squares start by the pseudo-inverse instead (the iterations then refine it).
+        X = torch.linalg.pinv(G, hermitian=True) @ (W @ A.T)
+    return X.T.clamp_(min=0).contiguous()
 
 
 def solve_codes(
