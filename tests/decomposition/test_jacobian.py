@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
 from _nonaffine import Counting, mlp_data, run_quiet
 from face_concepts.decomposition import FACE, face_objective
@@ -124,7 +127,13 @@ def test_fallback_step_keeps_descent_when_the_model_is_never_trusted(monkeypatch
     A, mlp = _data(seed=6)
     prob = make_problem(A, Head(mlp, dtype=A.dtype, device=A.device), 1.0)
     U0, W0 = initialize(A, 3, "nndsvda", random_state=0)
-    res = _run(solve_jacobian, prob, U0, W0, max_iter=30, tol=0.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = solve_jacobian(prob, U0.clone(), W0.clone(), max_iter=30, tol=0.0)
+    # one warning, for the whole fit's max_iter, not one for the fallback's single step
+    assert [
+        str(w.message).split(" stopped")[0] for w in caught if w.category is ConvergenceWarning
+    ] == ["solver 'linearised'"]
     assert res.n_iter == 30
     assert _monotone(res.history["total"], tol)
     assert res.history["total"][-1] < res.history["total"][0]

@@ -174,9 +174,11 @@ def solve_jacobian(
             break
         if accepted is None:  # the model misled: one majorised (linearised) step instead
             failures += 1
-            step = solve_linearised(
-                prob, U, W, max_iter=1, tol=0.0, signed=signed, update_W=update_W
-            )
+            with warnings.catch_warnings():  # one step by design: its max_iter is no news
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                step = solve_linearised(
+                    prob, U, W, max_iter=1, tol=0.0, signed=signed, update_W=update_W
+                )
             n_calls += step.n_head_calls
             if step.n_iter == 0 or step.history["total"][-1] >= cur.total:
                 res.converged = True  # no descent found: stationary to working precision
