@@ -131,6 +131,13 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
             out["forward_backward_s"] = time.perf_counter() - t0 - out["forward_s"]
         else:
             from face_concepts import ConceptExplainer
+            from face_concepts.decomposition import estimators
+
+            if case.get("solver"):  # force FACE's solver for a head that is not affine
+                forced = case["solver"]
+                estimators.auto_solver = lambda lam, affine: (
+                    "hals" if (lam == 0 or affine) else forced
+                )
             from face_concepts.data import bundled_photos, load_images, preprocess_images
 
             paths = [p.path for p in bundled_photos()][: case.get("images", N_IMAGES)]
@@ -195,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         "--hook-all", action="store_true", help="also MobileNetV2's former head (about 15 GB)"
     )
     parser.add_argument("--commit", help="the commit the code was at, for the record")
+    parser.add_argument(
+        "--compare-solver",
+        metavar="NAME",
+        help="also fit ResNet-18 layer3 with this FACE solver (e.g. linearised), side by side",
+    )
     args = parser.parse_args(argv)
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))), flush=True)
@@ -221,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         limit = max(FIT_LIMIT_S, int(TARGET_RATIO * last["wall_s"]) + 1)
         inter = spawn({"kind": "fit", "model": model, "layer": layer, "threads": t, "limit": limit})
         fits.append((model, layer, last, inter))
+    compared = None
+    if args.compare_solver:
+        case = {"kind": "fit", "model": "resnet18", "layer": "layer3", "threads": t}
+        compared = spawn({**case, "limit": FIT_LIMIT_S, "solver": args.compare_solver})
     load_after = load_average()
 
     lines = [
@@ -272,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{inter.get('solver', '—')}, {inter.get('n_iter', '—')}, "
             f"{inter.get('head_calls', '—')}, {inter['peak_mb']:.0f} | {ratio_text} | "
             f"{'met' if met else 'missed'} |"
+        )
+    if compared is not None:
+        lines.append(
+            f"| resnet18 | (same) | layer3, solver forced to `{args.compare_solver}` | "
+            f"{_fmt_s(compared)}, {compared.get('solver', '—')}, {compared.get('n_iter', '—')}, "
+            f"{compared.get('head_calls', '—')}, {compared['peak_mb']:.0f} | — | — |"
         )
     approx = next((r["approximation"] for r in heads if r.get("approximation")), None)
     lines += [
