@@ -90,6 +90,46 @@ def test_rank_sweep_cells_keep_the_main_key_and_settings_stay_backward_compatibl
         bm.load_config({"dataset": "cifar"})
 
 
+def test_rank_and_encoder_lists_and_the_auto_row():
+    cfg = bm.load_config(
+        {"methods": ["face", "nmf"], "seeds": [0], "n_concepts": [8, 25],
+         "encoder_kl_weight": [0.0, 1.0], "auto_kl_weight": True, "sweep_n_concepts": [4, 25]}
+    )  # fmt: skip
+    assert bm.ranks(cfg) == [8, 25] and bm.encoder_weights(cfg) == [0.0, 1.0]
+    cells = bm._cells(cfg, "m", [7])
+    # main: 2 ranks × (face, nmf, face-auto); rank sweep: r = 4 new, r = 25 shared with main
+    assert len(cells) == 2 * 3 + 1
+    by = {(c["label"], c["n_concepts"]): c for c in cells}
+    assert set(by) == {(m, r) for m in ("face", "nmf", "face-auto") for r in (8, 25)} | {
+        ("face", 4)
+    }
+    assert "__r" not in by["face", 8]["key"] and by["face", 25]["key"].endswith("__r25")
+    assert by["face", 25]["groups"] == {"main", "rank"}
+    auto = by["face-auto", 8]
+    assert auto["method"] == "face" and auto["kl_weight"] == "auto" and "__klauto__" in auto["key"]
+    assert bm.cell_config(cfg, auto).kl_weight == "auto"
+    assert bm.cell_config(cfg, by["nmf", 25]).encoder_kl_weight == 0.0  # the first encoder
+    assert bm.cell_config(cfg, by["nmf", 25]).n_concepts == 25
+    # the primary rank is what a cell's settings record: adding ranks keeps stored cells valid
+    assert bm._cell_settings(cfg)["n_concepts"] == 8
+    assert bm._cell_settings(bm.load_config({"n_concepts": 8}))["n_concepts"] == 8
+
+
+@pytest.mark.parametrize(
+    "bad, word",
+    [
+        ({"n_concepts": []}, "n_concepts"),
+        ({"n_concepts": [8, 8]}, "repeats"),
+        ({"n_concepts": [8, 0]}, "n_concepts"),
+        ({"encoder_kl_weight": [0.0, -1.0]}, "encoder_kl_weight"),
+        ({"auto_kl_weight": "yes"}, "auto_kl_weight"),
+    ],
+)
+def test_lists_are_validated(bad, word):
+    with pytest.raises(ValueError, match=word):
+        bm.load_config(bad)
+
+
 def test_stats_against_numpy():
     vals = [0.3, 0.9, 0.4, None, float("nan")]
     mean, std, n = bm._stats(vals)
@@ -271,6 +311,44 @@ def test_fashion_protocol_runs_on_synthetic_idx(tmp_path):
     assert "rank sweep" in md and "Recommended r" in md and "test split" in md
     assert any(Path(f).name.startswith("rank_") for f in res["figures"])
     assert res["recommended_n_concepts"][cfg["models"][0]] in (1, 2)
+
+
+def test_two_encoders_two_ranks_and_the_auto_row_run_end_to_end(tmp_path):
+    """One fit per cell, evaluated under both encoders; the tables and paired comparisons are
+    per rank and encoder; the auto row records the λ its fit chose."""
+    _synthetic_fashion_mnist(tmp_path)
+    ckpt = tmp_path / "cnn.pt"
+    torch.manual_seed(0)
+    torch.save(sources_mod.FashionCNN().state_dict(), ckpt)
+    cfg = _fashion_config(tmp_path, ckpt, tmp_path / "bench")
+    cfg.update(classes=[3], methods=["face", "nmf"], n_concepts=[2, 1], stability=False,
+               sweep_n_concepts=[], encoder_kl_weight=[0.0, 1.0], auto_kl_weight=True)  # fmt: skip
+    res = bm.run_benchmark(cfg, progress=False)
+    assert res["n_run"] == 2 * 3  # 2 ranks × (face, nmf, face-auto); one fit each
+    with open(res["csv"], newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 6 * 2 * 2  # cells × encoders × splits
+    keys = {(r["label"], r["n_concepts"], r["encoder_kl_weight"], r["split"]) for r in rows}
+    assert len(keys) == len(rows)
+    records = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in (tmp_path / "bench" / "cells").glob("*.json")}  # fmt: skip
+    for rec in records.values():
+        assert rec["encoder_kl_weight"] == 0.0 and [e["encoder_kl_weight"] for e in rec["encoders"]] == [1.0]  # fmt: skip
+        own, other = rec["metrics"]["heldout"], rec["encoders"][0]["metrics"]["heldout"]
+        assert own["encoder"]["kl_weight"] == 0.0 and other["encoder"]["kl_weight"] == 1.0
+        # the KL-aware encoder lowers the KL of the reconstruction (it is its objective's term)
+        assert other["kl"] <= own["kl"] + 1e-6
+    auto = [rec for rec in records.values() if rec["label"] == "face-auto"]
+    assert len(auto) == 2 and all(rec["kl_weight"] == "auto" for rec in auto)
+    assert all(isinstance(rec["kl_weight_chosen"], float) for rec in auto)
+    md = Path(res["markdown"]).read_text(encoding="utf-8")
+    for rank in (2, 1):
+        for enc in ("0 (NNLS)", "1 (KL-aware)"):
+            assert (
+                md.count(f", r = {rank}, encoder λ = {enc}") == 2
+            )  # tables and paired differences
+    assert "face − face-auto" in md and "face-auto (λ=auto: " in md
+    assert sorted(res["paired"][cfg["models"][0]]) == ["r1_enc0", "r1_enc1", "r2_enc0", "r2_enc1"]
+    assert sum(Path(f).name.startswith("curves_") for f in res["figures"]) == 2
 
 
 def test_fashion_protocol_missing_dataset_is_a_clear_error(tmp_path):

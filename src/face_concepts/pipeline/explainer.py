@@ -344,11 +344,15 @@ class ConceptExplainer(ExplainerViews):
         self.loaded_run_ = self.saved_crops_ = None
         self.saved_top_crop_index_ = self.saved_top_crop_codes_ = None
         self.image_activations_ = A_img
-        self.image_codes_ = self.encode_activations(A_img)
-        self.local_importance_ = self._local_importance(self.image_codes_)
-        self.importance_ = self.local_importance_.mean(dim=0)
+        self._encode_fitting_images()
         self._rows_cache = rows
         return self
+
+    def _encode_fitting_images(self) -> None:
+        """Codes of the fitting images with the encoder, and the importance over them."""
+        self.image_codes_ = self.encode_activations(self.image_activations_)
+        self.local_importance_ = self._local_importance(self.image_codes_)
+        self.importance_ = self.local_importance_.mean(dim=0)
 
     def _filter_correct(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

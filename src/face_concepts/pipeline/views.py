@@ -40,6 +40,19 @@ class ExplainerViews:
         with recording(self.warnings_):
             return self._evaluate(images, stability=stability, split=split)
 
+    def set_encoder(self, kl_weight: str | float) -> Any:
+        """Encode with another λ from now on, without refitting the concept bank.
+
+        Sets ``encoder_kl_weight`` ("fit" or a number ≥ 0) and re-encodes the fitting images:
+        their codes, the importance and every later metric then come from the new encoder, as
+        if the explainer had been fitted with it; the bank W is unchanged (docs/method.md §6).
+        Benchmarks use it to report one fit under two encoders. Returns the explainer.
+        """
+        self._check_fitted()
+        self.encoder_kl_weight = kl_weight  # validated by the config
+        self._encode_fitting_images()
+        return self
+
     def _evaluate(self, images: Any, *, stability: bool, split: str | None) -> MetricReport:
         if images is None:
             A, U, name = self.image_activations_, self.image_codes_, split or "fit"

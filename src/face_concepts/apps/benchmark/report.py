@@ -1,7 +1,8 @@
 """Outputs of the benchmark runner (:mod:`face_concepts.apps.benchmark.runner`): CSV, tables, figures.
 
-``write_outputs`` turns the stored cell records into ``results.csv`` (one row per cell, group
-and split), ``results.md`` (tables in the paper's layout, mean ± std over classes × seeds; the λ
+``write_outputs`` turns the stored cell records into ``results.csv`` (one row per cell, group,
+encoder and split), ``results.md`` (tables in the paper's layout, mean ± std over classes × seeds,
+one pair per rank and encoder λ of the main table; the λ
 and rank sweeps with their recommended points; per model the paired differences face − each
 other method over the class × seed cells, by :mod:`face_concepts.apps.benchmark.stats`) and the
 figures: mean deletion/insertion curves per method and Pareto plots of the sweeps (rel-ℓ2 vs KL,
@@ -46,8 +47,8 @@ TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("C-Stab", "stability", "↑"),
 )
 CSV_COLUMNS: tuple[str, ...] = (
-    "group", "model", "class_id", "class_name", "n_photos", "method", "kl_weight",
-    "encoder_kl_weight", "seed", "split", "n_images", "n_concepts", "fit_seconds", "n_iter",
+    "group", "model", "class_id", "class_name", "n_photos", "method", "label", "kl_weight",
+    "kl_weight_chosen", "encoder_kl_weight", "seed", "split", "n_images", "n_concepts", "fit_seconds", "n_iter",
     "converged", *METRIC_KEYS, "acc_original",
 )  # fmt: skip
 # Recommended λ: the smallest λ whose mean held-out agreement is at least this …
@@ -60,18 +61,41 @@ SWEEP_KL_SLACK = 0.10
 SWEEP_KL_FLOOR = 1e-3
 
 
+# ---------------------------------------------------------------------- config lists
+def ranks(cfg: dict[str, Any]) -> list[int]:
+    """The main table's ranks: ``n_concepts`` as a list (the first is the primary one)."""
+    r = cfg["n_concepts"]
+    return [int(v) for v in r] if isinstance(r, list) else [int(r)]
+
+
+def encoder_weights(cfg: dict[str, Any]) -> list[float]:
+    """Encoder λs every fit is evaluated with (the first is the explainer's own)."""
+    lam = cfg["encoder_kl_weight"]
+    return [float(v) for v in lam] if isinstance(lam, list) else [float(lam)]
+
+
 # ---------------------------------------------------------------------- outputs
+def _encodings(rec: dict[str, Any]) -> list[tuple[float, dict[str, Any]]]:
+    """(encoder λ, metrics) of a cell: its own encoder first, then the others it was evaluated with."""
+    own = [(rec["encoder_kl_weight"], rec["metrics"])]
+    return own + [(e["encoder_kl_weight"], e["metrics"]) for e in rec.get("encoders", [])]
+
+
 def result_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """CSV rows: one per cell, split and group (a cell shared by the main table and the sweep twice)."""
+    """CSV rows: one per cell, group, encoder and split (a cell shared by the main table and a
+    sweep appears once per group)."""
     rows = []
     for rec in records:
         for group in rec["groups"]:
-            for split_name in ("fit", "heldout"):
-                m = rec["metrics"][split_name]
-                row = {k: rec.get(k) for k in CSV_COLUMNS if k in rec}
-                row.update(group=group, split=split_name, n_images=m["n_images"])
-                row.update({k: m.get(k) for k in (*METRIC_KEYS, "acc_original")})
-                rows.append(row)
+            for lam_enc, metrics in _encodings(rec):
+                for split_name in ("fit", "heldout"):
+                    m = metrics[split_name]
+                    row = {k: rec.get(k) for k in CSV_COLUMNS if k in rec}
+                    row.setdefault("label", rec["method"])  # cells stored before labels existed
+                    row.update(group=group, split=split_name, n_images=m["n_images"],
+                               encoder_kl_weight=lam_enc)  # fmt: skip
+                    row.update({k: m.get(k) for k in (*METRIC_KEYS, "acc_original")})
+                    rows.append(row)
     return rows
 
 
@@ -87,9 +111,14 @@ def _isnan(x: Any) -> bool:
     return isinstance(x, float) and math.isnan(x)
 
 
-def summarise(rows: list[dict[str, Any]], *, group: str, model: str, split: str, by: str) -> dict[Any, dict[str, tuple[float, float, int]]]:  # fmt: skip
-    """``{value of by: {metric: (mean, std, n)}}`` over classes × seeds of the selected rows."""
-    sel = [r for r in rows if r["group"] == group and r["model"] == model and r["split"] == split]
+def _select(rows: list[dict[str, Any]], where: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+
+
+def summarise(rows: list[dict[str, Any]], *, group: str, model: str, split: str, by: str, where: dict[str, Any] | None = None) -> dict[Any, dict[str, tuple[float, float, int]]]:  # fmt: skip
+    """``{value of by: {metric: (mean, std, n)}}`` over classes × seeds of the selected rows
+    (``where``: further equalities, e.g. one rank and one encoder λ)."""
+    sel = _select(rows, {"group": group, "model": model, "split": split, **(where or {})})
     out: dict[Any, dict[str, tuple[float, float, int]]] = {}
     for value in dict.fromkeys(r[by] for r in sel):
         part = [r for r in sel if r[by] == value]
@@ -105,6 +134,10 @@ def _fmt(stat: tuple[float, float, int]) -> str:
     return "n/a" if n == 0 else f"{mean:.3f} ± {std:.3f}"
 
 
+def _lam(value: Any) -> str:
+    return value if isinstance(value, str) else f"{value:g}"
+
+
 def method_table(summary: dict[Any, dict[str, tuple[float, float, int]]], lams: dict[str, float]) -> str:  # fmt: skip
     """Markdown: rows methods, columns the paper's metrics, then fit time and iterations."""
     head = [
@@ -116,7 +149,7 @@ def method_table(summary: dict[Any, dict[str, tuple[float, float, int]]], lams: 
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, st in summary.items():
-        cells = [f"{method} (λ={lams[method]:g})", str(st["acc"][2])]
+        cells = [f"{method} (λ={_lam(lams[method])})", str(st["acc"][2])]
         cells += [_fmt(st[key]) for _, key, _ in TABLE_COLUMNS]
         cells += [f"{st['fit_seconds'][0]:.1f}", f"{st['n_iter'][0]:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -167,17 +200,18 @@ def sweep_table(summary: dict[float, dict[str, tuple[float, float, int]]], what:
     return "\n".join(lines)
 
 
-def paired_comparisons(rows: list[dict[str, Any]], *, model: str, reference: str = "face", split: str = "heldout", group: str = "main") -> dict[str, dict[str, Any]]:  # fmt: skip
-    """``{other method: {metric: PairedComparison}}`` of ``reference − other`` over paired cells.
+def paired_comparisons(rows: list[dict[str, Any]], *, model: str, reference: str = "face", split: str = "heldout", group: str = "main", where: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """``{other row label: {metric: PairedComparison}}`` of ``reference − other`` over paired cells.
 
-    A cell is one (class, seed) of ``model`` in ``group``; every metric of the paper's table
-    (``TABLE_COLUMNS`` with a better direction) is compared by
+    A cell is one (class, seed) of ``model`` in ``group`` (``where``: one rank and encoder λ);
+    rows are told apart by their label (the method, or "face-auto"); every metric of the
+    paper's table (``TABLE_COLUMNS`` with a better direction) is compared by
     :func:`~face_concepts.apps.benchmark.stats.paired_difference`.
     """
-    sel = [r for r in rows if r["group"] == group and r["model"] == model and r["split"] == split]
+    sel = _select(rows, {"group": group, "model": model, "split": split, **(where or {})})
     per_method: dict[str, list[dict[str, Any]]] = {}
     for r in sel:
-        per_method.setdefault(r["method"], []).append(r)
+        per_method.setdefault(r.get("label") or r["method"], []).append(r)
     if reference not in per_method:
         return {}
     out: dict[str, dict[str, Any]] = {}
@@ -213,12 +247,14 @@ def paired_table(comparisons: dict[str, dict[str, Any]], reference: str = "face"
     return "\n".join(lines)
 
 
-def _paired_lines(rows: list[dict[str, Any]], model: str) -> tuple[list[str], dict[str, Any]]:
-    comparisons = paired_comparisons(rows, model=model)
+def _paired_lines(rows: list[dict[str, Any]], model: str, where: dict[str, Any], what: str) -> tuple[list[str], dict[str, Any]]:  # fmt: skip
+    comparisons = paired_comparisons(rows, model=model, where=where)
     if not comparisons:
         return [], {}
     n = max(c.n for per in comparisons.values() for c in per.values())
-    title = f"## {model}: paired differences, face − each method (held-out, {n} class × seed cells)"
+    title = (
+        f"### {model}{what}: paired differences, face − each row (held-out, {n} class × seed cells)"
+    )
     note = (
         "Mean of the per-cell difference, bootstrap 95 % interval (10,000 resamples, seeded), "
         "two-sided sign test; an ordering is claimed only where the interval excludes 0."
@@ -227,17 +263,33 @@ def _paired_lines(rows: list[dict[str, Any]], model: str) -> tuple[list[str], di
     return md, {o: {k: c.to_dict() for k, c in per.items()} for o, per in comparisons.items()}
 
 
-def _curves_figure(records: list[dict[str, Any]], model: str) -> Any:
+def _row_lambdas(main: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each row's λ as the tables show it; for λ "auto", the range the fits chose."""
+    lams: dict[str, Any] = {}
+    for rec in main:
+        label = rec.get("label", rec["method"])
+        if rec["kl_weight"] != "auto":
+            lams[label] = rec["kl_weight"]
+            continue
+        chosen = sorted({float(r["kl_weight_chosen"]) for r in main if r.get("label") == label})
+        span = f"{chosen[0]:g}" if len(chosen) == 1 else f"{chosen[0]:g}–{chosen[-1]:g}"
+        lams[label] = f"auto: {span}"
+    return lams
+
+
+def _curves_figure(records: list[dict[str, Any]], model: str, rank: int) -> Any:
+    """Mean held-out deletion and insertion curves per row of the main table at ``rank`` (own encoder)."""
     from face_concepts.viz import curves
 
+    main = [r for r in records if r["model"] == model and "main" in r["groups"] and r["n_concepts"] == rank]  # fmt: skip
     pairs = {}
-    for method in dict.fromkeys(r["method"] for r in records if r["model"] == model and "main" in r["groups"]):  # fmt: skip
-        sel = [r["metrics"]["heldout"] for r in records if r["model"] == model and r["method"] == method and "main" in r["groups"]]  # fmt: skip
+    for label in dict.fromkeys(r.get("label", r["method"]) for r in main):
+        sel = [r["metrics"]["heldout"] for r in main if r.get("label", r["method"]) == label]
         dele = np.mean([m["deletion_curve"] for m in sel], axis=0)
         ins = np.mean([m["insertion_curve"] for m in sel], axis=0)
-        pairs[method] = (dele, ins)
+        pairs[label] = (dele, ins)
     fig = curves(pairs, ylabel="accuracy (held-out, mean over classes × seeds)")
-    fig.suptitle(f"Concept deletion and insertion — {model}")
+    fig.suptitle(f"Concept deletion and insertion — {model}, r = {rank}")
     return fig
 
 
@@ -267,10 +319,10 @@ def _pareto_figure(summary: dict[float, dict[str, tuple[float, float, int]]], ch
     return fig
 
 
-def _sweep_section(rows: list[dict[str, Any]], model: str, out: Path, group: str, what: str) -> tuple[float | None, list[str], str | None]:  # fmt: skip
-    """Markdown lines and Pareto figure of one sweep (group "sweep": λ, "rank": r)."""
+def _sweep_section(rows: list[dict[str, Any]], model: str, out: Path, group: str, what: str, encoder: float) -> tuple[float | None, list[str], str | None]:  # fmt: skip
+    """Markdown lines and Pareto figure of one sweep (group "sweep": λ, "rank": r), own encoder."""
     by = "kl_weight" if group == "sweep" else "n_concepts"
-    sweep = summarise(rows, group=group, model=model, split="heldout", by=by)
+    sweep = summarise(rows, group=group, model=model, split="heldout", by=by, where={"encoder_kl_weight": encoder})  # fmt: skip
     if not sweep:
         return None, [], None
     chosen, why = recommend_kl_weight(sweep, what)
@@ -293,20 +345,30 @@ def write_outputs(records: list[dict[str, Any]], cfg: dict[str, Any], out: Path)
     md = [f"# Benchmark `{cfg['name']}`", "", *_header_lines(cfg, records)]
     recommended: dict[str, float | None] = {}
     recommended_rank: dict[str, float | None] = {}
-    figures, paired = [], {}
+    figures: list[str] = []
+    paired: dict[str, dict[str, Any]] = {}
+    encoders, main_ranks = encoder_weights(cfg), ranks(cfg)
     for model in cfg["models"]:
-        lams = {r["method"]: r["kl_weight"] for r in records if r["model"] == model and "main" in r["groups"]}  # fmt: skip
-        for split_name, title in (("fit", "fitting views"), ("heldout", "held-out views")):
-            st = summarise(rows, group="main", model=model, split=split_name, by="method")
-            md += ["", f"## {model}: {title} (mean ± std over classes × seeds)", "", method_table(st, lams)]  # fmt: skip
-        lines, paired[model] = _paired_lines(rows, model)
-        md += lines
+        lams = _row_lambdas([r for r in records if r["model"] == model and "main" in r["groups"]])
+        paired[model] = {}
+        for rank in main_ranks:
+            for lam_enc in encoders:
+                where = {"n_concepts": rank, "encoder_kl_weight": lam_enc}
+                what = f", r = {rank}, encoder λ = {lam_enc:g}" + (" (NNLS)" if lam_enc == 0 else " (KL-aware)")  # fmt: skip
+                md += ["", f"## {model}{what}"]
+                for split_name, title in (("fit", "fitting views"), ("heldout", "held-out views")):
+                    st = summarise(rows, group="main", model=model, split=split_name, by="label", where=where)  # fmt: skip
+                    md += ["", f"### {title} (mean ± std over classes × seeds)", "", method_table(st, lams)]  # fmt: skip
+                lines, paired[model][f"r{rank}_enc{lam_enc:g}"] = _paired_lines(rows, model, where, what)  # fmt: skip
+                md += lines
         if lams:
-            path = out / f"curves_{slug(model)}.png"
-            atomic_write_bytes(path, figure_png(_curves_figure(records, model)))
-            figures.append(str(path))
+            for rank in main_ranks:
+                suffix = "" if rank == main_ranks[0] else f"_r{rank}"
+                path = out / f"curves_{slug(model)}{suffix}.png"
+                atomic_write_bytes(path, figure_png(_curves_figure(records, model, rank)))
+                figures.append(str(path))
         for group, what in (("sweep", "λ"), ("rank", "r")):
-            chosen, lines, fig = _sweep_section(rows, model, out, group, what)
+            chosen, lines, fig = _sweep_section(rows, model, out, group, what, encoders[0])
             if fig is not None:
                 (recommended if group == "sweep" else recommended_rank)[model] = chosen
                 md += lines
@@ -327,7 +389,9 @@ def _header_lines(cfg: dict[str, Any], records: list[dict[str, Any]]) -> list[st
         "- settings: `" + json.dumps(shown) + "`",
         f"- classes (id, name, {'training images' if distinct else 'source photos'}): "
         + ", ".join(f"{c} {n} ({k})" for c, n, k in classes),
-        f"- every method encodes images with the same encoder λ = {cfg['encoder_kl_weight']:g}; "
+        "- every method encodes images with the same encoder λ = "
+        + " and, side by side, λ = ".join(f"{v:g}" for v in encoder_weights(cfg))
+        + "; "
         + (
             "fitting images are drawn per seed from the training split, held-out images from the test split"
             if distinct

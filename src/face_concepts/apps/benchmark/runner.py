@@ -3,10 +3,14 @@
 Each *cell* (model, class, method, λ, r, seed) fits a :class:`~face_concepts.ConceptExplainer`
 on a class's fitting images (drawn with the cell's seed), then evaluates it on those images and
 on held-out images. Every method uses the same encoder λ (``encoder_kl_weight``, default 0:
-non-negative least-squares codes) so that a comparison isolates the factorisation. Finished
-cells are stored as one JSON file each under ``out_dir/cells/`` and skipped on a rerun, so an
-interrupted run resumes. C-Stab (``stability = true``) refits on 5 grouped folds of the fitting
-rows: 5 extra fits per cell, so it is off unless a config asks for it.
+non-negative least-squares codes) so that a comparison isolates the factorisation; a list of
+λs (``encoder_kl_weight = [0.0, 1.0]``) evaluates every fit once per encoder, the same for all
+methods, and the tables report them side by side. ``n_concepts`` may be a list too: the main
+table is then run at each rank. ``auto_kl_weight = true`` adds a FACE row with
+``kl_weight="auto"`` (labelled ``face-auto``). Finished cells are stored as one JSON file each
+under ``out_dir/cells/`` and skipped on a rerun, so an interrupted run resumes. C-Stab
+(``stability = true``) refits on 5 grouped folds of the fitting rows: 5 extra fits per cell, so
+it is off unless a config asks for it.
 
 Image sources (:mod:`face_concepts.apps.benchmark.sources`, setting ``dataset``):
 
@@ -46,7 +50,9 @@ from face_concepts.apps.benchmark.report import (  # noqa: F401  (re-exported: t
     SWEEP_MIN_AGREEMENT,
     TABLE_COLUMNS,
     _stats,
+    encoder_weights,
     method_table,
+    ranks,
     recommend_kl_weight,
     result_rows,
     summarise,
@@ -80,6 +86,7 @@ DEFAULTS: dict[str, Any] = {
     "patch_size": 64,
     "n_designs": 32,
     "stability": False,
+    "auto_kl_weight": False,
     "out_dir": "runs/benchmark",
     "sweep_kl_weights": [],
     "sweep_n_concepts": [],
@@ -95,6 +102,7 @@ CELL_SETTINGS: tuple[str, ...] = (
 )  # fmt: skip
 # Settings added later: recorded only when not at their default, so older stored cells stay valid.
 CELL_SETTINGS_IF_SET: tuple[str, ...] = ("dataset", "dataset_root")
+AUTO_LABEL = "face-auto"  # the row of FACE with kl_weight="auto"
 
 
 # ---------------------------------------------------------------------- configuration
@@ -129,11 +137,21 @@ def load_config(config: str | Path | dict[str, Any] | None) -> dict[str, Any]:
     cfg = {**DEFAULTS, **given}
     for m in cfg["methods"]:
         get_method(m)
-    for key in ("n_concepts", "n_views", "n_heldout", "max_iter", "patch_size", "n_designs"):
+    for key in ("n_views", "n_heldout", "max_iter", "patch_size", "n_designs"):
         check_int(cfg[key], key, minimum=1)
     check_int(cfg["max_classes"], "max_classes", minimum=1)
-    for key in ("kl_weight", "encoder_kl_weight"):
-        check_float(cfg[key], key, minimum=0.0)
+    check_float(cfg["kl_weight"], "kl_weight", minimum=0.0)
+    for key, values in (("n_concepts", cfg["n_concepts"]), ("encoder_kl_weight", cfg["encoder_kl_weight"])):  # fmt: skip
+        if isinstance(values, list):
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"{key} as a list must be non-empty and without repeats, got {values!r}")  # fmt: skip
+        for v in values if isinstance(values, list) else [values]:
+            if key == "n_concepts":
+                check_int(v, key, minimum=1)
+            else:
+                check_float(v, key, minimum=0.0)
+    if not isinstance(cfg["auto_kl_weight"], bool):
+        raise ValueError(f"auto_kl_weight must be true or false, got {cfg['auto_kl_weight']!r}")
     for key in ("seeds", "sweep_seeds", "models", "methods"):
         if not isinstance(cfg[key], list) or not cfg[key]:
             raise ValueError(f"{key} must be a non-empty list, got {cfg[key]!r}")
@@ -157,35 +175,44 @@ def load_config(config: str | Path | dict[str, Any] | None) -> dict[str, Any]:
 
 
 def cell_config(cfg: dict[str, Any], cell: dict[str, Any]) -> ExplainerConfig:
-    """The explainer settings of one cell: the cell's method, λ, r and seed, the config's rest."""
+    """The explainer settings of one cell: the cell's method, λ, r and seed, the config's rest
+    (the first encoder λ; the others are evaluated after the fit, see ``run_cell``)."""
     return ExplainerConfig(
-        method=cell["method"], n_concepts=int(cell.get("n_concepts", cfg["n_concepts"])),
+        method=cell["method"], n_concepts=int(cell.get("n_concepts", ranks(cfg)[0])),
         kl_weight=cell["kl_weight"], patch_size=cfg["patch_size"],
-        encoder_kl_weight=cfg["encoder_kl_weight"], n_designs=cfg["n_designs"],
+        encoder_kl_weight=encoder_weights(cfg)[0], n_designs=cfg["n_designs"],
         max_iter=cfg["max_iter"], random_state=cell["seed"], progress=False,
     )  # fmt: skip
 
 
 def _cells(cfg: dict[str, Any], model: str, classes: list[int]) -> list[dict[str, Any]]:
-    """Main cells (every method), λ-sweep and rank-sweep cells (FACE); identical keys merge."""
+    """Main cells (every method at every rank, and FACE with λ "auto" if asked), λ-sweep and
+    rank-sweep cells (FACE); identical keys merge."""
     cells: dict[str, dict[str, Any]] = {}
+    primary = ranks(cfg)[0]
 
-    def add(group: str, cid: int, method: str, lam: float, seed: int, r: int | None = None) -> None:
+    def add(group: str, cid: int, method: str, lam: float | str, seed: int, r: int | None = None) -> None:  # fmt: skip
         spec = get_method(method)
-        lam = float(spec.kl_weight if spec.kl_weight is not None else lam)
-        r = int(cfg["n_concepts"] if r is None else r)
-        # The configured r keeps the original key, so cells stored before rank sweeps existed stay valid.
-        rank = "" if r == cfg["n_concepts"] else f"__r{r}"
-        key = f"{slug(model)}__{cid}__{method}__kl{lam:g}__s{seed}{rank}"
+        lam = "auto" if lam == "auto" else float(spec.kl_weight if spec.kl_weight is not None else lam)  # fmt: skip
+        r = int(primary if r is None else r)
+        # The primary r keeps the original key, so cells stored before rank sweeps existed stay valid.
+        rank = "" if r == primary else f"__r{r}"
+        lam_key = lam if isinstance(lam, str) else f"{lam:g}"
+        key = f"{slug(model)}__{cid}__{method}__kl{lam_key}__s{seed}{rank}"
+        label = AUTO_LABEL if lam == "auto" else method
         cells.setdefault(key, {"key": key, "groups": set(), "model": model, "class_id": cid,
-                               "method": method, "kl_weight": lam, "seed": int(seed),
-                               "n_concepts": r})  # fmt: skip
+                               "method": method, "label": label, "kl_weight": lam,
+                               "seed": int(seed), "n_concepts": r})  # fmt: skip
         cells[key]["groups"].add(group)
 
+    main = [(m, cfg["kl_weight"]) for m in cfg["methods"]]
+    if cfg["auto_kl_weight"]:
+        main.append(("face", "auto"))
     for cid in classes:
-        for method in cfg["methods"]:
-            for seed in cfg["seeds"]:
-                add("main", cid, method, cfg["kl_weight"], seed)
+        for r in ranks(cfg):
+            for method, lam in main:
+                for seed in cfg["seeds"]:
+                    add("main", cid, method, lam, seed, r)
     for cid in classes[: cfg["sweep_max_classes"]]:
         for lam in cfg["sweep_kl_weights"]:
             for seed in cfg["sweep_seeds"]:
@@ -204,6 +231,9 @@ class DatasetUnavailableError(FileNotFoundError):
 def _cell_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     """Settings besides the cell key that change a result: a stored cell is reused only if equal."""
     out = {k: cfg[k] for k in CELL_SETTINGS}
+    # A cell's own rank is in its key; the primary rank stays recorded as before, so that
+    # adding ranks to the main table keeps the stored cells valid.
+    out["n_concepts"] = ranks(cfg)[0]
     out.update({k: cfg[k] for k in CELL_SETTINGS_IF_SET if cfg[k] != DEFAULTS[k]})
     return out
 
@@ -225,7 +255,7 @@ def run_cell(split: Any, cell: dict[str, Any], source: Any, cfg: dict[str, Any])
     from face_concepts.pipeline.jobs import fit_evaluate_save
 
     seed = cell["seed"]
-    r = int(cell.get("n_concepts", cfg["n_concepts"]))
+    r = int(cell.get("n_concepts", ranks(cfg)[0]))
     fit_x, held_x = source.fit(cfg["n_views"], seed), source.heldout(cfg["n_heldout"], seed)
     ex = ConceptExplainer.from_config(split, cell_config(cfg, cell))
     with warnings.catch_warnings():
@@ -238,12 +268,22 @@ def run_cell(split: Any, cell: dict[str, Any], source: Any, cfg: dict[str, Any])
     rep_fit, rep_held = result.metrics["fit"], result.metrics["heldout"]
     rep_held["stability"] = rep_fit["stability"]  # a property of the bank, not of the images
     info = ex.fit_info_
+    lam_fit = ex.effective_kl_weight  # "auto": the λ the fit chose
+    first = ex.effective_encoder_kl_weight
+    encoders = []
+    for lam_enc in encoder_weights(cfg)[1:]:  # the same bank, encoded again (no refit)
+        ex.set_encoder(lam_enc)
+        fit_m, held_m = ex.evaluate().to_dict(), ex.evaluate(held_x).to_dict()
+        fit_m["stability"] = held_m["stability"] = rep_fit["stability"]
+        encoders.append({"encoder_kl_weight": lam_enc, "metrics": {"fit": fit_m, "heldout": held_m}})  # fmt: skip
     return {
         **{k: v for k, v in cell.items() if k != "groups"},
         "groups": sorted(cell["groups"]),
         "class_name": ex.class_name(),
         "n_photos": source.n_available,
-        "encoder_kl_weight": ex.effective_encoder_kl_weight,
+        "encoder_kl_weight": first,
+        "encoders": encoders,
+        "kl_weight_chosen": lam_fit,
         "n_concepts": r,
         "fit_seconds": round(fit_seconds, 3),
         "n_iter": int(info["n_iter"]),
