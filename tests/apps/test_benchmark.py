@@ -115,6 +115,28 @@ def test_rank_and_encoder_lists_and_the_auto_row():
     assert bm._cell_settings(bm.load_config({"n_concepts": 8}))["n_concepts"] == 8
 
 
+def test_other_rank_seeds_and_c_stab_only_where_affordable():
+    cfg = bm.load_config(
+        {"methods": ["face", "nmf"], "seeds": [0, 1, 2], "n_concepts": [8, 25],
+         "other_rank_seeds": [0], "stability": True, "sweep_n_concepts": [4, 25]}
+    )  # fmt: skip
+    cells = bm._cells(cfg, "m", [7])
+    seeds = {(c["method"], c["n_concepts"]): sorted(x["seed"] for x in cells if (x["method"], x["n_concepts"]) == (c["method"], c["n_concepts"])) for c in cells}  # fmt: skip
+    assert seeds["face", 8] == seeds["nmf", 8] == [0, 1, 2]
+    assert seeds["nmf", 25] == seeds["face", 25] == [0] and seeds["face", 4] == [0]
+    # C-Stab (5 refits) at the primary rank and in the rank sweep; not at the main table's others
+    stab = {(c["method"], c["n_concepts"]): bm._stability(cfg, c) for c in cells}
+    assert stab["face", 8] and stab["nmf", 8] and stab["face", 4] and stab["face", 25]
+    assert not stab["nmf", 25]
+    assert bm._cell_settings(cfg, by_key(cells, "nmf", 25))["stability"] is False
+    assert not any(bm._stability({**cfg, "stability": False}, c) for c in cells)
+
+
+def by_key(cells, method, r):
+    (cell,) = [c for c in cells if c["method"] == method and c["n_concepts"] == r]
+    return cell
+
+
 @pytest.mark.parametrize(
     "bad, word",
     [
@@ -123,6 +145,7 @@ def test_rank_and_encoder_lists_and_the_auto_row():
         ({"n_concepts": [8, 0]}, "n_concepts"),
         ({"encoder_kl_weight": [0.0, -1.0]}, "encoder_kl_weight"),
         ({"auto_kl_weight": "yes"}, "auto_kl_weight"),
+        ({"other_rank_seeds": 0}, "other_rank_seeds"),
     ],
 )
 def test_lists_are_validated(bad, word):

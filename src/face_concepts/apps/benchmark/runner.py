@@ -6,7 +6,9 @@ on held-out images. Every method uses the same encoder λ (``encoder_kl_weight``
 non-negative least-squares codes) so that a comparison isolates the factorisation; a list of
 λs (``encoder_kl_weight = [0.0, 1.0]``) evaluates every fit once per encoder, the same for all
 methods, and the tables report them side by side. ``n_concepts`` may be a list too: the main
-table is then run at each rank. ``auto_kl_weight = true`` adds a FACE row with
+table is then run at each rank (the ranks after the first with ``other_rank_seeds`` when set,
+and C-Stab, 5 refits per cell, at the first rank and in the rank sweep only).
+``auto_kl_weight = true`` adds a FACE row with
 ``kl_weight="auto"`` (labelled ``face-auto``). Finished cells are stored as one JSON file each
 under ``out_dir/cells/`` and skipped on a rerun, so an interrupted run resumes. C-Stab
 (``stability = true``) refits on 5 grouped folds of the fitting rows: 5 extra fits per cell, so
@@ -87,6 +89,7 @@ DEFAULTS: dict[str, Any] = {
     "n_designs": 32,
     "stability": False,
     "auto_kl_weight": False,
+    "other_rank_seeds": [],
     "out_dir": "runs/benchmark",
     "sweep_kl_weights": [],
     "sweep_n_concepts": [],
@@ -159,6 +162,8 @@ def load_config(config: str | Path | dict[str, Any] | None) -> dict[str, Any]:
         isinstance(cfg["classes"], list) and all(isinstance(c, int) for c in cfg["classes"])
     ):
         raise ValueError(f'classes must be "auto" or a list of class ids, got {cfg["classes"]!r}')
+    if not isinstance(cfg["other_rank_seeds"], list):
+        raise ValueError(f"other_rank_seeds must be a list, got {cfg['other_rank_seeds']!r}")
     for lam in cfg["sweep_kl_weights"]:
         check_float(lam, "sweep_kl_weights", minimum=0.0)
     for r in cfg["sweep_n_concepts"]:
@@ -210,8 +215,9 @@ def _cells(cfg: dict[str, Any], model: str, classes: list[int]) -> list[dict[str
         main.append(("face", "auto"))
     for cid in classes:
         for r in ranks(cfg):
+            seeds = cfg["seeds"] if r == primary or not cfg["other_rank_seeds"] else cfg["other_rank_seeds"]  # fmt: skip
             for method, lam in main:
-                for seed in cfg["seeds"]:
+                for seed in seeds:
                     add("main", cid, method, lam, seed, r)
     for cid in classes[: cfg["sweep_max_classes"]]:
         for lam in cfg["sweep_kl_weights"]:
@@ -228,9 +234,18 @@ class DatasetUnavailableError(FileNotFoundError):
     """The config's dataset is not on this machine (the message says how to install it)."""
 
 
-def _cell_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+def _stability(cfg: dict[str, Any], cell: dict[str, Any] | None) -> bool:
+    """Whether a cell computes C-Stab: asked for, and at the main table's first rank or in the
+    rank sweep (5 refits per cell: the main table's other ranks go without)."""
+    if not cfg["stability"] or cell is None:
+        return bool(cfg["stability"])
+    return cell.get("n_concepts", ranks(cfg)[0]) == ranks(cfg)[0] or "rank" in cell["groups"]
+
+
+def _cell_settings(cfg: dict[str, Any], cell: dict[str, Any] | None = None) -> dict[str, Any]:
     """Settings besides the cell key that change a result: a stored cell is reused only if equal."""
     out = {k: cfg[k] for k in CELL_SETTINGS}
+    out["stability"] = _stability(cfg, cell)
     # A cell's own rank is in its key; the primary rank stays recorded as before, so that
     # adding ranks to the main table keeps the stored cells valid.
     out["n_concepts"] = ranks(cfg)[0]
@@ -238,11 +253,11 @@ def _cell_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _load_cell(path: Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
+def _load_cell(path: Path, cfg: dict[str, Any], cell: dict[str, Any] | None = None) -> dict[str, Any] | None:  # fmt: skip
     if not path.is_file():
         return None
     rec = json.loads(path.read_text(encoding="utf-8"))
-    return rec if rec.get("settings") == _cell_settings(cfg) else None
+    return rec if rec.get("settings") == _cell_settings(cfg, cell) else None
 
 
 def run_cell(split: Any, cell: dict[str, Any], source: Any, cfg: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
@@ -262,7 +277,7 @@ def run_cell(split: Any, cell: dict[str, Any], source: Any, cfg: dict[str, Any])
         # A capped budget may stop before tol; n_iter and "converged" are recorded instead.
         warnings.simplefilter("ignore", ConvergenceWarning)
         result = fit_evaluate_save(
-            ex, fit_x, cell["class_id"], heldout=held_x, stability=cfg["stability"]
+            ex, fit_x, cell["class_id"], heldout=held_x, stability=_stability(cfg, cell)
         )
     fit_seconds = result.fit_seconds
     rep_fit, rep_held = result.metrics["fit"], result.metrics["heldout"]
@@ -288,7 +303,7 @@ def run_cell(split: Any, cell: dict[str, Any], source: Any, cfg: dict[str, Any])
         "fit_seconds": round(fit_seconds, 3),
         "n_iter": int(info["n_iter"]),
         "converged": bool(info.get("converged", False)),
-        "settings": _cell_settings(cfg),
+        "settings": _cell_settings(cfg, cell),
         "metrics": {"fit": rep_fit, "heldout": rep_held},
         "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
@@ -346,7 +361,7 @@ def run_benchmark(
         )
         for cell in bar:
             path = out / "cells" / f"{cell['key']}.json"
-            stored = _load_cell(path, cfg)
+            stored = _load_cell(path, cfg, cell)
             if stored is not None:
                 stored["groups"] = sorted(cell["groups"])  # this config's use of the cell
                 records.append(stored)
