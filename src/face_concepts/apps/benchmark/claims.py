@@ -1,6 +1,6 @@
 """The paper's claims, checked on benchmark results: "holds", "does not hold" or "not shown".
 
-Each claim is "row A is better than row B on a metric" (docs/method.md §8 lists the paper's
+Each claim is "row A is better than row B on a metric" (docs/method.md §11 lists the paper's
 numbers behind them). :func:`check_claims` measures every claim on the held-out rows of one
 setting's results (the rows of ``results.csv``, :func:`~face_concepts.apps.benchmark.report.result_rows`),
 at one rank and one encoder λ, paired over the (class, seed) cells by
@@ -30,7 +30,7 @@ class Claim:
     better: str
 
 
-# The paper's orderings (method.md §8), each as one paired comparison; rows are the runner's
+# The paper's orderings (docs/method.md §11), each as one paired comparison; rows are the runner's
 # labels: face (λ = 1 here), nmf (the same engine at λ = 0), craft, ice, face-paper (the
 # authors' solver and λ = 1e-5), face-auto (λ chosen by held-out agreement).
 PAPER_CLAIMS: tuple[Claim, ...] = (
