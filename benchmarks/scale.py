@@ -83,6 +83,10 @@ def child(args: argparse.Namespace) -> None:
     from face_concepts.decomposition import FACE
 
     warnings.simplefilter("ignore", ConvergenceWarning)
+    if args.code_iters:  # an experiment: Newton iterations per batch for the codes during the fit
+        import face_concepts.decomposition.minibatch as minibatch
+
+        minibatch.CODE_MAX_ITER = args.code_iters
     head = mobilenet_v2().classifier
     source = CachedActivations(ActivationCache(args.data_dir, shard_size=CHUNK), args.key)
     t0 = time.perf_counter()
@@ -104,7 +108,8 @@ def child(args: argparse.Namespace) -> None:
 def measure(args: argparse.Namespace, kind: str, key: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--key", key,
            "--data-dir", args.data_dir, "--lam", str(args.lam), "--epochs", str(args.epochs),
-           "--batch-size", str(args.batch_size), "--full-iters", str(args.full_iters)]  # fmt: skip
+           "--batch-size", str(args.batch_size), "--full-iters", str(args.full_iters),
+           "--code-iters", str(args.code_iters)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -120,6 +125,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--full-max", type=float, default=0)
     ap.add_argument("--full-iters", type=int, default=0, help="0: the estimator's default")
+    ap.add_argument(
+        "--code-iters",
+        type=int,
+        default=0,
+        help="mini-batch: Newton iterations for each batch's codes during the fit "
+        "(minibatch.CODE_MAX_ITER; 0: its default, 10)",
+    )
     ap.add_argument(
         "--reference",
         action="append",
@@ -180,8 +192,13 @@ def write_report(args, rows, notes, loads, total) -> None:
         f"those 3,311 real rows and multiplying each entry by exp({SIGMA}·N(0,1)) (seeded), "
         f"stored as ActivationCache shards of {CHUNK} rows on local disk",
         f"- model: r = {R}, λ = {args.lam:g}, head = MobileNetV2's real classifier (C = 1000); "
-        f"mini-batch: batch_size {args.batch_size}, {args.epochs} epochs (fixed, tol 0), then "
-        "the objective pass; full batch: default solver (hals), "
+        f"mini-batch: batch_size {args.batch_size}, {args.epochs} epochs (fixed, tol 0), "
+        + (
+            f"{args.code_iters} Newton iterations per batch for the codes, "
+            if args.code_iters
+            else ""
+        )
+        + "then the objective pass; full batch: default solver (hals), "
         + (
             "the estimator's defaults (max_iter 1000, tol 1e-5)"
             if args.full_iters <= 0
