@@ -188,6 +188,30 @@ class ModelSplit(nn.Module):
         with torch.inference_mode():
             return self._compare(x, self.logits(x), tol)
 
+    def fidelity(
+        self, x: torch.Tensor, A: torch.Tensor | None = None, batch_size: int = 32
+    ) -> dict[str, float | int]:
+        """How well the split's head stands in for the model on real images ``x``.
+
+        ``agreement``: the share of images whose top-1 class of ``head(A)`` (``A`` the pooled
+        activations of ``x``, computed when not given) is the model's top-1 class; ``kl``: the
+        mean ``KL(softmax(model(x)) ‖ softmax(head(A)))``; ``n_images``. An exact split gives
+        agreement 1 and KL 0 (up to rounding); for an approximate one (an intermediate layer)
+        this is what FACE's faithfulness is relative to: FACE keeps the head's prediction.
+        """
+        if self.model is None:
+            raise ValueError("fidelity needs the full model: build the ModelSplit with model=<nn.Module>")  # fmt: skip
+        agree, kl, n = 0.0, 0.0, int(x.shape[0])
+        with torch.inference_mode():
+            for i in range(0, n, max(1, int(batch_size))):
+                xb = x[i : i + batch_size].to(self.device)
+                ab = self.pooled(xb) if A is None else A[i : i + batch_size].to(self.device)
+                ref = self.model(xb).double().log_softmax(dim=1)
+                got = self.head(ab).double().log_softmax(dim=1)
+                agree += float((ref.argmax(dim=1) == got.argmax(dim=1)).sum())
+                kl += float((ref.exp() * (ref - got)).sum())
+        return {"n_images": n, "agreement": agree / max(n, 1), "kl": kl / max(n, 1)}
+
     def _compare(self, x: torch.Tensor, got: torch.Tensor, tol: float) -> float:
         """Check ``got`` (the split's logits on ``x``) against ``model(x)``; see :meth:`verify`."""
         assert self.model is not None  # verify checks it

@@ -29,6 +29,7 @@ from face_concepts.methods.registry import (
     finite_difference_importance,
     get_method,
 )
+from face_concepts.models.split import check_fidelity
 from face_concepts.pipeline.config import DEFAULTS as _D
 from face_concepts.pipeline.config import ExplainerConfig, config_attributes
 from face_concepts.pipeline.views import ExplainerViews
@@ -327,6 +328,7 @@ class ConceptExplainer(ExplainerViews):
             "index": index,
             "crops": crops,
             "n_concepts": r,
+            "split_fidelity": check_fidelity(self.split, x, A_img, self.batch_size),
         }
 
     def _adopt_fit(
@@ -338,6 +340,8 @@ class ConceptExplainer(ExplainerViews):
         self.row_codes_, self.row_index_ = U.cpu(), prepared["index"]
         self.crops_ = prepared["crops"]
         self.fit_info_ = info
+        if prepared.get("split_fidelity") is not None:
+            self.fit_info_ = {**info, "split_fidelity": prepared["split_fidelity"]}
         self.n_images_ = int(x.shape[0])
         self.example_images_ = x[:8].clone()  # for heatmaps in reports
         # a fit replaces whatever run this explainer was loaded from

@@ -1,0 +1,64 @@
+"""How well an approximate split's head stands in for the model (issue 18, item 1): measured on
+the fitting images, warned, recorded in ``fit_info_`` and shown wherever warnings are."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from face_concepts import ConceptExplainer
+from face_concepts.data.preprocess import Preprocess
+from face_concepts.models import split_model
+from face_concepts.models.split import ApproximateSplitWarning, check_fidelity
+
+SIZE = 16
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+    ).eval()  # fmt: skip
+
+
+def _images(n: int = 6) -> torch.Tensor:
+    return torch.rand(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+
+
+def _split(layer: str | None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ApproximateSplitWarning)
+        return split_model(_model(), layer, input_size=SIZE, name="tiny",
+                           preprocess=Preprocess(resize_size=SIZE, crop_size=SIZE))  # fmt: skip
+
+
+def test_fidelity_against_the_model_by_hand():
+    split, x = _split("1"), _images()  # the first ReLU: the head runs conv, relu, pool, linear
+    assert not split.exact
+    fid = split.fidelity(x, batch_size=4)  # two batches
+    with torch.no_grad():
+        ref = split.model(x).double().log_softmax(1)
+        got = split.head(split.pooled(x)).double().log_softmax(1)
+    agree = float((ref.argmax(1) == got.argmax(1)).double().mean())
+    kl = float((ref.exp() * (ref - got)).sum(1).mean())
+    assert fid["n_images"] == 6 and fid["agreement"] == pytest.approx(agree)
+    assert fid["kl"] == pytest.approx(kl, rel=1e-9) and fid["kl"] > 1e-6  # the proxy differs
+    exact = _split("3")  # followed by the global mean pool: the model's own head, exact
+    assert exact.exact and check_fidelity(exact, x) is None  # nothing measured, nothing warned
+    assert exact.fidelity(x)["agreement"] == 1.0 and abs(exact.fidelity(x)["kl"]) < 1e-6
+
+
+def test_fit_on_an_approximate_split_warns_and_records_the_fidelity():
+    split, x = _split("1"), _images()
+    ex = ConceptExplainer(split, n_concepts=2, kl_weight=1.0, patch_size=8, n_designs=4,
+                          max_iter=5, progress=False)  # fmt: skip
+    with pytest.warns(ApproximateSplitWarning, match=r"on the 6 fitting images .* model's on \d+"):
+        ex.fit(x, class_id=0)
+    fid = ex.fit_info_["split_fidelity"]
+    assert fid == pytest.approx(split.fidelity(x))
+    assert any("on the 6 fitting images" in w for w in ex.warnings_)  # saved, shown by the atlas
