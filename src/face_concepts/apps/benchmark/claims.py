@@ -34,10 +34,8 @@ class Claim:
 # labels: face (λ = 1 here), nmf (the same engine at λ = 0), craft, ice, face-paper (the
 # authors' solver and λ = 1e-5), face-auto (λ chosen by held-out agreement).
 PAPER_CLAIMS: tuple[Claim, ...] = (
-    Claim(
-        "FACE keeps the prediction better than CRAFT (agreement)", "face", "craft", "agreement", "↑"
-    ),
-    Claim("FACE keeps the prediction better than ICE (agreement)", "face", "ice", "agreement", "↑"),
+    Claim("FACE keeps the prediction better than CRAFT", "face", "craft", "agreement", "↑"),
+    Claim("FACE keeps the prediction better than ICE", "face", "ice", "agreement", "↑"),
     Claim("FACE has a lower D_KL than CRAFT", "face", "craft", "kl", "↓"),
     Claim("FACE has a lower D_KL than ICE", "face", "ice", "kl", "↓"),
     Claim("FACE C-Ins > CRAFT", "face", "craft", "c_insertion", "↑"),
@@ -48,7 +46,7 @@ PAPER_CLAIMS: tuple[Claim, ...] = (
     Claim("C-Stab: CRAFT above FACE", "craft", "face", "stability", "↑"),
     Claim("C-Stab: ICE above CRAFT", "ice", "craft", "stability", "↑"),
     Claim(
-        "the KL term keeps the prediction: FACE (λ = 1) vs NMF (λ = 0), agreement",
+        "the KL term keeps the prediction: FACE (λ = 1) vs NMF (λ = 0)",
         "face",
         "nmf",
         "agreement",
