@@ -401,3 +401,16 @@ def test_fashion_protocol_on_the_real_dataset(tmp_path):
         rows = list(csv.DictReader(fh))
     assert {r["class_name"] for r in rows} == {"Ankle boot"}
     assert {r["n_photos"] for r in rows} == {"6000"}  # the real train split: 6,000 per class
+
+
+def test_method_table_says_when_a_metric_has_fewer_cells_than_its_row():
+    full = {key: (0.5, 0.1, 10) for _, key, _ in bm.TABLE_COLUMNS}
+    full.update(fit_seconds=(1.0, 0.0, 10), n_iter=(5.0, 0.0, 10))
+    st = {
+        "face": {**full, "stability": (0.847, 0.0, 1)},
+        "nmf": {**full, "stability": (0.0, 0.0, 0)},
+    }
+    md = bm.method_table(st, {"face": 1.0, "nmf": 0.0})
+    face, nmf = (line for line in md.splitlines() if line.startswith(("| face", "| nmf")))
+    assert "0.847 ± 0.000 (n = 1)" in face and face.count("(n = ") == 1
+    assert "| n/a |" in nmf and "(n = " not in nmf

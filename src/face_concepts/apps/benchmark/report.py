@@ -134,6 +134,12 @@ def _fmt(stat: tuple[float, float, int]) -> str:
     return "n/a" if n == 0 else f"{mean:.3f} ± {std:.3f}"
 
 
+def _fmt_of(stat: tuple[float, float, int], n_row: int) -> str:
+    """``_fmt``, saying how many cells a metric has when fewer than its row (C-Stab measured on
+    the rank-sweep cell only, at a rank of the main table other than the first)."""
+    return _fmt(stat) + (f" (n = {stat[2]})" if 0 < stat[2] < n_row else "")
+
+
 def _lam(value: Any) -> str:
     return value if isinstance(value, str) else f"{value:g}"
 
@@ -149,8 +155,9 @@ def method_table(summary: dict[Any, dict[str, tuple[float, float, int]]], lams: 
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, st in summary.items():
-        cells = [f"{method} (λ={_lam(lams[method])})", str(st["acc"][2])]
-        cells += [_fmt(st[key]) for _, key, _ in TABLE_COLUMNS]
+        n = st["acc"][2]
+        cells = [f"{method} (λ={_lam(lams[method])})", str(n)]
+        cells += [_fmt_of(st[key], n) for _, key, _ in TABLE_COLUMNS]
         cells += [f"{st['fit_seconds'][0]:.1f}", f"{st['n_iter'][0]:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
