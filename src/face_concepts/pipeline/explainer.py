@@ -22,13 +22,7 @@ from face_concepts.data import (
     resize_patches,
 )
 from face_concepts.decomposition import FACE, encode
-from face_concepts.importance import sobol_indices
-from face_concepts.methods.registry import (
-    check_batch_fit,
-    factorize,
-    finite_difference_importance,
-    get_method,
-)
+from face_concepts.methods.registry import check_batch_fit, factorize, get_method
 from face_concepts.models.split import check_fidelity
 from face_concepts.pipeline.config import DEFAULTS as _D
 from face_concepts.pipeline.config import ExplainerConfig, config_attributes
@@ -352,12 +346,6 @@ class ConceptExplainer(ExplainerViews):
         self._rows_cache = rows
         return self
 
-    def _encode_fitting_images(self) -> None:
-        """Codes of the fitting images with the encoder, and the importance over them."""
-        self.image_codes_ = self.encode_activations(self.image_activations_)
-        self.local_importance_ = self._local_importance(self.image_codes_)
-        self.importance_ = self.local_importance_.mean(dim=0)
-
     def _filter_correct(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             pred = torch.cat([self.split.logits(b).argmax(1) for b in x.split(self.batch_size)])
@@ -368,15 +356,6 @@ class ConceptExplainer(ExplainerViews):
                 f"the model assigns none of the {x.shape[0]} images to class {self.class_id_}; nothing to explain"
             )
         return x[keep]
-
-    def _local_importance(self, U_img: torch.Tensor) -> torch.Tensor:
-        if self.spec.importance == "finite-difference":
-            return finite_difference_importance(
-                U_img, self.concept_bank_, self._head(), self.class_id_
-            )
-        return sobol_indices(
-            U_img, self.concept_bank_, self._head(), self.class_id_, n_designs=self.n_designs
-        )
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "concept_bank_"):

@@ -15,7 +15,8 @@ from sklearn.exceptions import ConvergenceWarning
 from face_concepts._core.validation import check_int
 from face_concepts._core.warn import recording
 from face_concepts.activations.extract import extract_activations
-from face_concepts.methods.registry import factorize
+from face_concepts.importance import sobol_indices
+from face_concepts.methods.registry import factorize, finite_difference_importance
 from face_concepts.metrics import MetricReport, compute_metrics, stability_folds
 
 N_TOP_CROPS = 8
@@ -52,6 +53,21 @@ class ExplainerViews:
         self.encoder_kl_weight = kl_weight  # validated by the config
         self._encode_fitting_images()
         return self
+
+    def _encode_fitting_images(self) -> None:
+        """Codes of the fitting images with the encoder, and the importance over them."""
+        self.image_codes_ = self.encode_activations(self.image_activations_)
+        self.local_importance_ = self._local_importance(self.image_codes_)
+        self.importance_ = self.local_importance_.mean(dim=0)
+
+    def _local_importance(self, U_img: torch.Tensor) -> torch.Tensor:
+        if self.spec.importance == "finite-difference":
+            return finite_difference_importance(
+                U_img, self.concept_bank_, self._head(), self.class_id_
+            )
+        return sobol_indices(
+            U_img, self.concept_bank_, self._head(), self.class_id_, n_designs=self.n_designs
+        )
 
     def _evaluate(self, images: Any, *, stability: bool, split: str | None) -> MetricReport:
         if images is None:
