@@ -1,0 +1,124 @@
+"""Where the time of FACE's solvers goes at λ = 1 (solver.md §8, scale.md §3).
+
+``--case iteration``: one ``solve_hals`` iteration on the exported benchmark problem
+(``benchmarks/gpu.py --export`` writes ``.bench-data/mnv2.safetensors``; n = 3311, C = 1000,
+r = 25) after 30 warm iterations, profiled with ``torch.profiler`` (matrix products and the
+passes over the n × C logits, grouped by shape), then an A/B of the W block's softmax-Jacobian
+product, fused (``addcmul_``, the code) against a multiplication and a subtraction, the two
+versions alternating in one process.
+
+``--case minibatch``: a mini-batch fit (batches of 1024, two passes) of ``--rows`` rows generated
+like ``benchmarks/scale.py``'s, with timers around the per-batch steps.
+
+    python benchmarks/iteration_profile.py --case iteration [--threads 1]
+    python benchmarks/iteration_profile.py --case minibatch [--rows 20480] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import exported_problem, load_average, mobilenet_crop_activations, mobilenet_v2
+
+DATA = Path(__file__).resolve().parents[1] / ".bench-data" / "mnv2.safetensors"
+AB_ROUNDS = 8
+
+
+def _unfused(S: torch.Tensor, E: torch.Tensor) -> torch.Tensor:
+    """The softmax-Jacobian product before the fused pass: a mul and a sub over n × C."""
+    SE = S * E
+    return SE - S * SE.sum(dim=1, keepdim=True)
+
+
+def iteration() -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    import face_concepts.decomposition.newton_cg as ncg
+    from face_concepts.decomposition.hals import solve_hals
+    from face_concepts.decomposition.init import initialize
+
+    A, prob = exported_problem(str(DATA), 1.0)
+    U, W = initialize(A, 25, "nndsvda", random_state=0)
+    res = solve_hals(prob, U, W, max_iter=30, warm_start=True)
+    U, W = res.U, res.W
+    solve_hals(prob, U, W, max_iter=1)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        t = time.perf_counter()
+        solve_hals(prob, U, W, max_iter=1)
+        total = time.perf_counter() - t
+    print(f"one iteration under the profiler: {1000 * total:.0f} ms")
+    print("| op | input shapes | calls | self time |\n|---|---|---|---|")
+    events = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)  # fmt: skip
+    for e in events[:16]:
+        print(
+            f"| `{e.key}` | {e.input_shapes} | {e.count} | {e.self_cpu_time_total / 1000:.1f} ms |"
+        )
+    fused = ncg._curvature_of_softmax
+    times: dict[str, list[float]] = {"fused": [], "unfused": []}
+    for _ in range(AB_ROUNDS):
+        for name, f in (("fused", fused), ("unfused", _unfused)):
+            ncg._curvature_of_softmax = f
+            t = time.perf_counter()
+            solve_hals(prob, U, W, max_iter=1)
+            times[name].append(time.perf_counter() - t)
+    ncg._curvature_of_softmax = fused
+    for name, v in times.items():
+        print(f"A/B {name}: median {1000 * statistics.median(v):.1f} ms over {len(v)} iterations")
+
+
+def minibatch(n: int) -> None:
+    import face_concepts.decomposition.minibatch as mb
+    from face_concepts.decomposition import FACE
+
+    A0 = mobilenet_crop_activations().A
+    g = torch.Generator().manual_seed(0)
+    A = A0[torch.randint(A0.shape[0], (n,), generator=g)] * torch.exp(0.25 * torch.randn(n, A0.shape[1], generator=g))  # fmt: skip
+    spent: collections.Counter[str] = collections.Counter()
+
+    def timed(name: str):
+        f = getattr(mb, name)
+
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            out = f(*args, **kwargs)
+            spent[name] += time.perf_counter() - t
+            return out
+
+        setattr(mb, name, wrapper)
+
+    for name in ("solve_codes", "streaming_objective", "_update_w", "evaluate", "batch_statistics"):
+        timed(name)
+    warnings.simplefilter("ignore")
+    t = time.perf_counter()
+    est = FACE(mobilenet_v2().classifier, 25, kl_weight=1.0, batch_size=1024, max_iter=2, tol=0.0, random_state=0).fit(A)  # fmt: skip
+    total = time.perf_counter() - t
+    print(f"n = {n}: {total:.1f} s, objective {est.objective_:.5f}")
+    print("| step | time | share |\n|---|---|---|")
+    for name, v in spent.most_common():
+        print(f"| `{name}` | {v:.2f} s | {100 * v / total:.1f} % |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--case", choices=["iteration", "minibatch"], required=True)
+    ap.add_argument("--rows", type=int, default=20480)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"load average at the start: {load_average()}; threads {args.threads}")
+    iteration() if args.case == "iteration" else minibatch(args.rows)
+    print(f"load average at the end: {load_average()}")
+
+
+if __name__ == "__main__":
+    main()
