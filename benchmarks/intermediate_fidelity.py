@@ -70,16 +70,19 @@ def _unbounded_fidelity(split, x: torch.Tensor) -> tuple[dict, float, float]:
     head = split.head
     inner = head.head if isinstance(head, PosNegHead) else head
     tail = RestOfNetwork([_unbounded(m) for m in inner.rest], (1, 1), chunk_rows=4096).eval()
-    variant = copy.copy(split)  # shares the model and features; only the head differs
-    variant.head = PosNegHead(tail) if isinstance(head, PosNegHead) else tail
+    variant = PosNegHead(tail) if isinstance(head, PosNegHead) else tail
     with torch.inference_mode():
         A = split.pooled(x)
         times = []
-        for h in (head, variant.head):
+        for h in (head, variant):
             t = time.perf_counter()
             h(A)
             times.append(time.perf_counter() - t)
-    return variant.fidelity(x, A), times[0], times[1]
+    split.head = variant  # measured with the split's own fidelity, then put back
+    try:
+        return split.fidelity(x, A), times[0], times[1]
+    finally:
+        split.head = head
 
 
 def _rows_mobilenet() -> list[tuple[str, str, dict]]:
