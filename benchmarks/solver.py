@@ -18,12 +18,16 @@ Every row is a target of the engine issue with its ratio and a met / missed verd
    logit is unchanged, fitted end to end by ``FACE(head, 25, kl_weight=λ, bank="signed")``, timed
    against the non-negative default fit of the uncentred ``A``: same speed class means a ratio
    of at most 3×. ``--only-signed`` runs this section alone (``--signed-rows`` subsamples).
+6. ``--only-inner 3,10``: target 2 on six data sets (three crop seeds, r = 10/25/50, a
+   1,000-row subset), with ``solvers.MAX_INNER`` (HALS sweeps per block at λ = 0, so also the
+   warm start of every FACE fit) against other values.
 
 Data: MobileNetV2 (real ImageNet weights) pooled features of 77 random 64-px crops of each
 bundled real photo (n = 3,311, p = 1,280) and its real classifier (C = 1,000).
 
     python benchmarks/solver.py [--threads 2] [--long-cap 150] [--out benchmarks/results/solver.md]
     python benchmarks/solver.py --only-signed --signed-lambdas 0,1 [--signed-rows 1000]
+    python benchmarks/solver.py --only-inner 3,10
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from face_concepts.decomposition.newton import solve_codes_newton
 from face_concepts.decomposition.newton_cg import bank_newton_step
 from face_concepts.decomposition.problem import make_problem
 from face_concepts.decomposition.solvers import (
+    _stop_test,
     _terms_at,
     evaluate,
     kkt_residual,
@@ -207,6 +212,62 @@ def nmf_race(A: torch.Tensor, target: float) -> dict:
     }
 
 
+INNER_SETS = (  # (crop seed, rows kept or None, rank) of the max_inner comparison
+    (0, None, 25), (0, None, 10), (0, None, 50), (0, 1000, 25), (1, None, 25), (2, None, 25),
+)  # fmt: skip
+
+
+def inner_section(inners: list[int], max_iter: int = 300) -> list[str]:
+    """Target 2 on six data sets, and ``solvers.MAX_INNER`` (HALS sweeps per block at λ = 0)
+    against other values: per data set, scikit-learn's fit, then ``solve_hals`` with each
+    ``max_inner`` run to ``max_iter`` with tol 0; the default stop (tol 1e-5) is replayed on
+    the recorded objectives, so one run gives the default fit's stop and the plateau."""
+    out = [
+        "| data | r | scikit-learn: s, iterations | max_inner | time to reach scikit-learn's "
+        "objective | default stop: iteration, s | gap at the stop | plateau gap (iterations) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for seed, keep, r in INNER_SETS:
+        A = mobilenet_crop_activations(seed=seed).A
+        A = A if keep is None else A[:keep]
+        X = A.numpy()
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                sk = SkNMF(r, init="nndsvda", solver="cd", random_state=0).fit(X)
+            times.append(time.perf_counter() - t0)
+        sk_s, sk_obj = min(times), float(sk.reconstruction_err_) ** 2 / X.size
+        name = f"crops seed {seed}" + (f", first {keep} rows" if keep else f" (n = {A.shape[0]})")
+        for m in inners:
+            log(f"max_inner: {name}, r = {r}, max_inner = {m}")
+            traj: list[tuple[float, float]] = []
+            t0 = time.perf_counter()
+
+            def callback(t: int, terms, traj=traj, t0=t0) -> None:
+                traj.append((time.perf_counter() - t0, terms.total))
+
+            init = initialize(A, r, "nndsvda")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                res = solve_hals(
+                    make_problem(A, None, 0.0), *init, max_iter=max_iter, tol=0.0,
+                    max_inner=m, callback=callback,
+                )  # fmt: skip
+            hist = res.history["total"]
+            stop = next((k for k in range(1, len(hist)) if _stop_test(hist[: k + 1], 1e-5)), None)
+            at = traj[stop - 1] if stop else traj[-1]
+            hit = next((s for s, f in traj if f <= sk_obj * (1 + 1e-6)), None)
+            reach = f"{hit:.2f} s ({sk_s / hit:.2f}× sooner)" if hit else "never"
+            out.append(
+                f"| {name} | {r} | {sk_s:.2f} s, {sk.n_iter_} | {m} | {reach} | "
+                f"{stop or '—'}, {at[0]:.2f} s | {100 * (at[1] / sk_obj - 1):+.3f} % | "
+                f"{100 * (traj[-1][1] / sk_obj - 1):+.3f} % ({len(traj)}) |"
+            )
+    return out
+
+
 def _median_ms(fn, repeats: int = 5) -> float:
     fn()
     times = []
@@ -304,9 +365,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--signed-lambdas", default="0,1", help="λ of the signed-bank rows (5)")
     ap.add_argument("--only-signed", action="store_true", help="only the signed-bank rows (5)")
     ap.add_argument("--signed-rows", type=int, default=None, help="subsample A for rows 5 only")
+    ap.add_argument(
+        "--only-inner", default=None, help="only the max_inner comparison (λ = 0), e.g. 3,10"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     load0, t_start = load_average(), time.perf_counter()
+    if args.only_inner:
+        text = [
+            f"- command: `python benchmarks/solver.py {' '.join(sys.argv[1:])}`",
+            *machine_lines(),
+            f"- load average (1/5/15 min) at start {load0}",
+            "",
+            *inner_section([int(m) for m in args.only_inner.split(",")]),
+            "",
+            f"- load average at end {load_average()}; "
+            f"{(time.perf_counter() - t_start) / 60:.1f} min",
+        ]
+        print("\n".join(text))
+        return 0
     act = mobilenet_crop_activations()
     A, head = act.A, act.head.eval()
     rows, stop_rows, notes = [], [], []

@@ -16,6 +16,7 @@ from face_concepts.decomposition.losses import Terms, factored_objective
 from face_concepts.decomposition.newton_cg import bank_newton_step
 from face_concepts.decomposition.problem import Problem
 from face_concepts.decomposition.solvers import (
+    MAX_INNER,
     WARM_MAX_ITER,
     WARM_TOL,
     SolverResult,
@@ -32,7 +33,7 @@ from face_concepts.decomposition.solvers import (
 
 
 def _plain_warm_start(
-    prob: Problem, U: torch.Tensor, W: torch.Tensor, signed_w_block: WBlock | None
+    prob: Problem, U: torch.Tensor, W: torch.Tensor, signed_w_block: WBlock | None, max_inner: int
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Plain NMF (Semi-NMF with ``signed_w_block``) from ``(U, W)`` to ``WARM_TOL``: the start
     of a FACE fit. Returns ``(U, W, iterations)``."""
@@ -41,8 +42,9 @@ def _plain_warm_start(
         # A warm start that is not converged is still a start: no warning for it.
         warnings.simplefilter("ignore", ConvergenceWarning)
         warm = solve_hals(
-            plain, U, W, max_iter=WARM_MAX_ITER, tol=WARM_TOL, signed_w_block=signed_w_block
-        )
+            plain, U, W, max_iter=WARM_MAX_ITER, tol=WARM_TOL, max_inner=max_inner,
+            signed_w_block=signed_w_block,
+        )  # fmt: skip
     return warm.U, warm.W, warm.n_iter
 
 
@@ -57,7 +59,7 @@ def solve_hals(
     *,
     max_iter: int = 1000,
     tol: float = 1e-5,
-    max_inner: int = 10,
+    max_inner: int = MAX_INNER,
     extrapolate: bool | None = None,
     w_solver: str = "newton",
     warm_start: bool = False,
@@ -78,7 +80,7 @@ def solve_hals(
         raise ValueError("solver='hals' needs an affine head (or kl_weight=0); use solver='pgd'")
     res = SolverResult(U=U, W=W, n_iter=0, converged=False)
     if warm_start and prob.kl_weight > 0:
-        U, W, res.warm_iter = _plain_warm_start(prob, U, W, signed_w_block)
+        U, W, res.warm_iter = _plain_warm_start(prob, U, W, signed_w_block, max_inner)
     newton_w = prob.kl_weight > 0 and w_solver == "newton"
     if extrapolate is None:
         extrapolate = signed_w_block is not None or not newton_w
