@@ -15,6 +15,11 @@ fit's time or FIT_LIMIT_S, whichever is longer, so that a missed target still ha
 and reports how far it got.
 
     python benchmarks/intermediate_layer.py [--threads 2] [--out benchmarks/results/intermediate_layer.md]
+
+One case alone prints its JSON line: ``--case '{"kind": "fit", "model": M, "layer": L,
+"threads": 2, "limit": 900, "images": K}'``, with ``"solver": S`` to force FACE's solver and
+``"old_codes_stop": true`` to give the codes' solve (the encoder and the fit's final polish) the
+stop it had before session 24 (500 iterations, tol 1e-7, for every head).
 """
 
 from __future__ import annotations
@@ -133,6 +138,13 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
             from face_concepts import ConceptExplainer
             from face_concepts.decomposition import estimators
 
+            if case.get("old_codes_stop"):  # the codes' stop before session 24: 500, 1e-7
+                from face_concepts.decomposition import encoder
+
+                encoder.code_stop = lambda prob, max_iter=None, tol=None: (
+                    encoder.CODES_STOP[0] if max_iter is None else max_iter,
+                    encoder.CODES_STOP[1] if tol is None else tol,
+                )
             if case.get("solver"):  # force FACE's solver for a head that is not affine
                 forced = case["solver"]
                 estimators.auto_solver = lambda lam, affine: (

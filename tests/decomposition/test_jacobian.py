@@ -146,3 +146,33 @@ def test_face_auto_picks_it_for_a_non_affine_head():
     assert est.solver_ == "jacobian"
     h = np.array(est.loss_history_["total"])
     assert np.all(np.diff(h) <= 1e-12 * h[:-1])
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_codes_for_a_head_that_is_not_affine_stop_at_the_jacobian_tolerance(seed):
+    # Each iteration of the codes' solve calls the head (seconds for an intermediate layer's),
+    # so the encoder and the fit's final polish stop at the jacobian solver's own tolerance,
+    # not at the 1e-7 that suits affine heads: fewer head calls, the same codes to 1e-5.
+    from face_concepts.decomposition import encode
+    from face_concepts.decomposition.encoder import CODES_STOP, code_stop
+    from face_concepts.decomposition.registry import DEFAULTS
+    from face_concepts.decomposition.solvers import evaluate
+
+    A, mlp = mlp_data(seed=seed)
+    W = torch.rand(4, A.shape[1], generator=torch.Generator().manual_seed(seed), dtype=A.dtype)
+    head = Counting(mlp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        U_default = encode(A, W, head, kl_weight=1.0)
+        default_calls, head.calls = head.calls, 0
+        U_tight = encode(A, W, head, kl_weight=1.0, max_iter=CODES_STOP[0], tol=CODES_STOP[1])
+    assert default_calls < head.calls
+    prob = make_problem(A, Head(mlp, dtype=A.dtype, device=A.device), 1.0)
+    f_default, f_tight = evaluate(prob, U_default, W).total, evaluate(prob, U_tight, W).total
+    assert f_tight <= f_default <= f_tight * (1 + 1e-5)
+    jacobian_stop = (DEFAULTS["jacobian"]["max_iter"], DEFAULTS["jacobian"]["tol"])
+    assert code_stop(prob) == jacobian_stop
+    assert code_stop(prob, max_iter=7, tol=0.5) == (7, 0.5)  # given values are kept
+    affine = make_problem(A, Head(torch.nn.Linear(A.shape[1], 3).double(), dtype=A.dtype,
+                                  device=A.device), 1.0)  # fmt: skip
+    assert code_stop(affine) == CODES_STOP == code_stop(make_problem(A, None, 0.0))

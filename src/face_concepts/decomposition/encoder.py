@@ -20,6 +20,7 @@ from face_concepts.decomposition.jacobian import solve_jacobian
 from face_concepts.decomposition.losses import HEAD_REQUIRED, kl_rows
 from face_concepts.decomposition.newton import solve_codes_newton
 from face_concepts.decomposition.problem import make_problem
+from face_concepts.decomposition.registry import DEFAULTS
 from face_concepts.decomposition.solvers import (
     Problem,
     _Curvature,
@@ -27,6 +28,10 @@ from face_concepts.decomposition.solvers import (
     small_problem_threads,
     u_step,
 )
+
+# The codes' stop (W fixed) for an affine head or λ = 0: each row's problem is convex and every
+# iteration costs a few small products, so the codes are solved to rounding.
+CODES_STOP = (500, 1e-7)
 
 
 def _warm_start(A: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -43,20 +48,38 @@ def _warm_start(A: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     return X.T.clamp_(min=0).contiguous()
 
 
+def code_stop(
+    prob: Problem, max_iter: int | None = None, tol: float | None = None
+) -> tuple[int, float]:
+    """``(max_iter, tol)`` of the codes' solve: the given values, else ``CODES_STOP`` for an
+    affine head (or λ = 0) and the ``jacobian`` solver's own defaults for a head that is not
+    affine (each of its iterations calls the head)."""
+    default = (
+        CODES_STOP
+        if prob.kl_weight == 0 or prob.factored
+        else (int(DEFAULTS["jacobian"]["max_iter"]), DEFAULTS["jacobian"]["tol"])
+    )
+    return (
+        default[0] if max_iter is None else max_iter,
+        default[1] if tol is None else tol,
+    )
+
+
 def solve_codes(
     prob: Problem,
     W: torch.Tensor,
     U: torch.Tensor,
     *,
-    max_iter: int,
-    tol: float,
+    max_iter: int | None = None,
+    tol: float | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Minimise the objective over U ≥ 0 with W fixed, starting at ``U``; returns (U, iterations).
 
     Affine head with λ > 0: projected Newton (``newton.py``); a head that is not affine: the
     head's affine model between head calls (``jacobian.py``, W fixed); λ = 0: exact HALS
-    sweeps of NNLS.
+    sweeps of NNLS. ``max_iter``/``tol`` default to :func:`code_stop`'s.
     """
+    max_iter, tol = code_stop(prob, max_iter, tol)
     if prob.kl_weight > 0 and not prob.factored:
         res = solve_jacobian(prob, U, W, max_iter=max_iter, tol=tol, update_W=False)
         return res.U, res.n_iter
@@ -81,8 +104,8 @@ def encode(
     head: Callable[[torch.Tensor], torch.Tensor] | None = None,
     *,
     kl_weight: float = 0.0,
-    max_iter: int = 500,
-    tol: float = 1e-7,
+    max_iter: int | None = None,
+    tol: float | None = None,
     U0: torch.Tensor | None = None,
     batch_size: int | None = None,
     signed: bool | None = None,
@@ -99,8 +122,10 @@ def encode(
         Classifier head; required when ``kl_weight > 0``.
     kl_weight : float
         λ of the KL term; 0 gives non-negative least squares.
-    max_iter, tol : int, float
-        Stop when the relative objective decrease of one pass is below ``tol``.
+    max_iter, tol : int, float, optional
+        Stop when the relative objective decrease of one pass is below ``tol``. Default
+        (``code_stop``): 500 and 1e-7; with ``kl_weight > 0`` and a head that is not affine (an
+        intermediate layer's, seconds per call) the ``jacobian`` solver's own, 200 and 1e-4.
     U0 : Tensor (n, r), optional
         Warm start; default is clamped least squares.
     batch_size : int, optional
@@ -126,7 +151,8 @@ def encode(
     if not signed:
         as_float_tensor(A, "A", non_negative=True)
     kl_weight = check_float(kl_weight, "kl_weight", minimum=0.0)
-    check_int(max_iter, "max_iter", minimum=1)
+    if max_iter is not None:
+        check_int(max_iter, "max_iter", minimum=1)
     if W.shape[1] != A.shape[1]:
         raise ValueError(f"A has {A.shape[1]} features but W has {W.shape[1]} columns")
     h = None

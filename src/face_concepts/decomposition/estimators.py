@@ -255,7 +255,7 @@ class FACE(BaseEstimator):
         )
         # Polish the codes with the single encoder (W fixed, same objective): it can only lower
         # the objective, and makes fit_transform(A) agree with fit(A).transform(A).
-        U, _ = solve_codes(prob, res.W, res.U, max_iter=500, tol=1e-7)
+        U, _ = solve_codes(prob, res.W, res.U)
         self.concept_bank_ = res.W
         self.n_iter_ = res.n_iter
         self.n_warm_iter_ = res.warm_iter
