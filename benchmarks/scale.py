@@ -83,10 +83,12 @@ def child(args: argparse.Namespace) -> None:
     from face_concepts.decomposition import FACE
 
     warnings.simplefilter("ignore", ConvergenceWarning)
-    if args.code_iters:  # an experiment: Newton iterations per batch for the codes during the fit
-        import face_concepts.decomposition.minibatch as minibatch
+    import face_concepts.decomposition.minibatch as minibatch
 
+    if args.code_iters:  # an experiment: Newton iterations per batch for the codes during the fit
         minibatch.CODE_MAX_ITER = args.code_iters
+    if args.cold_codes:  # the baseline: every batch's codes from the clamped LS start, every pass
+        minibatch.WARM_CODES = False
     head = mobilenet_v2().classifier
     source = CachedActivations(ActivationCache(args.data_dir, shard_size=CHUNK), args.key)
     t0 = time.perf_counter()
@@ -109,7 +111,7 @@ def measure(args: argparse.Namespace, kind: str, key: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--key", key,
            "--data-dir", args.data_dir, "--lam", str(args.lam), "--epochs", str(args.epochs),
            "--batch-size", str(args.batch_size), "--full-iters", str(args.full_iters),
-           "--code-iters", str(args.code_iters)]  # fmt: skip
+           "--code-iters", str(args.code_iters)] + (["--cold-codes"] if args.cold_codes else [])  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -131,6 +133,12 @@ def main() -> None:
         default=0,
         help="mini-batch: Newton iterations for each batch's codes during the fit "
         "(minibatch.CODE_MAX_ITER; 0: its default, 10)",
+    )
+    ap.add_argument(
+        "--cold-codes",
+        action="store_true",
+        help="mini-batch: start every batch's codes cold, every pass (minibatch.WARM_CODES off: "
+        "the baseline before the codes were kept between passes)",
     )
     ap.add_argument(
         "--reference",
@@ -198,6 +206,7 @@ def write_report(args, rows, notes, loads, total) -> None:
             if args.code_iters
             else ""
         )
+        + ("codes started cold every pass (`--cold-codes`), " if args.cold_codes else "")
         + "then the objective pass; full batch: default solver (hals), "
         + (
             "the estimator's defaults (max_iter 1000, tol 1e-5)"

@@ -265,9 +265,9 @@ def test_driver_holds_at_most_one_batch(monkeypatch, n):
     seen = []
     real_step, real_encode = mb.step, mb.encode
 
-    def step(state, A):
+    def step(state, A, *args):
         seen.append(A.shape[0])
-        return real_step(state, A)
+        return real_step(state, A, *args)
 
     def encode(A, *args, **kw):
         seen.append(A.shape[0])
@@ -316,3 +316,79 @@ def test_bad_inputs_are_refused():
     nonaffine = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
     with pytest.raises(ValueError, match="affine"):
         FACE(nonaffine.double(), 3, kl_weight=1.0, batch_size=10).fit(A)
+
+
+# ----------------------------------------------------------------------------- codes between passes
+def test_code_store_starts_known_rows_from_their_last_codes_and_others_cold():
+    A, _ = planted(n=40, p=8, r=3)
+    A = A.float()
+    W = torch.rand(3, 8, generator=torch.Generator().manual_seed(1))
+    cold = mb._warm_start(A, W)
+    store = mb.CodeStore()
+    try:
+        assert torch.equal(store.start(0, A[:10], W), cold[:10])  # nothing stored yet
+        U = torch.rand(30, 3, generator=torch.Generator().manual_seed(2))
+        store.put(0, A[:20], U[:20])
+        store.put(20, A[20:30], U[20:30])
+        assert torch.equal(store.start(0, A[:30], W), U)  # bit for bit (float64 on disk)
+        # a batch that runs past the stored rows: the rest starts cold
+        got = store.start(25, A[25:40], W)
+        assert torch.equal(got[:5], U[25:30]) and torch.equal(got[5:], cold[30:40])
+        # other rows at those positions (a reshuffled source): cold start for them only
+        B = A[:10].clone()
+        B[3] = A[33]
+        got = store.start(0, B, W)
+        assert torch.equal(got[3], mb._warm_start(B, W)[3])
+        assert torch.equal(got[:3], U[:3]) and torch.equal(got[4:], U[4:10])
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("reshuffle", [False, True])
+def test_minibatch_fit_with_codes_kept_between_passes(monkeypatch, reshuffle):
+    # Each batch's codes start from that batch's codes of the last pass (the store keeps them
+    # on disk); a source that yields its rows in another order each pass starts them cold, as
+    # before. Either way the fit matches one that restarts every batch cold (to 1e-3 here).
+    A, head = planted(n=600, p=16, r=4, seed=3)
+    A, head = A.float(), head.float()
+
+    class Source:
+        def __init__(self):
+            self.passes = 0
+
+        def __iter__(self):
+            order = torch.arange(A.shape[0])
+            if reshuffle:
+                order = torch.randperm(
+                    A.shape[0], generator=torch.Generator().manual_seed(self.passes)
+                )
+            self.passes += 1
+            yield from A[order].split(100)
+
+    calls = []
+    real = mb.solve_codes
+
+    def recorded(prob, W, U0, **kw):
+        U, it = real(prob, W, U0, **kw)
+        calls.append((U0.clone(), U.clone(), mb._warm_start(prob.A, W), prob.A.clone()))
+        return U, it
+
+    monkeypatch.setattr(mb, "solve_codes", recorded)
+    objective = {}
+    for warm in (False, True):
+        monkeypatch.setattr(mb, "WARM_CODES", warm)
+        calls.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est = FACE(head, 4, kl_weight=1.0, batch_size=100, max_iter=3, tol=0, random_state=0)
+            objective[warm] = est.fit(Source()).objective_
+    assert len(calls) == 18  # 3 passes of 6 batches
+    for k, (start, _, cold, rows) in enumerate(calls):
+        if k < 6:
+            assert torch.equal(start, cold)
+            continue
+        _, last_codes, _, last_rows = calls[k - 6]  # the same positions, last pass
+        same = (rows == last_rows).all(dim=1)
+        assert bool(same.all()) != reshuffle  # (a reshuffle may leave a few rows in place)
+        assert torch.equal(start[same], last_codes[same]) and torch.equal(start[~same], cold[~same])
+    assert objective[True] == pytest.approx(objective[False], rel=1e-3)
