@@ -32,6 +32,9 @@ from face_concepts.decomposition.solvers import (
 # The codes' stop (W fixed) for an affine head or λ = 0: each row's problem is convex and every
 # iteration costs a few small products, so the codes are solved to rounding.
 CODES_STOP = (500, 1e-7)
+# HALS sweeps per iteration of the λ = 0 codes (NNLS with W fixed: no alternation, so unlike
+# solvers.MAX_INNER more sweeps only solve the same problem more exactly).
+NNLS_SWEEPS = 10
 
 
 def _warm_start(A: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -91,7 +94,7 @@ def solve_codes(
     Z = None
     for it in range(1, max_iter + 1):  # noqa: B007 (returned after the loop)
         with torch.no_grad():
-            U, Z, cur = u_step(prob, U, W, Z, 10, prev, curv)
+            U, Z, cur = u_step(prob, U, W, Z, NNLS_SWEEPS, prev, curv)
         if prev <= 0 or (prev - cur) / prev < tol:
             break
         prev = cur

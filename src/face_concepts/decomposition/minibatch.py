@@ -65,7 +65,8 @@ Hessian GEMM of the Newton iterations); each row's codes of the last pass are ke
 (:class:`CodeStore`, RAM still flat in n) and start that row's codes in the next pass and in the
 objective pass, where they are close to the answer (first pass and unknown rows: the clamped
 least-squares start). Measured on MobileNetV2 features at λ = 1
-(``benchmarks/results/scale.md``): 10⁶ rows, batches of 1024, two passes: 16 min on 2 cores,
+(``benchmarks/results/scale.md``): 10⁶ rows, batches of 1024, two passes: 12.6 min on 2 cores
+(15.8 min with the codes started cold every pass),
 1.06 GB peak (flat in n), time per row flat from 10⁵ to 10⁶; at n = 10⁴, ten passes of 512-row
 batches end 0.46 % above the converged full-batch fit in an eleventh of its time.
 """
