@@ -392,3 +392,43 @@ def test_minibatch_fit_with_codes_kept_between_passes(monkeypatch, reshuffle):
         assert bool(same.all()) != reshuffle  # (a reshuffle may leave a few rows in place)
         assert torch.equal(start[same], last_codes[same]) and torch.equal(start[~same], cold[~same])
     assert objective[True] == pytest.approx(objective[False], rel=1e-3)
+
+
+@pytest.mark.parametrize("fails", ["create", "write"])
+def test_a_temporary_file_that_fails_costs_the_warm_starts_not_the_fit(monkeypatch, fails):
+    # No space left (or no writable temporary directory): one warning, and the fit goes on with
+    # cold starts, giving exactly the fit without the store.
+    import tempfile
+
+    A, head = planted(n=300, p=8, r=3, seed=4)
+    A, head = A.float(), head.float()
+    real = tempfile.TemporaryFile
+
+    class Full:
+        def __init__(self):
+            self.inner = real()
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    def broken():
+        if fails == "create":
+            raise OSError(13, "Permission denied")
+        return Full()
+
+    def fit():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            est = FACE(head, 3, kl_weight=1.0, batch_size=50, max_iter=2, tol=0, random_state=0)
+            return est.fit(A.split(50)).objective_, [str(w.message) for w in caught]
+
+    monkeypatch.setattr(mb, "WARM_CODES", False)
+    cold, _ = fit()
+    monkeypatch.setattr(mb, "WARM_CODES", True)
+    monkeypatch.setattr(tempfile, "TemporaryFile", broken)
+    objective, messages = fit()
+    assert objective == cold
+    assert sum("can no longer be kept" in m for m in messages) == 1

@@ -76,7 +76,7 @@ from __future__ import annotations
 import tempfile
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import torch
 from sklearn.exceptions import ConvergenceWarning
@@ -206,20 +206,38 @@ class CodeStore:
     """
 
     def __init__(self) -> None:
-        self.file = tempfile.TemporaryFile()  # removed by the OS when closed, even on Ctrl-C
+        self.file: IO[bytes] | None = None
         self.rows = 0  # rows written so far (the file's length in rows)
+        try:
+            self.file = tempfile.TemporaryFile()  # removed by the OS when closed, even on Ctrl-C
+        except OSError as exc:
+            self._give_up(exc)
+
+    def _give_up(self, exc: OSError) -> None:
+        """A temporary file that cannot be made, written or read costs the warm starts, never
+        the fit: the rest of the fit starts every batch's codes cold."""
+        warnings.warn(
+            f"mini-batch FACE: the codes of the last pass can no longer be kept in a temporary "
+            f"file ({exc}); the fit goes on, starting each batch's codes afresh (slower)",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+        self.close()
 
     def start(self, offset: int, A: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
         """Codes to start the rows ``offset …`` of batch ``A`` from (clamped LS where unknown)."""
         cold = _warm_start(A, W)
         m, r = A.shape[0], W.shape[0]
         known = min(m, max(0, self.rows - offset))
-        if known == 0:
+        if known == 0 or self.file is None:
             return cold
-        self.file.seek(offset * (r + 1) * 8)
-        block = torch.frombuffer(
-            bytearray(self.file.read(known * (r + 1) * 8)), dtype=torch.float64
-        )
+        try:
+            self.file.seek(offset * (r + 1) * 8)
+            data = self.file.read(known * (r + 1) * 8)
+        except OSError as exc:
+            self._give_up(exc)
+            return cold
+        block = torch.frombuffer(bytearray(data), dtype=torch.float64)
         block = block.view(known, r + 1).to(device=A.device)
         same = block[:, r] == A[:known].double().sum(dim=1)
         warm = cold.clone()
@@ -227,13 +245,24 @@ class CodeStore:
         return warm
 
     def put(self, offset: int, A: torch.Tensor, U: torch.Tensor) -> None:
+        if self.file is None:
+            return
         rows = torch.cat([U.double(), A.double().sum(dim=1, keepdim=True)], dim=1).cpu()
-        self.file.seek(offset * rows.shape[1] * 8)
-        self.file.write(rows.numpy().tobytes())
+        try:
+            self.file.seek(offset * rows.shape[1] * 8)
+            self.file.write(rows.numpy().tobytes())
+        except OSError as exc:  # e.g. no space left on the temporary directory's disk
+            self._give_up(exc)
+            return
         self.rows = max(self.rows, offset + U.shape[0])
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            file, self.file, self.rows = self.file, None, 0
+            try:
+                file.close()
+            except OSError:  # flushing codes nobody will read: nothing is lost
+                pass
 
 
 def step(
