@@ -265,6 +265,33 @@ def inner_section(inners: list[int], max_iter: int = 300) -> list[str]:
                 f"{stop or '—'}, {at[0]:.2f} s | {100 * (at[1] / sk_obj - 1):+.3f} % | "
                 f"{100 * (traj[-1][1] / sk_obj - 1):+.3f} % ({len(traj)}) |"
             )
+    return [*out, "", *signed_inner_rows(inners)]
+
+
+def signed_inner_rows(inners: list[int]) -> list[str]:
+    """The signed bank's sweeps per U-block (``semi_nmf.SIGNED_MAX_INNER``): ``NMF(25,
+    bank="signed").fit`` of the benchmark A centred per feature, end to end, per value."""
+    from face_concepts.decomposition import semi_nmf
+
+    act = mobilenet_crop_activations()
+    Ac, _ = centred(act.A, act.head.eval())
+    default = semi_nmf.solve_semi_nmf.__kwdefaults__["max_inner"]
+    out = [
+        "| signed bank, λ = 0, centred A (crops seed 0), r = 25: max_inner | `NMF(25, "
+        'bank="signed").fit` | iterations | objective |',
+        "|---|---|---|---|",
+    ]
+    try:
+        for m in inners:
+            log(f"max_inner: signed bank, max_inner = {m}")
+            semi_nmf.solve_semi_nmf.__kwdefaults__["max_inner"] = m
+            t0 = time.perf_counter()
+            est = NMF(R, bank="signed", random_state=0).fit(Ac)
+            out.append(
+                f"| {m} | {time.perf_counter() - t0:.2f} s | {est.n_iter_} | {est.objective_:.6g} |"
+            )
+    finally:
+        semi_nmf.solve_semi_nmf.__kwdefaults__["max_inner"] = default
     return out
 
 

@@ -45,8 +45,9 @@ from face_concepts.decomposition.solvers import (
 
 BANKS = ("nonnegative", "signed")
 # HALS sweeps per U-block of the signed bank: on the benchmark data (centred, bank="signed", λ = 0)
-# 10 sweeps stopped sooner and lower than 5 or 3 (4.9 s against 5.4 s and 6.3 s), unlike the
-# non-negative bank (solvers.MAX_INNER).
+# 10 sweeps stopped sooner and lower than 5 or 3 (4.4 s against 5.0 s and 6.5 s; benchmarks/
+# solver.py --only-inner 3,10,5, results/solver.md section 9), unlike the non-negative bank
+# (solvers.MAX_INNER).
 SIGNED_MAX_INNER = 10
 JITTER = 1e-10  # relative ridge on UᵀU (a concept whose codes are all 0 gets a zero direction)
 

@@ -51,9 +51,9 @@ from face_concepts.decomposition.problem import Problem
 U_NEWTON_STEPS = 1  # projected Newton iterations per U-block update (affine head, λ > 0)
 # HALS sweeps per block in the majorise-minimise iterations (λ = 0, and so the warm start of every
 # FACE fit). Six real data sets (MobileNetV2 crops, seeds 0–2, r = 10/25/50, a 1,000-row subset;
-# benchmarks/solver.py --only-inner 3,10, results/solver.md section 9): 3 sweeps stopped sooner
-# than 10 on all six and at a lower objective on all six. The signed bank keeps its own
-# (semi_nmf.SIGNED_MAX_INNER).
+# benchmarks/solver.py --only-inner 3,10,5, results/solver.md section 9): 3 sweeps stopped at a
+# lower objective than 10 on all six, and sooner on five or six of six (two runs). The signed
+# bank keeps its own (semi_nmf.SIGNED_MAX_INNER).
 MAX_INNER = 3
 WINDOW = 10  # hals stops on the objective's relative decrease averaged over this many iterations
 WARM_TOL = 1e-4  # stop tolerance of the plain-NMF warm start of a FACE fit
