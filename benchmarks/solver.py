@@ -20,7 +20,8 @@ Every row is a target of the engine issue with its ratio and a met / missed verd
    of at most 3×. ``--only-signed`` runs this section alone (``--signed-rows`` subsamples).
 6. ``--only-inner 3,10``: target 2 on six data sets (three crop seeds, r = 10/25/50, a
    1,000-row subset), with ``solvers.MAX_INNER`` (HALS sweeps per block at λ = 0, so also the
-   warm start of every FACE fit) against other values.
+   warm start of every FACE fit) against other values; with ``--warm-start-lambda 1``, the
+   FACE fits at λ = 1 on the same data sets whose warm start runs each value instead.
 
 Data: MobileNetV2 (real ImageNet weights) pooled features of 77 random 64-px crops of each
 bundled real photo (n = 3,311, p = 1,280) and its real classifier (C = 1,000).
@@ -268,6 +269,38 @@ def inner_section(inners: list[int], max_iter: int = 300) -> list[str]:
     return [*out, "", *signed_inner_rows(inners)]
 
 
+def warm_start_rows(inners: list[int], lam: float) -> list[str]:
+    """The FACE fit at ``λ`` whose plain-NMF warm start runs ``max_inner`` sweeps per block
+    (``solvers.MAX_INNER`` is the default of ``solve_hals``, so also of that warm start): the
+    end point of a non-convex fit depends on its start. ``FACE(head, r, kl_weight=λ).fit`` end
+    to end on the data sets of :func:`inner_section`."""
+    default = solve_hals.__kwdefaults__["max_inner"]
+    out = [
+        "| data | r | λ | max_inner of the warm start | FACE `.fit` | iterations (warm + FACE) "
+        "| objective |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    try:
+        for seed, keep, r in INNER_SETS:
+            act = mobilenet_crop_activations(seed=seed)
+            A = act.A if keep is None else act.A[:keep]
+            name = f"crops seed {seed}" + (f", first {keep} rows" if keep else "")
+            for m in inners:
+                log(f"warm start: {name}, r = {r}, λ = {lam:g}, max_inner = {m}")
+                solve_hals.__kwdefaults__["max_inner"] = m
+                t0 = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    est = FACE(act.head.eval(), r, kl_weight=lam, random_state=0).fit(A)
+                out.append(
+                    f"| {name} | {r} | {lam:g} | {m} | {time.perf_counter() - t0:.1f} s | "
+                    f"{est.n_warm_iter_} + {est.n_iter_} | {est.objective_:.6f} |"
+                )
+    finally:
+        solve_hals.__kwdefaults__["max_inner"] = default
+    return out
+
+
 def signed_inner_rows(inners: list[int]) -> list[str]:
     """The signed bank's sweeps per U-block (``semi_nmf.SIGNED_MAX_INNER``): ``NMF(25,
     bank="signed").fit`` of the benchmark A centred per feature, end to end, per value."""
@@ -395,6 +428,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only-inner", default=None, help="only the max_inner comparison (λ = 0), e.g. 3,10"
     )
+    ap.add_argument(
+        "--warm-start-lambda",
+        type=float,
+        default=None,
+        help="with --only-inner: instead, FACE fits at this λ with each max_inner in the warm start",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     load0, t_start = load_average(), time.perf_counter()
@@ -404,7 +443,13 @@ def main(argv: list[str] | None = None) -> int:
             *machine_lines(),
             f"- load average (1/5/15 min) at start {load0}",
             "",
-            *inner_section([int(m) for m in args.only_inner.split(",")]),
+            *(
+                inner_section([int(m) for m in args.only_inner.split(",")])
+                if args.warm_start_lambda is None
+                else warm_start_rows(
+                    [int(m) for m in args.only_inner.split(",")], args.warm_start_lambda
+                )
+            ),
             "",
             f"- load average at end {load_average()}; "
             f"{(time.perf_counter() - t_start) / 60:.1f} min",
