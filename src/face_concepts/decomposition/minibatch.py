@@ -226,23 +226,25 @@ class CodeStore:
 
     def start(self, offset: int, A: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
         """Codes to start the rows ``offset …`` of batch ``A`` from (clamped LS where unknown)."""
-        cold = _warm_start(A, W)
         m, r = A.shape[0], W.shape[0]
         known = min(m, max(0, self.rows - offset))
         if known == 0 or self.file is None:
-            return cold
+            return _warm_start(A, W)
         try:
             self.file.seek(offset * (r + 1) * 8)
             data = self.file.read(known * (r + 1) * 8)
         except OSError as exc:
             self._give_up(exc)
-            return cold
+            return _warm_start(A, W)
         block = torch.frombuffer(bytearray(data), dtype=torch.float64)
         block = block.view(known, r + 1).to(device=A.device)
         same = block[:, r] == A[:known].double().sum(dim=1)
-        warm = cold.clone()
-        warm[:known] = torch.where(same[:, None], block[:, :r].to(A.dtype), cold[:known])
-        return warm
+        stored = block[:, :r].to(A.dtype).contiguous()
+        if known == m and bool(same.all()):  # the usual case from the second pass on
+            return stored
+        cold = _warm_start(A, W)  # the least-squares start only where it is needed
+        cold[:known] = torch.where(same[:, None], stored, cold[:known])
+        return cold
 
     def put(self, offset: int, A: torch.Tensor, U: torch.Tensor) -> None:
         if self.file is None:
