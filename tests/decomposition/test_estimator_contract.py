@@ -45,6 +45,7 @@ SOLVER_CASES = [
     ("hals", {"w_solver": "mm"}),  # majorise-minimise HALS on W, with extrapolation
     ("hals", {"w_solver": "mm", "extrapolate": False}),
     ("hals", {"warm_start": True}),  # plain-NMF warm start first (what FACE uses)
+    ("hals", {"warm_start": True, "joint": False}),  # ... with no joint steps (joint.py)
     ("pgd", {}),
     ("linearised", {}),  # prox-linear MM, for heads that are not affine (here: the affine one)
     ("jacobian", {}),  # the head's affine model between head calls (here: exact)
@@ -107,10 +108,13 @@ def quiet_fit(est: FACE, A: torch.Tensor, *, codes: bool = False):
         return est.fit_transform(A) if codes else est.fit(A)
 
 
-def assert_monotone(history: list[float], rel: float) -> None:
+def assert_monotone(history: list[float], rel: float, scale: float = 0.0) -> None:
+    """No rise beyond ``rel`` times the objective, or times ``scale``: the size of the terms
+    whose cancellation the objective's rounding is relative to (``mean(A²)`` for the factored
+    ``‖A‖² − 2⟨UᵀA, W⟩ + ⟨UᵀU, WWᵀ⟩``), once a fit is at a stationary point to rounding."""
     h = np.asarray(history)
     assert len(h) >= 3, "history too short to test monotonicity"
-    rises = np.diff(h) - rel * np.abs(h[:-1])
+    rises = np.diff(h) - rel * np.maximum(np.abs(h[:-1]), scale)
     assert np.all(rises <= 0), f"objective rose by {np.diff(h).max():.3g}"
 
 
@@ -135,9 +139,11 @@ def _solve(name: str, options: dict, lam: float, max_iter: int, tol: float):
 @pytest.mark.parametrize("lam", [0.0, LAM])
 @pytest.mark.parametrize(("name", "options"), CASES)
 def test_solver_nonnegative_monotone_and_warns(name, options, lam, tol):
-    with pytest.warns(ConvergenceWarning, match="max_iter=30"):
-        A, head, res = _solve(name, options, lam, max_iter=30, tol=0.0)
-    assert res.n_iter == 30 and not res.converged
+    # (4 iterations: with joint steps, hals reaches a stationary point of this small problem to
+    # rounding in about 25 iterations, and jacobian, whose inner solves use them, in 5)
+    with pytest.warns(ConvergenceWarning, match="max_iter=4"):
+        A, head, res = _solve(name, options, lam, max_iter=4, tol=0.0)
+    assert res.n_iter == 4 and not res.converged
     assert float(res.U.min()) >= 0 and float(res.W.min()) >= 0
     assert res.U.shape == (N, R) and res.W.shape == (R, P)
     hist = res.history["total"]
@@ -145,7 +151,7 @@ def test_solver_nonnegative_monotone_and_warns(name, options, lam, tol):
     for key in ("recon", "kl"):
         assert len(res.history[key]) == len(hist)
     if MONOTONE[name]:
-        assert_monotone(hist, tol["monotone"])
+        assert_monotone(hist, tol["monotone"], scale=float((A.double() ** 2).mean()))
         # the last entry is the objective at the returned factors (oracle: the definition)
         last = face_objective(A, res.U, res.W, head, lam)
         assert hist[-1] == pytest.approx(last, rel=tol["objective_f64"] * 10)
@@ -201,7 +207,7 @@ def test_fit_shapes_nonnegativity_and_history(kind, kw, tol):
     hist = est.loss_history_["total"]
     assert np.all(np.isfinite(hist)) and len(hist) >= 1
     if not minibatch and MONOTONE[est.solver_]:
-        assert_monotone(hist, tol["monotone"])
+        assert_monotone(hist, tol["monotone"], scale=float((A.double() ** 2).mean()))
     # The mini-batch history is an online estimate (each batch at its codes before its W update,
     # with the statistics of past batches): it promises no monotonicity, only progress.
     elif minibatch:

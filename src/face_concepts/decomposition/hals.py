@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
+from face_concepts.decomposition.joint import JointSchedule
 from face_concepts.decomposition.losses import Terms, factored_objective
 from face_concepts.decomposition.newton_cg import bank_newton_step
 from face_concepts.decomposition.problem import Problem
@@ -65,6 +66,7 @@ def solve_hals(
     warm_start: bool = False,
     callback: Callable[[int, Terms], None] | None = None,
     signed_w_block: WBlock | None = None,
+    joint: bool = True,
 ) -> SolverResult:
     """Alternating block updates (affine heads or λ = 0). See the module docstring.
 
@@ -75,6 +77,9 @@ def solve_hals(
     iterations. ``warm_start`` (λ > 0): first fit plain NMF from ``(U, W)`` to ``WARM_TOL``.
     ``signed_w_block``: the W-block of the signed bank (``semi_nmf.bank_step``; W unconstrained,
     its extrapolation not clamped, extrapolation on by default): the same loop serves both banks.
+    ``joint`` (the non-negative bank with λ > 0 and ``w_solver="newton"``): once the plain
+    iterations slow down, the W block becomes a joint Newton step on ``(U, W)`` while those
+    pay (``joint.JointSchedule``).
     """
     if not prob.factored:
         raise ValueError("solver='hals' needs an affine head (or kl_weight=0); use solver='pgd'")
@@ -86,6 +91,7 @@ def solve_hals(
         extrapolate = signed_w_block is not None or not newton_w
     ex = _Extrapolation()
     cu, cw = _Curvature(), _Curvature()
+    schedule = JointSchedule(joint)
     with torch.no_grad():
         prev, Z = _terms_at(prob, U, W)
         _record(res.history, prev)
@@ -95,7 +101,11 @@ def solve_hals(
             if signed_w_block is not None:
                 W, Z, cur, UtA = signed_w_block(prob, U, W, Z, f_u, UtA)
             elif newton_w:
-                W, Z, cur, UtA = bank_newton_step(prob, U, W, Z, f_u, UtA=UtA)
+                step = schedule.step(prob, U, W, Z, f_u, UtA, res.history["total"])
+                if step is not None:
+                    U, W, Z, cur, UtA, _ = step
+                else:
+                    W, Z, cur, UtA = bank_newton_step(prob, U, W, Z, f_u, UtA=UtA)
             else:
                 W, Z, _, UtA = w_step(prob, U, W, Z, max_inner, f_u.total, cw)
                 cur = factored_objective(

@@ -134,15 +134,37 @@ def hessians(pc: Precomputed, S: torch.Tensor, sM: torch.Tensor | None = None) -
     return H
 
 
-def newton_direction(H: torch.Tensor, g: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
-    """Newton step on the free set, diagonally scaled gradient step on the active set."""
+def code_gradient(pc: Precomputed, U: torch.Tensor, gM: torch.Tensor) -> torch.Tensor:
+    """Per-row gradients ``g_i`` (module docstring) at codes ``U``; ``gM = (S − P) Mᵀ``."""
+    return pc.a2 * (U @ pc.WWt - pc.AWt) + pc.lam * gM
+
+
+def free_set(U: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Bertsekas' free variables per row: not in the ε-active set ``{u_k ≤ ε, g_k > 0}`` (``ε`` =
+    the row's projected-gradient norm, capped at ``EPS_ACTIVE``)."""
+    eps = (U - (U - g).clamp(min=0)).norm(dim=1, keepdim=True).clamp(max=EPS_ACTIVE)
+    return ~((U <= eps) & (g > 0))
+
+
+def free_cholesky(
+    H: torch.Tensor, free: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row, the Cholesky factor of ``H`` restricted to the free set, with the active
+    variables decoupled on their diagonal. Returns ``(factor, ok rows, clamped diagonal of H)``;
+    a row that is not positive definite in float rounding has ``ok`` False."""
     diag = H.diagonal(dim1=1, dim2=2).clamp(min=1e-30)
     mask = free[:, :, None] & free[:, None, :]
     Hm = torch.where(mask, H, torch.zeros((), dtype=H.dtype, device=H.device))
     Hm = Hm + torch.diag_embed(torch.where(free, torch.zeros_like(diag), diag))
     L, info = torch.linalg.cholesky_ex(Hm)
+    return L, info == 0, diag
+
+
+def newton_direction(H: torch.Tensor, g: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
+    """Newton step on the free set, diagonally scaled gradient step on the active set."""
+    L, ok, diag = free_cholesky(H, free)
     d = torch.cholesky_solve(g.unsqueeze(2), L).squeeze(2)
-    bad = info != 0
+    bad = ~ok
     if bool(bad.any()):  # not positive definite in float rounding: scaled gradient for that row
         d[bad] = g[bad] / diag[bad]
     return d
@@ -169,9 +191,8 @@ def solve_codes_newton(
         S = logS.exp()
         sM = S @ pc.M.T
         rows = Rows(U, pc.AWt, P, logS, S, sM, pM)
-        g = pc.a2 * (U @ pc.WWt - pc.AWt) + pc.lam * (sM - pM)
-        eps = (U - (U - g).clamp(min=0)).norm(dim=1, keepdim=True).clamp(max=EPS_ACTIVE)
-        free = ~((U <= eps) & (g > 0))
+        g = code_gradient(pc, U, sM - pM)
+        free = free_set(U, g)
         d = newton_direction(hessians(pc, S, sM), g, free)
         zero = torch.zeros((), dtype=U.dtype, device=U.device)
         gd_free = torch.where(free, g * d, zero).sum(dim=1)
@@ -210,4 +231,13 @@ def solve_codes_newton(
     return U, it
 
 
-__all__ = ["Rows", "hessians", "precompute", "row_decrease", "solve_codes_newton"]
+__all__ = [
+    "Rows",
+    "code_gradient",
+    "free_cholesky",
+    "free_set",
+    "hessians",
+    "precompute",
+    "row_decrease",
+    "solve_codes_newton",
+]

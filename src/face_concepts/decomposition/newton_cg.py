@@ -141,10 +141,12 @@ def bank_derivatives(
     Z: torch.Tensor,
     UtU: torch.Tensor,
     UtA: torch.Tensor,
+    S: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-    """Gradient of ``f(W)`` (U fixed) and its Hessian-vector product, at logits ``Z = h(UW)``."""
+    """Gradient of ``f(W)`` (U fixed) and its Hessian-vector product, at logits ``Z = h(UW)``
+    (``S``: their softmax, if known)."""
     head, alpha, beta = prob.kl_head, prob.alpha, prob.beta
-    S = torch.softmax(Z, dim=1)
+    S = torch.softmax(Z, dim=1) if S is None else S
     g = 2.0 * alpha * (UtU @ W - UtA) + beta * ((U.T @ (S - prob.target_P)) @ head.V)
 
     def hvp(D: torch.Tensor) -> torch.Tensor:
