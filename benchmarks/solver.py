@@ -22,6 +22,9 @@ Every row is a target of the engine issue with its ratio and a met / missed verd
    1,000-row subset), with ``solvers.MAX_INNER`` (HALS sweeps per block at λ = 0, so also the
    warm start of every FACE fit) against other values; with ``--warm-start-lambda 1``, the
    FACE fits at λ = 1 on the same data sets whose warm start runs each value instead.
+7. ``--joint-ab 1``: the default FACE fit with and without ``hals``'s joint Newton steps
+   (``decomposition/joint.py``) on the six data sets of 6 (the first K with ``--joint-sets
+   K``), back to back.
 
 Data: MobileNetV2 (real ImageNet weights) pooled features of 77 random 64-px crops of each
 bundled real photo (n = 3,311, p = 1,280) and its real classifier (C = 1,000).
@@ -29,6 +32,7 @@ bundled real photo (n = 3,311, p = 1,280) and its real classifier (C = 1,000).
     python benchmarks/solver.py [--threads 2] [--long-cap 150] [--out benchmarks/results/solver.md]
     python benchmarks/solver.py --only-signed --signed-lambdas 0,1 [--signed-rows 1000]
     python benchmarks/solver.py --only-inner 3,10
+    python benchmarks/solver.py --joint-ab 1 [--joint-sets K]
 """
 
 from __future__ import annotations
@@ -301,6 +305,48 @@ def warm_start_rows(inners: list[int], lam: float) -> list[str]:
     return out
 
 
+def joint_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
+    """The joint Newton steps of ``hals`` (``decomposition/joint.py``) against none: the default
+    ``FACE(head, r, kl_weight=λ, random_state=0).fit`` end to end on the data sets of
+    :func:`inner_section`, with ``solve_hals(joint=...)`` defaulting to True (the default) and to
+    False, back to back per data set (the same process, the same threads)."""
+    default = solve_hals.__kwdefaults__["joint"]
+    out = [
+        "| data | r | λ | with joint steps: fit, iterations (warm + FACE), objective | without "
+        "| speed-up | objective, with vs without |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    try:
+        for lam in lams:
+            for seed, keep, r in INNER_SETS[:n_sets]:
+                act = mobilenet_crop_activations(seed=seed)
+                A = act.A if keep is None else act.A[:keep]
+                name = f"crops seed {seed}" + (f", first {keep} rows" if keep else "")
+                runs = {}
+                for joint in (True, False):
+                    log(f"joint steps: {name}, r = {r}, λ = {lam:g}, joint = {joint}")
+                    solve_hals.__kwdefaults__["joint"] = joint
+                    t0 = time.perf_counter()
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always", ConvergenceWarning)
+                        est = FACE(act.head.eval(), r, kl_weight=lam, random_state=0).fit(A)
+                    warned = any(issubclass(w.category, ConvergenceWarning) for w in caught)
+                    runs[joint] = (time.perf_counter() - t0, est, warned)
+                cells = [
+                    f"{s_:.1f} s, {e.n_warm_iter_} + {e.n_iter_}{' (capped)' if w else ''}, "
+                    f"{e.objective_:.6f}"
+                    for s_, e, w in (runs[True], runs[False])
+                ]
+                diff = runs[True][1].objective_ / runs[False][1].objective_ - 1
+                out.append(
+                    f"| {name} | {r} | {lam:g} | {cells[0]} | {cells[1]} | "
+                    f"{runs[False][0] / runs[True][0]:.2f}× | {100 * diff:+.3f} % |"
+                )
+    finally:
+        solve_hals.__kwdefaults__["joint"] = default
+    return out
+
+
 def signed_inner_rows(inners: list[int]) -> list[str]:
     """The signed bank's sweeps per U-block (``semi_nmf.SIGNED_MAX_INNER``): ``NMF(25,
     bank="signed").fit`` of the benchmark A centred per feature, end to end, per value."""
@@ -434,9 +480,28 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="with --only-inner: instead, FACE fits at this λ with each max_inner in the warm start",
     )
+    ap.add_argument(
+        "--joint-ab",
+        default=None,
+        help="only: FACE fits at these λ (e.g. 1) on six data sets with and without joint steps",
+    )
+    ap.add_argument("--joint-sets", type=int, default=len(INNER_SETS), help="with --joint-ab")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     load0, t_start = load_average(), time.perf_counter()
+    if args.joint_ab:
+        text = [
+            f"- command: `python benchmarks/solver.py {' '.join(sys.argv[1:])}`",
+            *machine_lines(),
+            f"- load average (1/5/15 min) at start {load0}",
+            "",
+            *joint_rows([float(x) for x in args.joint_ab.split(",")], args.joint_sets),
+            "",
+            f"- load average at end {load_average()}; "
+            f"{(time.perf_counter() - t_start) / 60:.1f} min",
+        ]
+        print("\n".join(text))
+        return 0
     if args.only_inner:
         text = [
             f"- command: `python benchmarks/solver.py {' '.join(sys.argv[1:])}`",

@@ -163,18 +163,31 @@ def test_hals_switches_to_joint_steps_and_stays_monotone(monkeypatch):
     assert taken == []
 
 
-def test_poor_joint_steps_turn_the_joint_step_off_for_the_rest_of_the_fit(monkeypatch):
+def test_poor_joint_steps_hand_back_to_the_w_block_until_the_next_threshold(monkeypatch):
     _, U, W, _, prob = _problem(6, n=40, p=8, r=3, C=5, lam=2.0)
-    calls = []
+    done, calls = [0], []
 
     def never(*args, **kwargs):
-        calls.append(1)
+        calls.append(done[0])  # iterations completed before this try
         return None  # no decrease found: the W block is taken instead
 
+    def callback(t, terms):
+        done[0] = t
+
     monkeypatch.setattr(joint, "joint_newton_step", never)
-    res = hals.solve_hals(prob, U, W, max_iter=300, tol=1e-9, warm_start=True)
-    assert len(calls) == joint.JOINT_PATIENCE
-    # ... and the fit is then the plain one, bit for bit
+    res = hals.solve_hals(
+        prob, U, W, max_iter=300, tol=1e-9, warm_start=True, callback=callback
+    )  # fmt: skip
     plain = hals.solve_hals(prob, U, W, max_iter=300, tol=1e-9, warm_start=True, joint=False)
+    # declined steps leave the fit the plain one, bit for bit
     assert res.history["total"] == plain.history["total"]
     assert torch.equal(res.W, plain.W)
+    # tried in bursts of JOINT_PATIENCE, each starting once the windowed decrease fell below the
+    # next threshold (JOINT_SWITCH, then JOINT_BACKOFF times the last)
+    k, hist = joint.JOINT_PATIENCE, plain.history["total"]
+    assert len(calls) >= 2 * k and len(calls) % k == 0
+    for i, first in enumerate(calls[::k]):
+        threshold = joint.JOINT_SWITCH * joint.JOINT_BACKOFF**i
+        assert calls[i * k : (i + 1) * k] == list(range(first, first + k))
+        assert sv._stop_test(hist[: first + 1], threshold)
+        assert i > 0 or first == sv.WINDOW or not sv._stop_test(hist[:first], threshold)

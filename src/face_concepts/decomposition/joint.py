@@ -65,13 +65,14 @@ if TYPE_CHECKING:
 
 CG_ITERATIONS = 8  # conjugate-gradient iterations on the Schur complement per joint step
 # hals switches to joint steps once its relative decrease per iteration, averaged over the last
-# WINDOW iterations, falls below JOINT_SWITCH, and goes back to its W block for good after
-# JOINT_PATIENCE joint steps in a row that found no decrease or accepted less than
-# JOINT_MIN_STEP of the Newton step: where the quadratic model is that poor (λ = 100 on the
-# benchmark data) a joint step costs more than it gains.
+# WINDOW iterations, falls below JOINT_SWITCH. After JOINT_PATIENCE joint steps in a row that
+# found no decrease or accepted less than JOINT_MIN_STEP of the Newton step (the quadratic model
+# is poor there: a joint step costs more than it gains) it goes back to its W block until that
+# decrease has fallen below JOINT_BACKOFF times the last threshold.
 JOINT_SWITCH = 1e-3
 JOINT_MIN_STEP = 1.0 / 8
 JOINT_PATIENCE = 3
+JOINT_BACKOFF = 0.1
 
 
 @dataclass
@@ -213,7 +214,7 @@ class JointSchedule:
     """When ``hals`` takes joint steps instead of its W block (the constants above)."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled, self.on, self.poor = enabled, False, 0
+        self.enabled, self.on, self.poor, self.switch = enabled, False, 0, JOINT_SWITCH
 
     def step(
         self, prob: Problem, U: torch.Tensor, W: torch.Tensor, Z: torch.Tensor | None,
@@ -221,13 +222,13 @@ class JointSchedule:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Terms, torch.Tensor, float] | None:  # fmt: skip
         """A joint step (``joint_newton_step``'s result), or ``None``: take the W block."""
         if not self.on:
-            self.on = self.enabled and len(history) > WINDOW and _stop_test(history, JOINT_SWITCH)
+            self.on = self.enabled and len(history) > WINDOW and _stop_test(history, self.switch)
             if not self.on:
                 return None
         out = joint_newton_step(prob, U, W, Z, f_cur, UtA=UtA)
         self.poor = self.poor + 1 if out is None or out[5] < JOINT_MIN_STEP else 0
         if self.poor >= JOINT_PATIENCE:
-            self.on = self.enabled = False
+            self.on, self.poor, self.switch = False, 0, self.switch * JOINT_BACKOFF
         return out
 
 
