@@ -19,7 +19,9 @@ and reports how far it got.
 One case alone prints its JSON line: ``--case '{"kind": "fit", "model": M, "layer": L,
 "threads": 2, "limit": 900, "images": K}'``, with ``"solver": S`` to force FACE's solver and
 ``"old_codes_stop": true`` to give the codes' solve (the encoder and the fit's final polish) the
-stop it had before session 24 (500 iterations, tol 1e-7, for every head).
+stop it had before session 24 (500 iterations, tol 1e-7, for every head), ``"no_joint": true``
+to fit without ``hals``'s joint steps (``decomposition/joint.py``; also in ``jacobian``'s inner
+solves).
 """
 
 from __future__ import annotations
@@ -145,6 +147,10 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
                     encoder.CODES_STOP[0] if max_iter is None else max_iter,
                     encoder.CODES_STOP[1] if tol is None else tol,
                 )
+            if case.get("no_joint"):  # hals (and jacobian's inner solves) without joint steps
+                from face_concepts.decomposition.hals import solve_hals
+
+                solve_hals.__kwdefaults__["joint"] = False
             if case.get("solver"):  # force FACE's solver for a head that is not affine
                 forced = case["solver"]
                 estimators.auto_solver = lambda lam, affine: (

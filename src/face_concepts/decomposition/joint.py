@@ -51,13 +51,13 @@ from face_concepts.decomposition.newton import (
 )
 from face_concepts.decomposition.newton_cg import (
     ARMIJO,
-    EPS_ACTIVE,
     MAX_HALVINGS,
     _conjugate_gradient,
     _curvature_of_softmax,
     _objective,
     bank_derivatives,
 )
+from face_concepts.decomposition.newton_cg import free_set as bank_free_set
 from face_concepts.decomposition.solvers import WINDOW, _stop_test
 
 if TYPE_CHECKING:
@@ -142,10 +142,9 @@ class JointSystem:
         free_U = free_set(U, g_U)
         L_U, ok, diag_U = free_cholesky(hessians(pc, S), free_U)
         L_U[~ok] = torch.eye(r, dtype=U.dtype, device=U.device)  # held: no NaN from them
-        eps = min(EPS_ACTIVE, float((W - (W - g_W).clamp(min=0)).norm()))
         jitter = 1e-8 * float(UtU.diagonal().mean()) + 1e-30
         L_W = torch.linalg.cholesky(UtU + jitter * torch.eye(r, dtype=W.dtype, device=W.device))
-        return cls(pt, g_U, g_W, free_U & ok[:, None], ~((W <= eps) & (g_W > 0)), L_U, diag_U, L_W)
+        return cls(pt, g_U, g_W, free_U & ok[:, None], bank_free_set(W, g_W), L_U, diag_U, L_W)
 
     def solve_codes(self, Y: torch.Tensor) -> torch.Tensor:
         """``H_UU⁻¹ Y`` on the free codes, 0 on the others."""

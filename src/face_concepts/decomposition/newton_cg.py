@@ -50,6 +50,13 @@ def _objective(
     return factored_objective(prob.sq_norm_A, UtA, UtU, W, prob.n, prob.p, kl, prob.kl_weight), Z
 
 
+def free_set(X: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Bertsekas' free variables of a block: not in the ε-active set ``{x ≤ ε, g > 0}`` (``ε`` =
+    the block's projected-gradient norm, capped at ``EPS_ACTIVE``)."""
+    eps = min(EPS_ACTIVE, float((X - (X - g).clamp(min=0)).norm()))
+    return ~((X <= eps) & (g > 0))
+
+
 def _conjugate_gradient(
     hvp: Callable[[torch.Tensor], torch.Tensor],
     precondition: Callable[[torch.Tensor], torch.Tensor],
@@ -105,8 +112,7 @@ def projected_newton_cg(
     objective.
     """
     if project:
-        eps = min(EPS_ACTIVE, float((X - (X - g).clamp(min=0)).norm()))
-        free = ~((X <= eps) & (g > 0))
+        free = free_set(X, g)
     else:
         free = torch.ones_like(X, dtype=torch.bool)
     d_free = _conjugate_gradient(
@@ -193,4 +199,4 @@ def bank_newton_step(
     return Wn, (Z if Zn is None else Zn), f_new, UtA
 
 
-__all__ = ["bank_derivatives", "bank_newton_step", "projected_newton_cg"]
+__all__ = ["bank_derivatives", "bank_newton_step", "free_set", "projected_newton_cg"]

@@ -13,7 +13,8 @@ is convex in each block and every block update is monotone.
   accurately each block is solved (2 Newton iterations on U or 8–16 CG iterations on W bought
   nothing), so each block gets the cheapest step that still uses its true curvature; the NMF
   warm start saves the first ~20 FACE iterations (at λ = 1e-5 it is already within 0.4 % of the
-  best objective found).
+  best objective found). Once the iterations slow down, joint Newton steps on ``(U, W)`` with the
+  codes eliminated (``joint.py``) replace the W step while they pay.
 - λ = 0, or ``w_solver="mm"``: *majorise-minimise HALS*. For a block we build a quadratic upper
   bound that touches the objective at the current point — exact for the reconstruction term;
   for the KL term, a first-order expansion plus Böhning's bound on the softmax curvature,
