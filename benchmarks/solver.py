@@ -310,40 +310,56 @@ def joint_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
     ``FACE(head, r, kl_weight=λ, random_state=0).fit`` end to end on the data sets of
     :func:`inner_section`, with ``solve_hals(joint=...)`` defaulting to True (the default) and to
     False, back to back per data set (the same process, the same threads)."""
-    default = solve_hals.__kwdefaults__["joint"]
+    from face_concepts.decomposition import joint as joint_module
+
+    default, real_step = solve_hals.__kwdefaults__["joint"], joint_module.joint_newton_step
+    steps: list[float] = []  # accepted fraction of the Newton step of each joint step (0: none)
+
+    def recording(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        steps.append(0.0 if out is None else out.t)
+        return out
+
     out = [
-        "| data | r | λ | with joint steps: fit, iterations (warm + FACE), objective | without "
-        "| speed-up | objective, with vs without |",
-        "|---|---|---|---|---|---|---|",
+        "| data | r | λ | with joint steps: fit, iterations (warm + FACE), objective | joint "
+        "steps taken (short: t < 1/8, or declined) | without | speed-up | objective, with vs "
+        "without |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    joint_module.joint_newton_step = recording
     try:
         for lam in lams:
             for seed, keep, r in INNER_SETS[:n_sets]:
                 act = mobilenet_crop_activations(seed=seed)
                 A = act.A if keep is None else act.A[:keep]
                 name = f"crops seed {seed}" + (f", first {keep} rows" if keep else "")
-                runs = {}
+                runs, taken = {}, []
                 for joint in (True, False):
                     log(f"joint steps: {name}, r = {r}, λ = {lam:g}, joint = {joint}")
                     solve_hals.__kwdefaults__["joint"] = joint
+                    if joint:
+                        steps.clear()
                     t0 = time.perf_counter()
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always", ConvergenceWarning)
                         est = FACE(act.head.eval(), r, kl_weight=lam, random_state=0).fit(A)
                     warned = any(issubclass(w.category, ConvergenceWarning) for w in caught)
                     runs[joint] = (time.perf_counter() - t0, est, warned)
+                    taken = list(steps) if joint else taken
                 cells = [
                     f"{s_:.1f} s, {e.n_warm_iter_} + {e.n_iter_}{' (capped)' if w else ''}, "
                     f"{e.objective_:.6f}"
                     for s_, e, w in (runs[True], runs[False])
                 ]
                 diff = runs[True][1].objective_ / runs[False][1].objective_ - 1
+                short = sum(t < joint_module.JOINT_MIN_STEP for t in taken)
                 out.append(
-                    f"| {name} | {r} | {lam:g} | {cells[0]} | {cells[1]} | "
+                    f"| {name} | {r} | {lam:g} | {cells[0]} | {len(taken)} ({short}) | {cells[1]} | "
                     f"{runs[False][0] / runs[True][0]:.2f}× | {100 * diff:+.3f} % |"
                 )
     finally:
         solve_hals.__kwdefaults__["joint"] = default
+        joint_module.joint_newton_step = real_step
     return out
 
 

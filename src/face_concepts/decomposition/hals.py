@@ -103,7 +103,7 @@ def solve_hals(
             elif newton_w:
                 step = schedule.step(prob, U, W, Z, f_u, UtA, res.history["total"])
                 if step is not None:
-                    U, W, Z, cur, UtA, _ = step
+                    U, W, Z, cur, UtA = step.U, step.W, step.Z, step.terms, step.UtA
                 else:
                     W, Z, cur, UtA = bank_newton_step(prob, U, W, Z, f_u, UtA=UtA)
             else:
