@@ -59,6 +59,7 @@ from face_concepts.decomposition.newton_cg import (
     _curvature_of_softmax,
     _objective,
     bank_derivatives,
+    gram_cholesky,
 )
 from face_concepts.decomposition.newton_cg import free_set as bank_free_set
 from face_concepts.decomposition.solvers import WINDOW, _stop_test
@@ -157,8 +158,7 @@ class JointSystem:
         free_U = free_set(U, g_U)
         L_U, ok, diag_U = free_cholesky(hessians(pc, S), free_U)
         L_U[~ok] = torch.eye(r, dtype=U.dtype, device=U.device)  # held: no NaN from them
-        jitter = 1e-8 * float(UtU.diagonal().mean()) + 1e-30
-        L_W = torch.linalg.cholesky(UtU + jitter * torch.eye(r, dtype=W.dtype, device=W.device))
+        L_W = gram_cholesky(UtU)
         return cls(pt, g_U, g_W, free_U & ok[:, None], bank_free_set(W, g_W), L_U, diag_U, L_W)
 
     def solve_codes(self, Y: torch.Tensor) -> torch.Tensor:

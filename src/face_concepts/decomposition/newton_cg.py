@@ -162,6 +162,14 @@ def bank_derivatives(
     return g, hvp
 
 
+def gram_cholesky(UtU: torch.Tensor) -> torch.Tensor:
+    """Cholesky factor of ``UᵀU`` with a small relative jitter (a concept may be unused): the
+    preconditioner ``(UᵀU)⁻¹`` of the W block's CG."""
+    jitter = 1e-8 * float(UtU.diagonal().mean()) + 1e-30
+    eye = torch.eye(UtU.shape[0], dtype=UtU.dtype, device=UtU.device)
+    return torch.linalg.cholesky(UtU + jitter * eye)
+
+
 def bank_newton_step(
     prob: Problem,
     U: torch.Tensor,
@@ -182,9 +190,7 @@ def bank_newton_step(
     if Z is None:
         Z = prob.kl_head.code_logits(U, W)
     g, hvp = bank_derivatives(prob, U, W, Z, UtU, UtA)
-    r = UtU.shape[0]
-    jitter = 1e-8 * float(UtU.diagonal().mean()) + 1e-30
-    L = torch.linalg.cholesky(UtU + jitter * torch.eye(r, dtype=W.dtype, device=W.device))
+    L = gram_cholesky(UtU)
     Wn, Zn, f_new = projected_newton_cg(
         W,
         g,
@@ -199,4 +205,10 @@ def bank_newton_step(
     return Wn, (Z if Zn is None else Zn), f_new, UtA
 
 
-__all__ = ["bank_derivatives", "bank_newton_step", "free_set", "projected_newton_cg"]
+__all__ = [
+    "bank_derivatives",
+    "bank_newton_step",
+    "free_set",
+    "gram_cholesky",
+    "projected_newton_cg",
+]
