@@ -191,3 +191,43 @@ def test_poor_joint_steps_hand_back_to_the_w_block_until_the_next_threshold(monk
         assert calls[i * k : (i + 1) * k] == list(range(first, first + k))
         assert sv._stop_test(hist[: first + 1], threshold)
         assert i > 0 or first == sv.WINDOW or not sv._stop_test(hist[:first], threshold)
+
+
+def _signed_fit_point(seed: int, lam: float, iterations: int = 20):
+    """Signed data (A centred per feature), a signed bank some way into a Semi-NMF fit."""
+    from face_concepts.decomposition.semi_nmf import bank_step
+
+    A, U, W, lin, _ = _problem(seed, n=20, lam=lam)
+    A = A - A.mean(dim=0, keepdim=True)
+    prob = make_problem(A, Head(lin, dtype=A.dtype, device=A.device), lam)
+    with pytest.warns(ConvergenceWarning):
+        res = hals.solve_hals(
+            prob, U, W - 0.5, max_iter=iterations, tol=0.0, warm_start=True, joint=False,
+            signed_w_block=bank_step,
+        )  # fmt: skip
+    assert float(res.W.min()) < 0  # a signed bank
+    return A, lin, prob, res.U, res.W
+
+
+def test_signed_bank_schur_product_has_every_bank_entry_free():
+    A, lin, prob, U, W = _signed_fit_point(2, 2.0)
+    sys_ = JointSystem.at(prob, U, W, signed=True)
+    assert bool(sys_.free_W.all())
+    fu = sys_.free_U.flatten()
+    huu, huw, hwu, hww, _ = _hessian_blocks(A, U, W, lin, 2.0)
+    huu, huw, hwu = huu[fu][:, fu], huw[fu], hwu[:, fu]
+    schur = hww - hwu @ torch.linalg.solve(huu, huw)
+    D = torch.randn(W.shape, generator=torch.Generator().manual_seed(4), dtype=W.dtype)
+    torch.testing.assert_close(sys_.schur(D).flatten(), schur @ D.flatten(), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", [2, 5])
+def test_a_signed_joint_step_decreases_the_objective_without_projecting_the_bank(seed):
+    _, _, prob, U, W = _signed_fit_point(seed, 2.0)
+    f0 = sv.evaluate(prob, U, W)
+    out = joint_newton_step(prob, U, W, None, f0, signed=True)
+    assert out is not None
+    assert float(out.W.min()) < 0 and float(out.U.min()) >= 0
+    exact = sv.evaluate(prob, out.U, out.W)
+    assert out.terms.total == pytest.approx(exact.total, rel=1e-12)
+    assert exact.total < f0.total
