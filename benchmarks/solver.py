@@ -24,7 +24,7 @@ Every row is a target of the engine issue with its ratio and a met / missed verd
    FACE fits at λ = 1 on the same data sets whose warm start runs each value instead.
 7. ``--joint-ab 1``: the default FACE fit with and without ``hals``'s joint Newton steps
    (``decomposition/joint.py``) on the six data sets of 6 (the first K with ``--joint-sets
-   K``), back to back; ``--joint-bank signed``: the signed bank on the data centred as in 5.
+   K``), back to back.
 
 Data: MobileNetV2 (real ImageNet weights) pooled features of 77 random 64-px crops of each
 bundled real photo (n = 3,311, p = 1,280) and its real classifier (C = 1,000).
@@ -32,7 +32,7 @@ bundled real photo (n = 3,311, p = 1,280) and its real classifier (C = 1,000).
     python benchmarks/solver.py [--threads 2] [--long-cap 150] [--out benchmarks/results/solver.md]
     python benchmarks/solver.py --only-signed --signed-lambdas 0,1 [--signed-rows 1000]
     python benchmarks/solver.py --only-inner 3,10
-    python benchmarks/solver.py --joint-ab 1 [--joint-sets K] [--joint-bank signed]
+    python benchmarks/solver.py --joint-ab 1 [--joint-sets K]
 """
 
 from __future__ import annotations
@@ -305,15 +305,11 @@ def warm_start_rows(inners: list[int], lam: float) -> list[str]:
     return out
 
 
-def joint_rows(
-    lams: list[float], n_sets: int = len(INNER_SETS), bank: str = "nonnegative"
-) -> list[str]:
+def joint_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
     """The joint Newton steps of ``hals`` (``decomposition/joint.py``) against none: the default
     ``FACE(head, r, kl_weight=λ, random_state=0).fit`` end to end on the data sets of
     :func:`inner_section`, with ``solve_hals(joint=...)`` defaulting to True (the default) and to
-    False, back to back per data set (the same process, the same threads). ``bank="signed"``:
-    ``FACE(..., bank="signed")`` on the data centred per feature, with the head's bias shifted
-    so that every logit is unchanged (:func:`centred`)."""
+    False, back to back per data set (the same process, the same threads)."""
     from face_concepts.decomposition import joint as joint_module
 
     default, real_step = solve_hals.__kwdefaults__["joint"], joint_module.joint_newton_step
@@ -335,9 +331,7 @@ def joint_rows(
         for lam in lams:
             for seed, keep, r in INNER_SETS[:n_sets]:
                 act = mobilenet_crop_activations(seed=seed)
-                A, head = act.A if keep is None else act.A[:keep], act.head.eval()
-                if bank == "signed":
-                    A, head = centred(A, head)
+                A = act.A if keep is None else act.A[:keep]
                 name = f"crops seed {seed}" + (f", first {keep} rows" if keep else "")
                 runs, taken = {}, []
                 for joint in (True, False):
@@ -348,7 +342,7 @@ def joint_rows(
                     t0 = time.perf_counter()
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always", ConvergenceWarning)
-                        est = FACE(head, r, kl_weight=lam, bank=bank, random_state=0).fit(A)
+                        est = FACE(act.head.eval(), r, kl_weight=lam, random_state=0).fit(A)
                     warned = any(issubclass(w.category, ConvergenceWarning) for w in caught)
                     runs[joint] = (time.perf_counter() - t0, est, warned)
                     taken = list(steps) if joint else taken
@@ -508,7 +502,6 @@ def main(argv: list[str] | None = None) -> int:
         help="only: FACE fits at these λ (e.g. 1) on six data sets with and without joint steps",
     )
     ap.add_argument("--joint-sets", type=int, default=len(INNER_SETS), help="with --joint-ab")
-    ap.add_argument("--joint-bank", default="nonnegative", help="with --joint-ab: or signed")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     load0, t_start = load_average(), time.perf_counter()
@@ -518,9 +511,7 @@ def main(argv: list[str] | None = None) -> int:
             *machine_lines(),
             f"- load average (1/5/15 min) at start {load0}",
             "",
-            *joint_rows(
-                [float(x) for x in args.joint_ab.split(",")], args.joint_sets, args.joint_bank
-            ),
+            *joint_rows([float(x) for x in args.joint_ab.split(",")], args.joint_sets),
             "",
             f"- load average at end {load_average()}; "
             f"{(time.perf_counter() - t_start) / 60:.1f} min",

@@ -77,7 +77,7 @@ def solve_hals(
     iterations. ``warm_start`` (λ > 0): first fit plain NMF from ``(U, W)`` to ``WARM_TOL``.
     ``signed_w_block``: the W-block of the signed bank (``semi_nmf.bank_step``; W unconstrained,
     its extrapolation not clamped, extrapolation on by default): the same loop serves both banks.
-    ``joint`` (λ > 0 and ``w_solver="newton"``, either bank): once the plain
+    ``joint`` (the non-negative bank with λ > 0 and ``w_solver="newton"``): once the plain
     iterations slow down, the W block becomes a joint Newton step on ``(U, W)`` while those
     pay (``joint.JointSchedule``).
     """
@@ -98,15 +98,14 @@ def solve_hals(
         for t in range(1, max_iter + 1):
             U_old, W_old = U, W
             U, Z, f_u, UtA = _u_block(prob, U, W, Z, max_inner, prev.total, cu)
-            signed = signed_w_block is not None
-            hist = res.history["total"]
-            step = schedule.step(prob, U, W, Z, f_u, UtA, hist, signed) if newton_w else None
-            if step is not None:
-                U, W, Z, cur, UtA = step.U, step.W, step.Z, step.terms, step.UtA
-            elif signed_w_block is not None:  # (λ = 0, or the joint step was not taken)
+            if signed_w_block is not None:
                 W, Z, cur, UtA = signed_w_block(prob, U, W, Z, f_u, UtA)
             elif newton_w:
-                W, Z, cur, UtA = bank_newton_step(prob, U, W, Z, f_u, UtA=UtA)
+                step = schedule.step(prob, U, W, Z, f_u, UtA, res.history["total"])
+                if step is not None:
+                    U, W, Z, cur, UtA = step.U, step.W, step.Z, step.terms, step.UtA
+                else:
+                    W, Z, cur, UtA = bank_newton_step(prob, U, W, Z, f_u, UtA=UtA)
             else:
                 W, Z, _, UtA = w_step(prob, U, W, Z, max_inner, f_u.total, cw)
                 cur = factored_objective(
@@ -115,7 +114,7 @@ def solve_hals(
             if extrapolate and t > 1:
                 Ue = ex.propose(U, U_old)
                 # the signed bank's W is not clamped at 0
-                We = W + ex.beta * (W - W_old) if signed else ex.propose(W, W_old)
+                We = ex.propose(W, W_old) if signed_w_block is None else W + ex.beta * (W - W_old)
                 trial, Ze = _terms_at(prob, Ue, We)
                 accepted = trial.total < cur.total
                 if accepted:

@@ -143,9 +143,8 @@ class JointSystem:
     @classmethod
     def at(
         cls, prob: Problem, U: torch.Tensor, W: torch.Tensor, Z: torch.Tensor | None = None,
-        UtA: torch.Tensor | None = None, signed: bool = False,
+        UtA: torch.Tensor | None = None,
     ) -> JointSystem:  # fmt: skip
-        """The system at ``(U, W)``; ``signed``: ``W`` is unconstrained (every entry free)."""
         n, r = U.shape
         pc = precompute(prob, W)
         Z = prob.kl_head.code_logits(U, W) if Z is None else Z
@@ -160,8 +159,7 @@ class JointSystem:
         L_U, ok, diag_U = free_cholesky(hessians(pc, S), free_U)
         L_U[~ok] = torch.eye(r, dtype=U.dtype, device=U.device)  # held: no NaN from them
         L_W = gram_cholesky(UtU)
-        free_W = torch.ones_like(W, dtype=torch.bool) if signed else bank_free_set(W, g_W)
-        return cls(pt, g_U, g_W, free_U & ok[:, None], free_W, L_U, diag_U, L_W)
+        return cls(pt, g_U, g_W, free_U & ok[:, None], bank_free_set(W, g_W), L_U, diag_U, L_W)
 
     def solve_codes(self, Y: torch.Tensor) -> torch.Tensor:
         """``H_UU⁻¹ Y`` on the free codes, 0 on the others."""
@@ -199,15 +197,14 @@ def joint_newton_step(
     *,
     UtA: torch.Tensor | None = None,
     cg_iterations: int = CG_ITERATIONS,
-    signed: bool = False,
 ) -> JointStep | None:
     """One joint projected Newton step from ``(U, W)`` (logits ``Z``, objective ``f_cur``;
-    ``UtA = UᵀA`` if known). ``signed``: the signed bank, ``W`` unconstrained (not projected).
+    ``UtA = UᵀA`` if known).
 
     Returns the accepted step, or ``None`` when CG meets negative curvature at once or no step
     along the arc decreases the objective (the iterate is then unchanged).
     """
-    system = JointSystem.at(prob, U, W, Z, UtA, signed)
+    system = JointSystem.at(prob, U, W, Z, UtA)
     dU, dW = system.direction(cg_iterations)
     if not bool(dW[system.free_W].any()):  # negative curvature at once: CG took no step
         return None
@@ -215,7 +212,7 @@ def joint_newton_step(
     t = 1.0
     for _ in range(MAX_HALVINGS):
         Un = (U - t * dU).clamp(min=0)
-        Wn = W - t * dW if signed else (W - t * dW).clamp(min=0)
+        Wn = (W - t * dW).clamp(min=0)
         UtA_n = Un.T @ prob.A
         f_new, Zn = _objective(prob, Un, Un.T @ Un, UtA_n, Wn)
         # first-order decrease along the arc (Bertsekas), in units of L
@@ -234,14 +231,14 @@ class JointSchedule:
 
     def step(
         self, prob: Problem, U: torch.Tensor, W: torch.Tensor, Z: torch.Tensor | None,
-        f_cur: Terms, UtA: torch.Tensor | None, history: list[float], signed: bool = False,
+        f_cur: Terms, UtA: torch.Tensor | None, history: list[float],
     ) -> JointStep | None:  # fmt: skip
         """A joint step (``joint_newton_step``'s result), or ``None``: take the W block."""
         if not self.on:
             self.on = self.enabled and len(history) > WINDOW and _stop_test(history, self.switch)
             if not self.on:
                 return None
-        out = joint_newton_step(prob, U, W, Z, f_cur, UtA=UtA, signed=signed)
+        out = joint_newton_step(prob, U, W, Z, f_cur, UtA=UtA)
         self.poor = self.poor + 1 if out is None or out.t < JOINT_MIN_STEP else 0
         if self.poor >= JOINT_PATIENCE:
             self.on, self.poor, self.switch = False, 0, self.switch * JOINT_BACKOFF
