@@ -7,17 +7,24 @@ passes over the n × C logits, grouped by shape), then an A/B of the W block's s
 product, fused (``addcmul_``, the code) against a multiplication and a subtraction, the two
 versions alternating in one process.
 
+``--case heap``: the default ``FACE(...).fit(A)`` on the same problem, each fit in a fresh
+process, with freed memory kept in the heap during the fit (``_core/heap.py``, the code) and with
+glibc's own thresholds (``heap.ENABLED = False``), the two alternating ``--rounds`` times:
+wall time, minor page faults and peak RSS per λ in ``--lambdas``.
+
 ``--case minibatch``: a mini-batch fit (batches of 1024, two passes) of ``--rows`` rows generated
 like ``benchmarks/scale.py``'s, with timers around the per-batch steps.
 
     python benchmarks/iteration_profile.py --case iteration [--threads 1]
     python benchmarks/iteration_profile.py --case minibatch [--rows 20480] [--threads 1]
+    python benchmarks/iteration_profile.py --case heap [--lambdas 0,1] [--rounds 3] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import statistics
 import sys
 import time
@@ -108,15 +115,67 @@ def minibatch(n: int) -> None:
         print(f"| `{name}` | {v:.2f} s | {100 * v / total:.1f} % |")
 
 
+def heap_fit(lam: float, retain: bool) -> None:
+    """One default fit in this process; prints its wall time, minor faults and peak RSS (JSON)."""
+    import resource
+
+    from face_concepts import FACE
+    from face_concepts._core import heap
+
+    heap.ENABLED = retain
+    A, prob = exported_problem(str(DATA), lam)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = FACE(prob.head.module, 25, kl_weight=lam, random_state=0).fit(A)
+    wall = time.perf_counter() - t
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out = {"wall": wall, "faults": usage.ru_minflt - faults, "rss_mb": usage.ru_maxrss / 1024}
+    print(json.dumps({**out, "objective": est.objective_, "n_iter": est.n_iter_}))
+
+
+def heap(lambdas: list[float], rounds: int, threads: int) -> None:
+    import subprocess
+
+    runs: dict[tuple[float, bool], list[dict]] = collections.defaultdict(list)
+    for lam in lambdas:
+        for k in range(rounds):
+            for retain in (True, False) if k % 2 == 0 else (False, True):
+                cmd = [sys.executable, __file__, "--case", "heap-fit", "--lambdas", str(lam),
+                       "--threads", str(threads), "--retain", str(int(retain))]  # fmt: skip
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                runs[lam, retain].append(json.loads(out.strip().splitlines()[-1]))
+    print("| λ | freed memory | fit, median (all) | minor page faults | peak RSS | objective |")
+    print("|---|---|---|---|---|---|")
+    for (lam, retain), rs in runs.items():
+        walls = sorted(r["wall"] for r in rs)
+        every = ", ".join(f"{w:.1f}" for w in (r["wall"] for r in rs))
+        print(
+            f"| {lam:g} | {'kept in the heap' if retain else 'glibc default'} | "
+            f"{statistics.median(walls):.2f} s ({every}) | "
+            f"{statistics.median(r['faults'] for r in rs):,.0f} | "
+            f"{max(r['rss_mb'] for r in rs):.0f} MB | {rs[0]['objective']:.6f} |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--case", choices=["iteration", "minibatch"], required=True)
+    ap.add_argument("--case", choices=["iteration", "minibatch", "heap", "heap-fit"], required=True)
+    ap.add_argument("--lambdas", default="0,1")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--retain", type=int, default=1)
     ap.add_argument("--rows", type=int, default=20480)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.case == "heap-fit":
+        return heap_fit(float(args.lambdas), bool(args.retain))
     print(f"load average at the start: {load_average()}; threads {args.threads}")
-    iteration() if args.case == "iteration" else minibatch(args.rows)
+    if args.case == "heap":
+        heap([float(x) for x in args.lambdas.split(",")], args.rounds, args.threads)
+    else:
+        iteration() if args.case == "iteration" else minibatch(args.rows)
     print(f"load average at the end: {load_average()}")
 
 

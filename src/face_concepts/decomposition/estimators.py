@@ -16,6 +16,7 @@ import torch
 from sklearn.base import BaseEstimator
 
 from face_concepts._core.device import resolve_device
+from face_concepts._core.heap import retains_heap
 from face_concepts._core.validation import (
     as_float_tensor,
     check_choice,
@@ -209,6 +210,7 @@ class FACE(BaseEstimator):
         return A, head, solver, r, lam
 
     # -- fitting ----------------------------------------------------------------------------
+    @retains_heap
     def fit(self, A: Any, y: Any = None, *, U0: Any = None, W0: Any = None) -> FACE:
         """Fit the concept bank on activations ``A`` (n, p) ≥ 0. ``U0``/``W0`` for init="custom".
 
@@ -277,6 +279,7 @@ class FACE(BaseEstimator):
         self._online: mb.OnlineState | None = None
         return U
 
+    @retains_heap
     def fit_transform(
         self, A: Any, y: Any = None, *, U0: Any = None, W0: Any = None
     ) -> torch.Tensor:
@@ -329,6 +332,7 @@ class FACE(BaseEstimator):
         self.objective_ = res.objective.total
         return res.U
 
+    @retains_heap
     def partial_fit(self, A: Any, y: Any = None, *, W0: Any = None) -> FACE:
         """One mini-batch MM update of the bank on the batch ``A`` (m, p); the first call initialises.
 
@@ -366,6 +370,7 @@ class FACE(BaseEstimator):
         W = self.concept_bank_
         return encode(A.to(W.device, W.dtype), W, self.head, kl_weight=lam, signed=self._signed())
 
+    @retains_heap
     def transform(self, A: Any, *, kl_weight: float | None = None) -> torch.Tensor:
         """Codes ``U ≥ 0`` for ``A`` with ``W`` fixed: the single encoder (docs/method.md §6).
 
@@ -393,6 +398,7 @@ class FACE(BaseEstimator):
             )
         return U @ self.concept_bank_
 
+    @retains_heap
     def score(self, A: Any, y: Any = None) -> float:
         """Negative objective of ``A`` encoded with the fitted bank (higher is better)."""
         self._check_fitted()

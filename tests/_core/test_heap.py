@@ -1,0 +1,108 @@
+"""``_core/heap.py``: freed memory stays in the heap inside a fit, and only there."""
+
+from __future__ import annotations
+
+import resource
+
+import pytest
+import torch
+
+from face_concepts import FACE
+from face_concepts._core import heap
+
+
+class _Recorder:
+    """Stands in for the C library: records ``mallopt`` and ``malloc_trim`` calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def mallopt(self, param: int, value) -> int:
+        self.calls.append(("mallopt", param, value.value))
+        return 1
+
+    def malloc_trim(self, pad: int) -> int:
+        self.calls.append(("malloc_trim", pad))
+        return 1
+
+
+@pytest.fixture
+def libc(monkeypatch: pytest.MonkeyPatch) -> _Recorder:
+    rec = _Recorder()
+    monkeypatch.setattr(heap, "_libc", rec)
+    monkeypatch.setattr(heap, "ENABLED", True)
+    return rec
+
+
+RAISE = [
+    ("mallopt", heap.M_MMAP_THRESHOLD, heap.RETAIN),
+    ("mallopt", heap.M_TRIM_THRESHOLD, heap.RETAIN),
+]
+AFTER = [
+    ("mallopt", heap.M_MMAP_THRESHOLD, heap.AFTER[0]),
+    ("mallopt", heap.M_TRIM_THRESHOLD, heap.AFTER[1]),
+    ("malloc_trim", 0),
+]
+
+
+def test_nested_blocks_raise_once_and_restore_and_trim_on_the_outermost_exit(libc) -> None:
+    with heap.retained_heap():
+        assert libc.calls == RAISE
+        with heap.retained_heap():
+            assert libc.calls == RAISE
+        assert libc.calls == RAISE  # the inner exit leaves the heap retained
+    assert libc.calls == RAISE + AFTER
+
+
+def test_an_exception_still_restores_the_thresholds(libc) -> None:
+    with pytest.raises(KeyError), heap.retained_heap():
+        raise KeyError("x")
+    assert libc.calls == RAISE + AFTER
+    with heap.retained_heap():  # the depth went back to 0: a new block raises again
+        pass
+    assert libc.calls == 2 * (RAISE + AFTER)
+
+
+def test_disabled_it_calls_nothing(libc, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(heap, "ENABLED", False)
+    with heap.retained_heap():
+        pass
+    assert libc.calls == []
+
+
+def test_fit_and_transform_run_inside_one_block(libc) -> None:
+    g = torch.Generator().manual_seed(0)
+    A = torch.rand(40, 6, generator=g)
+    est = FACE(None, 3, kl_weight=0.0, random_state=0, max_iter=5)
+    est.fit(A)
+    assert libc.calls == RAISE + AFTER
+    est.transform(A)
+    est.fit_transform(A)
+    est.score(A)
+    assert libc.calls == 4 * (RAISE + AFTER)
+
+
+def _faults_of_allocations(size_mb: int, times: int) -> int:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(times):
+        x = torch.ones(size_mb << 18)  # float32: size_mb MiB, every page written
+        del x
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_on_this_machine_a_freed_block_is_reused_without_faulting_its_pages_in_again() -> None:
+    """With glibc, 64 MiB blocks freed and allocated again fault once inside the block (the
+    heap keeps them) and every time after it (above the restored mmap threshold they are
+    mapped and unmapped). Elsewhere the block is a no-op."""
+    if heap._glibc() is None:  # not glibc: the block runs its body and touches nothing
+        with heap.retained_heap():
+            ran = True
+        assert ran and heap._glibc() is None
+        return
+    with heap.retained_heap():
+        _faults_of_allocations(64, 1)  # the first allocation faults its pages in
+        inside = _faults_of_allocations(64, 4)
+    outside = _faults_of_allocations(64, 4)
+    pages = 4 * (64 << 20) // resource.getpagesize()
+    assert outside > pages // 2
+    assert inside < outside // 10
