@@ -17,6 +17,12 @@ the same tail on an *unbounded* constant map — each convolution replaced by it
 over space and run on a 1×1 map (no zero-padding borders), pooling layers by the identity —
 with its head-call time next to the library's head on the same rows.
 
+Second table: the rows FACE factorises are native-size crops (ConceptExplainer's defaults: a grid
+of 64-px crops), which the model sees as small inputs. For each crop, the model's own prediction
+on the crop against the head on the crop's pooled activations, with the constant map at the size
+of a whole image (the split's head) and at the crop's own size (``ModelSplit.head_for_input``,
+what the fit uses), and the time of one head call on all crops with each.
+
     python benchmarks/intermediate_fidelity.py [--out benchmarks/results/intermediate_fidelity.md]
 """
 
@@ -38,6 +44,7 @@ from _common import load_average, machine_lines
 
 MNV2_LAYERS = ("features.10", "features.14", "features.16", "features.17")
 FASHION_LAYERS = ("features.2", "features.6", "features.10", "features.13")
+PATCH = 64  # ConceptExplainer's default crop side
 
 
 def _unbounded(module: nn.Module) -> nn.Module:
@@ -101,6 +108,43 @@ def _rows_mobilenet() -> list[tuple[str, str, dict]]:
     return out
 
 
+def _crop_rows_mobilenet() -> list[tuple[str, dict, dict, float, float, str, str]]:
+    """Per layer: fidelity on the crops with the image-size and the crop-size map, their call
+    times (s) and map sizes."""
+    from face_concepts.data import bundled_photos, extract_patches, load_images
+    from face_concepts.models import load_model
+
+    paths = [p.path for p in bundled_photos()]
+    out = []
+    for layer in MNV2_LAYERS:
+        split = load_model("bundled:mobilenet_v2", layer=layer, signed="posneg")
+        x = torch.stack([split.preprocess(im) for im in load_images(paths).images])
+        crops = extract_patches(x, PATCH).patches
+        head, crop_head = split.head, split.head_for_input(PATCH)
+        with torch.inference_mode():
+            A = torch.cat([split.pooled(b) for b in crops.split(64)])
+        fids, times = [], []
+        for h in (head, crop_head):
+            with torch.inference_mode():
+                t = time.perf_counter()
+                h(A)
+                times.append(time.perf_counter() - t)
+            split.head = h  # measured with the split's own fidelity, then put back
+            try:
+                fids.append(split.fidelity(crops, A))
+            finally:
+                split.head = head
+        sizes = ["×".join(map(str, _map_size(h))) for h in (head, crop_head)]
+        out.append((layer, fids[0], fids[1], times[0], times[1], sizes[0], sizes[1]))
+    return out
+
+
+def _map_size(head: nn.Module) -> tuple[int, int]:
+    from face_concepts.models._modules import PosNegHead
+
+    return (head.head if isinstance(head, PosNegHead) else head).map_size
+
+
 def _rows_fashion() -> list[tuple[str, str, dict]]:
     from face_concepts.apps.benchmark import sources
     from face_concepts.models import split_model
@@ -127,6 +171,7 @@ def main() -> None:
     warnings.simplefilter("ignore")  # the splits' own ApproximateSplitWarning: measured here
     start, load0 = time.perf_counter(), load_average()
     rows = _rows_mobilenet() + _rows_fashion()
+    crop_rows = _crop_rows_mobilenet()
     lines = [
         "# Intermediate-layer splits: how well the head stands in for the model",
         "",
@@ -146,6 +191,24 @@ def main() -> None:
         ub = (f"{fid['ub_agreement']:.3f} / {fid['ub_kl']:.3f}", f"{1000 * fid['t_head']:.0f} ms / {1000 * fid['t_ub']:.0f} ms") if "ub_kl" in fid else ("—", "—")  # fmt: skip
         lines.append(
             f"| {model} | `{layer}` | {fid['n_images']} | {fid['agreement']:.3f} | {fid['kl']:.3f} | {ub[0]} | {ub[1]} |"
+        )
+    lines += [
+        "",
+        f"## Native-size crops (MobileNetV2, {PATCH}-px grid crops of the bundled photos)",
+        "",
+        "The rows FACE factorises. Model: `model(crop)`; head: on the crop's pooled activations, "
+        "with a constant map of a whole image's size (the split's head) or of the crop's own size "
+        "(`ModelSplit.head_for_input`, what fits on crops use).",
+        "",
+        "| layer | crops | image-size map: agreement / KL | crop-size map: agreement / KL "
+        "| head call on all crops: image-size / crop-size map |",
+        "|---|---|---|---|---|",
+    ]
+    for layer, f_img, f_crop, t_img, t_crop, s_img, s_crop in crop_rows:
+        lines.append(
+            f"| `{layer}` | {f_img['n_images']} | {f_img['agreement']:.3f} / {f_img['kl']:.3f} "
+            f"({s_img}) | {f_crop['agreement']:.3f} / {f_crop['kl']:.3f} ({s_crop}) | "
+            f"{1000 * t_img:.0f} ms / {1000 * t_crop:.0f} ms |"
         )
     text = "\n".join(lines) + "\n"
     print(text)

@@ -21,7 +21,8 @@ One case alone prints its JSON line: ``--case '{"kind": "fit", "model": M, "laye
 ``"old_codes_stop": true`` to give the codes' solve (the encoder and the fit's final polish) the
 stop it had before session 24 (500 iterations, tol 1e-7, for every head), ``"no_joint": true``
 to fit without ``hals``'s joint steps (``decomposition/joint.py``; also in ``jacobian``'s inner
-solves).
+solves), ``"image_size_crops": true`` to fit the native-size crops with the image-size constant
+map (the split's head) instead of their own size (``ModelSplit.head_for_input``, since session 26).
 """
 
 from __future__ import annotations
@@ -147,6 +148,10 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
                     encoder.CODES_STOP[0] if max_iter is None else max_iter,
                     encoder.CODES_STOP[1] if tol is None else tol,
                 )
+            if case.get("image_size_crops"):  # crops on the image-size map (before session 26)
+                from face_concepts.models.base import ModelSplit
+
+                ModelSplit.head_for_input = lambda self, size: self.head  # type: ignore[method-assign]
             if case.get("no_joint"):  # hals (and jacobian's inner solves) without joint steps
                 from face_concepts.decomposition.hals import solve_hals
 

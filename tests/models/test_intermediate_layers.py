@@ -122,6 +122,42 @@ def test_head_equals_the_former_whole_model_hook_head(build, layer, signed, mode
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+CROP = 32  # a native-size crop of the INPUT-px probe images
+
+
+@pytest.mark.parametrize(
+    ("build", "layer", "signed"),
+    [
+        (_chain, "1", None),
+        (Branchy, "b.1", None),
+        (_resnet18, "layer3", None),
+        (_resnet18, "layer3.0.relu", None),
+        (_resnet18, "layer3.1.conv2", "posneg"),
+    ],
+)
+def test_head_for_a_crop_runs_the_rest_on_a_constant_map_of_the_crops_size(build, layer, signed):
+    """The model itself on a zero crop whose layer output is replaced by the constant map."""
+    split = _split(build().eval(), layer, signed=signed)
+    head = split.head_for_input(CROP)
+    with torch.no_grad():
+        crop_map = tuple(split.features(torch.zeros(1, 3, CROP, CROP)).shape[-2:])
+    inner = head.head if isinstance(head, PosNegHead) else head
+    assert inner.map_size == crop_map != _inner(split).map_size
+    assert inner.mode == _inner(split).mode
+    oracle = HookHead(split.model, split.layer, (3, CROP, CROP), crop_map)
+    oracle = PosNegHead(oracle) if signed else oracle
+    a = _rows(11, split.n_features)
+    with torch.no_grad():
+        torch.testing.assert_close(head(a), oracle(a), rtol=1e-5, atol=1e-5)
+    assert split.head_for_input(CROP) is head  # built once per size
+    assert split.head_for_input(INPUT) is split.head  # the probe's own size: the split's head
+
+
+def test_head_for_input_of_an_exact_split_is_its_head():
+    split = _split(_resnet18(), "layer4.1")
+    assert split.head_for_input(CROP) is split.head
+
+
 def test_rows_are_processed_in_chunks_with_the_same_result():
     split = _split(_resnet18(), "layer3")
     a = _rows(11, split.n_features, seed=3)

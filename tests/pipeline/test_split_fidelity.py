@@ -62,3 +62,57 @@ def test_fit_on_an_approximate_split_warns_and_records_the_fidelity():
     fid = ex.fit_info_["split_fidelity"]
     assert fid == pytest.approx(split.fidelity(x))
     assert any("on the 6 fitting images" in w for w in ex.warnings_)  # saved, shown by the atlas
+
+
+class _Captured(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", ["face", "craft"])
+def test_native_crops_are_factorised_with_the_head_for_their_size(monkeypatch, method):
+    """At an intermediate layer, FACE's native 8-px crops are fitted with the rest of the network
+    on a constant 8×8 map (their own size), not the 16×16 map of a whole image; CRAFT's crops,
+    resized to the model input, keep the split's head."""
+    from face_concepts.pipeline import explainer as module
+
+    split, x = _split("1"), _images()
+    heads = []
+    factorize = module.factorize
+
+    def capture(spec, rows, head, **kwargs):
+        heads.append(head)
+        return factorize(spec, rows, head, **kwargs)
+
+    monkeypatch.setattr(module, "factorize", capture)
+    ex = ConceptExplainer(split, method=method, n_concepts=2, kl_weight=1.0, patch_size=8,
+                          n_designs=4, max_iter=5, progress=False)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ex.fit(x, class_id=0)
+    assert split.head.map_size == (SIZE, SIZE)
+    if method == "face":
+        assert len(heads) == 1 and heads[0].map_size == (8, 8)
+        assert heads[0] is split.head_for_input(8)
+    else:
+        assert heads == [split.head]
+
+
+def test_auto_kl_weight_fits_crops_with_their_head_and_scores_images_with_the_splits(
+    monkeypatch,
+):
+    from face_concepts.pipeline import auto_lambda
+
+    def capture(rows, row_image, A_img, head, **kwargs):
+        raise _Captured(head, kwargs["image_head"])
+
+    monkeypatch.setattr(auto_lambda, "fit_auto_kl_weight", capture)
+    split, x = _split("1"), _images()
+    ex = ConceptExplainer(split, n_concepts=2, kl_weight="auto", patch_size=8, n_designs=4,
+                          max_iter=5, progress=False)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(_Captured) as err:
+            ex.fit(x, class_id=0)
+    head, image_head = err.value.args
+    assert head is split.head_for_input(8) and head.map_size == (8, 8)
+    assert image_head is split.head

@@ -217,6 +217,22 @@ class RestOfNetwork(nn.Module):
         self.chunk_rows = max(1, int(chunk_rows))
         self._broadcast = True  # batch-1 block input, until the block refuses it
 
+    def resized(
+        self, map_size: tuple[int, int], block_input: torch.Tensor | None = None
+    ) -> RestOfNetwork:
+        """The same head on a constant map of ``map_size`` (sharing the modules); a hooked block
+        needs its recorded input for an input of that size, ``block_input``."""
+        h, w = self.map_size
+        chunk = max(1, self.chunk_rows * h * w // max(1, map_size[0] * map_size[1]))
+        if self.block is None:
+            return RestOfNetwork(list(self.rest), map_size, chunk_rows=chunk)
+        if block_input is None:
+            raise ValueError("a hooked block needs its input for the new size")
+        return RestOfNetwork(
+            list(self.rest), map_size, block=self.block, inner=self.inner,
+            block_input=block_input, chunk_rows=chunk,
+        )  # fmt: skip
+
     @property
     def mode(self) -> str:
         """``"tail"`` (the modules after the layer only) or ``"hooked block"``."""

@@ -158,6 +158,21 @@ class ModelSplit(nn.Module):
             return int(self.preprocess.crop_size)
         return _DEFAULT_INPUT_SIZE
 
+    def head_for_input(self, size: int) -> nn.Module:
+        """The head for activations pooled from ``size`` × ``size`` inputs (native-size crops).
+
+        ``head`` itself, except at an intermediate layer: there the rest of the network runs on
+        a constant map of the size such an input gives at the layer (a 64-px crop's, not the
+        probe image's), as the model would see it (``models/intermediate.py``).
+        """
+        from face_concepts.models.intermediate import head_for_input
+
+        key = (int(size), str(self.device))
+        cache = self.__dict__.setdefault("_heads_for_input", {})
+        if key not in cache:
+            cache[key] = head_for_input(self.head, self.features, self.model, int(size))
+        return cache[key]
+
     def probe(self, n: int = 2) -> torch.Tensor:
         """A seeded standard-normal batch (n, 3, S, S) at the model's input size, on its device."""
         s = self.probe_size

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from face_concepts.models._modules import MeanPool, OnMap, RestOfNetwork
+from face_concepts.models._modules import MeanPool, OnMap, PosNegHead, RestOfNetwork
 
 # Elements of the constant input map per chunk of rows in an intermediate layer's head (2**23
 # float32 values = 32 MiB; resnet18 layer3 at 224 px: 167 rows per chunk).
@@ -164,3 +164,35 @@ def _rest_of_network(
         [], (h, w), block=model, inner=layer, block_input=zero, chunk_rows=_WHOLE_MODEL_CHUNK
     )
     return head, False
+
+
+def head_for_input(
+    head: nn.Module, features: nn.Module, model: nn.Module | None, size: int
+) -> nn.Module:
+    """``head`` for activations pooled from ``size`` × ``size`` inputs (e.g. native-size crops).
+
+    Only an intermediate layer's head (:class:`RestOfNetwork`, possibly inside a ``PosNegHead``)
+    depends on it: its constant map takes the size that such an input gives at the layer (a 64-px
+    crop's 4×4 at ResNet-18's ``layer3``, not the 14×14 of a 224-px image), as the model itself
+    would see the crop. Any other head is returned as it is.
+    """
+    inner = head.head if isinstance(head, PosNegHead) else head
+    if not isinstance(inner, RestOfNetwork):
+        return head
+    param = next(iter(inner.parameters()), None)
+    like = param if param is not None else torch.zeros(())
+    x = torch.zeros((1, 3, size, size), dtype=like.dtype, device=like.device)
+    with torch.inference_mode():
+        map_size = tuple(int(s) for s in features(x).shape[-2:])
+    if map_size == inner.map_size:
+        return head
+    block_input = None
+    if inner.block is not None:
+        if inner.block is model:  # the whole model as the block: its input is the image
+            block_input = x
+        elif model is not None:
+            block_input = _block_input(model, inner.block, x)
+        if block_input is None:
+            return head
+    resized = inner.resized((map_size[0], map_size[1]), block_input)
+    return PosNegHead(resized) if isinstance(head, PosNegHead) else resized

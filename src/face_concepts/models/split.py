@@ -322,7 +322,8 @@ def _approximation(split: ModelSplit, diff: float | None) -> str:
         size = "×".join(map(str, head.map_size))
         reasons.append(
             "it is an intermediate layer, so its head runs the rest of the network on a "
-            f"constant {size} map equal to the pooled activations (the model sees a map that "
+            f"constant {size} map equal to the pooled activations (for a native-size crop, "
+            "a constant map of the crop's own size at this layer; the model sees a map that "
             "varies across space)"
         )
     if split.transform == "relu":

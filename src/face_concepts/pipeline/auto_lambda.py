@@ -223,6 +223,7 @@ def fit_auto_kl_weight(
     tol: float | None = None,
     random_state: int = 0,
     verbose: bool = False,
+    image_head: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Search λ on ``grid`` (module docstring), refit on all rows; return ``(U, W, info)``.
 
@@ -235,7 +236,10 @@ def fit_auto_kl_weight(
     A_img : Tensor (n, p)
         The images' pooled activations: what agreement is measured on.
     head : callable
-        The classifier head (n, p) -> (n, C).
+        The classifier head (n, p) -> (n, C) of the rows.
+    image_head : callable, optional
+        The head of the images' pooled activations, when it differs from the rows' (native-size
+        crops at an intermediate layer: ``ConceptExplainer._row_head``); default ``head``.
     encoder_kl_weight : "fit" or float
         λ of the encoder for the held-out codes; "fit" encodes at each candidate λ.
     target_agreement : float in [0, 1]
@@ -265,8 +269,8 @@ def fit_auto_kl_weight(
     search_tol = SEARCH_TOL if tol is None else max(SEARCH_TOL, float(tol))
 
     points, factors, chosen = _search(
-        grid, lambda lam, warm: estimator(lam, warm, search_tol), fit_rows, A_held, head,
-        encoder_kl_weight, target,
+        grid, lambda lam, warm: estimator(lam, warm, search_tol), fit_rows, A_held,
+        head if image_head is None else image_head, encoder_kl_weight, target,
     )  # fmt: skip
     reached = chosen is not None
     if chosen is None:
@@ -301,7 +305,7 @@ def fit_explainer(explainer: Any, prepared: dict[str, Any], device: Any) -> tupl
         prepared["rows"].to(device),
         prepared["index"],
         prepared["A_img"].to(device),
-        explainer._head(),
+        explainer._row_head(),
         n_concepts=prepared["n_concepts"],
         encoder_kl_weight=explainer.encoder_kl_weight,
         target_agreement=explainer.target_agreement,
@@ -310,6 +314,7 @@ def fit_explainer(explainer: Any, prepared: dict[str, Any], device: Any) -> tupl
         tol=explainer.tol,
         random_state=explainer.random_state,
         verbose=explainer.verbose,
+        image_head=explainer._head(),
     )
 
 

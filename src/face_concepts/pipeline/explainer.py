@@ -233,6 +233,16 @@ class ConceptExplainer(ExplainerViews):
     def _head(self) -> Any:
         return self.split.head
 
+    def _row_head(self) -> Any:
+        """The head for the rows this method factorises. For native-size crops it is the split's
+        head for inputs of the crop's size: at an intermediate layer the rest of the network then
+        runs on a constant map of the crop's own size, as the model would see the crop
+        (docs/method.md §7.1). Whole images (encoder, importance, metrics) keep ``_head()``."""
+        for_input = getattr(self.split, "head_for_input", None)
+        if self.spec.rows == "patches" and not self._resize() and for_input is not None:
+            return for_input(self.patch_size)
+        return self._head()
+
     def _rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Rows to factorise, the image index of each row, and the crops (None for spatial)."""
         if self.spec.rows == "spatial":
@@ -282,7 +292,7 @@ class ConceptExplainer(ExplainerViews):
             U, W, info = factorize(
                 self.spec,
                 prepared["rows"].to(dev),
-                self._head(),
+                self._row_head(),
                 n_concepts=prepared["n_concepts"],
                 kl_weight=self.effective_kl_weight,
                 random_state=self.random_state,
@@ -296,7 +306,9 @@ class ConceptExplainer(ExplainerViews):
     def _check_fit_batch(self) -> None:
         """Refuse a ``fit_batch_size`` this method or head cannot run, before any image is read."""
         if self.fit_batch_size is not None:
-            check_batch_fit(self.spec, self._head(), self.effective_kl_weight, self.fit_batch_size)
+            check_batch_fit(
+                self.spec, self._row_head(), self.effective_kl_weight, self.fit_batch_size
+            )
 
     # The two halves of ``fit``, also used by ``multiclass.SharedConceptExplainer``, which
     # factorises the rows of several classes at once and then adopts the shared bank per class.

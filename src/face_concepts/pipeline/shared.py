@@ -161,7 +161,7 @@ class SharedConceptExplainer:
         U, W, info = factorize(
             get_method(self.method),
             rows.to(resolve_device(self.device)),
-            base._head(),
+            base._row_head(),
             n_concepts=next(iter(prepared.values()))["n_concepts"],
             kl_weight=base.effective_kl_weight,
             random_state=self.random_state,

@@ -101,7 +101,7 @@ class ExplainerViews:
                 _, W, info = factorize(
                     spec,
                     rows,
-                    self._head(),
+                    self._row_head(),
                     n_concepts=self.n_concepts,
                     kl_weight=self.effective_kl_weight,
                     random_state=self.random_state,
