@@ -166,13 +166,19 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
             paths = [p.path for p in bundled_photos()][: case.get("images", N_IMAGES)]
             x = preprocess_images(load_images(paths), split.preprocess)
             calls = [0]
-            forward = split.head.forward
+            by_map: dict[str, int] = {}
+            from face_concepts.models._modules import RestOfNetwork
 
-            def counted(*args: Any, **kwargs: Any) -> Any:
+            forward = RestOfNetwork.forward
+
+            def counted(self: RestOfNetwork, *args: Any, **kwargs: Any) -> Any:
                 calls[0] += 1
-                return forward(*args, **kwargs)
+                size = "×".join(map(str, self.map_size))
+                by_map[size] = by_map.get(size, 0) + 1
+                return forward(self, *args, **kwargs)
 
-            split.head.forward = counted  # head calls of the fit, encoder and importance
+            # head calls of the fit, encoder and importance, on crops and on images
+            RestOfNetwork.forward = counted  # type: ignore[method-assign]
             t0 = time.perf_counter()
             ex = ConceptExplainer(split, n_concepts=10, progress=False, random_state=0)
             ex.fit(x, class_id=285)
@@ -180,6 +186,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
             out["n_iter"] = ex.fit_info_.get("n_iter")
             out["solver"] = ex.fit_info_.get("solver")
             out["head_calls"] = calls[0]
+            out["head_calls_by_map"] = by_map
         out["wall_s"] = time.perf_counter() - t0
         out["finished"] = True
     except _TimeUp:
