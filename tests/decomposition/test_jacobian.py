@@ -36,6 +36,34 @@ def test_head_jacobian_matches_reverse_mode_autograd():
     assert torch.allclose(head_jacobian(head, x), ref, atol=1e-12)
 
 
+_FIRST_JACOBIAN = """
+import warnings
+import torch
+from face_concepts.decomposition._head import Head
+from face_concepts.decomposition.jacobian import head_jacobian
+head = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.Tanh(),
+                           torch.nn.Linear(6, 3)).eval()
+with warnings.catch_warnings(record=True) as seen:
+    warnings.simplefilter("always")
+    J = head_jacobian(Head(head, dtype=torch.float32, device=torch.device("cpu")), torch.rand(4))
+print(J.shape[0], J.shape[1], len(seen))
+for w in seen:
+    print(w.category.__name__, w.message)
+"""
+
+
+def test_the_first_forward_mode_jacobian_leaks_no_pytorch_warning():
+    """In a fresh process (PyTorch warns once, when its first forward-mode pass imports its jvp
+    decompositions): no ``torch.jit.script`` deprecation reaches the user."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _FIRST_JACOBIAN], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split()[:3] == ["3", "4", "0"], out
+
+
 def test_an_affine_head_it_cannot_see_is_solved_like_hals_in_few_head_calls():
     """For an affine head the model is exact: the solver must reach hals' optimum (oracle), never
     reject a model step, and get close within a handful of head calls at its default tol."""

@@ -77,6 +77,9 @@ class _RowAffine:
         return torch.addmm(self.B, X, self.J.T)
 
 
+_JIT_DEPRECATION = r"`torch\.jit\.script` is deprecated"
+
+
 def head_jacobian(head: Head, x: torch.Tensor) -> torch.Tensor:
     """``∂h/∂x`` (C × p) at one row ``x``: forward mode (p tangents), else reverse mode."""
 
@@ -85,7 +88,11 @@ def head_jacobian(head: Head, x: torch.Tensor) -> torch.Tensor:
 
     x = x.detach()
     try:
-        J = torch.func.jacfwd(f)(x)
+        with warnings.catch_warnings():
+            # PyTorch's own deprecation notice, raised when its first forward-mode pass imports
+            # torch._decomp.decompositions_for_jvp: not the user's business
+            warnings.filterwarnings("ignore", _JIT_DEPRECATION, FutureWarning)
+            J = torch.func.jacfwd(f)(x)
     except Exception:  # a layer without forward-mode AD: reverse mode, one row per class
         J = torch.autograd.functional.jacobian(f, x, vectorize=True)
     return J.detach().to(x.dtype)
