@@ -116,3 +116,30 @@ def test_auto_kl_weight_fits_crops_with_their_head_and_scores_images_with_the_sp
     head, image_head = err.value.args
     assert head is split.head_for_input(8) and head.map_size == (8, 8)
     assert image_head is split.head
+
+
+def test_fit_on_crops_measures_the_crops_head_against_the_model_on_the_crops():
+    """The head the crops are fitted with (their own map size) is measured too: against
+    ``model(crop)``, by hand, warned and recorded as ``fit_info_["split_fidelity_crops"]``."""
+    split, x = _split("1"), _images()
+    ex = ConceptExplainer(split, n_concepts=2, kl_weight=1.0, patch_size=8, n_designs=4,
+                          max_iter=5, progress=False)  # fmt: skip
+    with pytest.warns(ApproximateSplitWarning, match=r"on the \d+ fitting crops .* model's on"):
+        ex.fit(x, class_id=0)
+    fid = ex.fit_info_["split_fidelity_crops"]
+    crops, head = ex.crops_, split.head_for_input(8)
+    with torch.no_grad():
+        ref = split.model(crops).double().log_softmax(1)
+        got = head(split.pooled(crops)).double().log_softmax(1)
+    assert fid["n_images"] == crops.shape[0] > x.shape[0]
+    assert fid["agreement"] == pytest.approx(
+        float((ref.argmax(1) == got.argmax(1)).double().mean())
+    )
+    assert fid["kl"] == pytest.approx(float((ref.exp() * (ref - got)).sum(1).mean()), rel=1e-6)
+    assert any("fitting crops" in w for w in ex.warnings_)  # saved, shown by the atlas
+    craft = ConceptExplainer(split, method="craft", n_concepts=2, patch_size=8, n_designs=4,
+                             progress=False)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        craft.fit(x, class_id=0)
+    assert "split_fidelity_crops" not in craft.fit_info_  # resized crops: the images' head

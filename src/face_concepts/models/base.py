@@ -204,7 +204,11 @@ class ModelSplit(nn.Module):
             return self._compare(x, self.logits(x), tol)
 
     def fidelity(
-        self, x: torch.Tensor, A: torch.Tensor | None = None, batch_size: int = 32
+        self,
+        x: torch.Tensor,
+        A: torch.Tensor | None = None,
+        batch_size: int = 32,
+        head: Any = None,
     ) -> dict[str, float | int]:
         """How well the split's head stands in for the model on real images ``x``.
 
@@ -213,6 +217,8 @@ class ModelSplit(nn.Module):
         mean ``KL(softmax(model(x)) ‖ softmax(head(A)))``; ``n_images``. An exact split gives
         agreement 1 and KL 0 (up to rounding); for an approximate one (an intermediate layer)
         this is what FACE's faithfulness is relative to: FACE keeps the head's prediction.
+        ``head``: another head to measure (default ``self.head``), e.g.
+        :meth:`head_for_input`'s for native-size crops ``x``.
         """
         if self.model is None:
             raise ValueError("fidelity needs the full model: build the ModelSplit with model=<nn.Module>")  # fmt: skip
@@ -222,7 +228,7 @@ class ModelSplit(nn.Module):
                 xb = x[i : i + batch_size].to(self.device)
                 ab = self.pooled(xb) if A is None else A[i : i + batch_size].to(self.device)
                 ref = self.model(xb).double().log_softmax(dim=1)
-                got = self.head(ab).double().log_softmax(dim=1)
+                got = (self.head if head is None else head)(ab).double().log_softmax(dim=1)
                 agree += float((ref.argmax(dim=1) == got.argmax(dim=1)).sum())
                 kl += float((ref.exp() * (ref - got)).sum())
         return {"n_images": n, "agreement": agree / max(n, 1), "kl": kl / max(n, 1)}

@@ -291,19 +291,27 @@ class ApproximateSplitWarning(UserWarning):
 
 
 def check_fidelity(
-    split: Any, x: torch.Tensor, A: torch.Tensor | None = None, batch_size: int = 32
+    split: Any,
+    x: torch.Tensor,
+    A: torch.Tensor | None = None,
+    batch_size: int = 32,
+    *,
+    head: Any = None,
+    what: str = "fitting images",
 ) -> dict[str, Any] | None:
     """For a split that is not the model (an intermediate layer, ``signed="relu"``): how often
     its head agrees with the model on the images ``x`` (:meth:`ModelSplit.fidelity`), said in an
     :class:`ApproximateSplitWarning` (which the atlas shows too) and returned; None for an exact
-    split or one without its model. The explainer records it as ``fit_info_["split_fidelity"]``.
+    split or one without its model. The explainer records it as ``fit_info_["split_fidelity"]``,
+    and for native-size crops (``head``: the head for their size, ``what="fitting crops"``) as
+    ``fit_info_["split_fidelity_crops"]``.
     """
     if getattr(split, "exact", True) or getattr(split, "model", None) is None:
         return None
-    fid = split.fidelity(x, A, batch_size=batch_size)
+    fid = split.fidelity(x, A, batch_size=batch_size, head=head)
     k, n = round(fid["agreement"] * fid["n_images"]), fid["n_images"]
     warnings.warn(
-        f"approximate split: on the {n} fitting images the head's top-1 class on pooled "
+        f"approximate split: on the {n} {what} the head's top-1 class on pooled "
         f"activations is the model's on {k} ({100 * fid['agreement']:.0f} %), mean "
         f"KL(model ‖ head) = {fid['kl']:.3g}; the concepts keep the head's prediction, which is "
         "only as faithful to the model as this",

@@ -327,6 +327,7 @@ class ConceptExplainer(ExplainerViews):
             x = self._filter_correct(x)
         A_img = self._pooled(x)
         rows, index, crops = self._rows(x)
+        head = self._row_head()
         return {
             "x": x,
             "A_img": A_img,
@@ -335,6 +336,12 @@ class ConceptExplainer(ExplainerViews):
             "crops": crops,
             "n_concepts": r,
             "split_fidelity": check_fidelity(self.split, x, A_img, self.batch_size),
+            # the head the crops are fitted with, when it is not the images' (docs/method.md §7.1)
+            "split_fidelity_crops": None
+            if head is self._head() or crops is None
+            else check_fidelity(
+                self.split, crops, rows, self.batch_size, head=head, what="fitting crops"
+            ),
         }
 
     def _adopt_fit(
@@ -346,8 +353,9 @@ class ConceptExplainer(ExplainerViews):
         self.row_codes_, self.row_index_ = U.cpu(), prepared["index"]
         self.crops_ = prepared["crops"]
         self.fit_info_ = info
-        if prepared.get("split_fidelity") is not None:
-            self.fit_info_ = {**info, "split_fidelity": prepared["split_fidelity"]}
+        for key in ("split_fidelity", "split_fidelity_crops"):
+            if prepared.get(key) is not None:
+                self.fit_info_ = {**self.fit_info_, key: prepared[key]}
         self.n_images_ = int(x.shape[0])
         self.example_images_ = x[:8].clone()  # for heatmaps in reports
         # a fit replaces whatever run this explainer was loaded from
