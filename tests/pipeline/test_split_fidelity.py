@@ -37,15 +37,26 @@ def _split(layer: str | None):
                            preprocess=Preprocess(resize_size=SIZE, crop_size=SIZE))  # fmt: skip
 
 
+def _by_hand(model_logits: torch.Tensor, head_logits: torch.Tensor) -> tuple[float, float]:
+    """Top-1 agreement and mean KL(model ‖ head), written out."""
+    ref, got = model_logits.double().log_softmax(1), head_logits.double().log_softmax(1)
+    agree = float((ref.argmax(1) == got.argmax(1)).double().mean())
+    return agree, float((ref.exp() * (ref - got)).sum(1).mean())
+
+
+def _fit(split, x: torch.Tensor, method: str = "face") -> ConceptExplainer:
+    ex = ConceptExplainer(split, method=method, n_concepts=2, patch_size=8, n_designs=4,
+                          max_iter=5, progress=False, **({"kl_weight": 1.0} if method == "face" else {}))  # fmt: skip
+    ex.fit(x, class_id=0)
+    return ex
+
+
 def test_fidelity_against_the_model_by_hand():
     split, x = _split("1"), _images()  # the first ReLU: the head runs conv, relu, pool, linear
     assert not split.exact
     fid = split.fidelity(x, batch_size=4)  # two batches
     with torch.no_grad():
-        ref = split.model(x).double().log_softmax(1)
-        got = split.head(split.pooled(x)).double().log_softmax(1)
-    agree = float((ref.argmax(1) == got.argmax(1)).double().mean())
-    kl = float((ref.exp() * (ref - got)).sum(1).mean())
+        agree, kl = _by_hand(split.model(x), split.head(split.pooled(x)))
     assert fid["n_images"] == 6 and fid["agreement"] == pytest.approx(agree)
     assert fid["kl"] == pytest.approx(kl, rel=1e-9) and fid["kl"] > 1e-6  # the proxy differs
     exact = _split("3")  # followed by the global mean pool: the model's own head, exact
@@ -55,10 +66,8 @@ def test_fidelity_against_the_model_by_hand():
 
 def test_fit_on_an_approximate_split_warns_and_records_the_fidelity():
     split, x = _split("1"), _images()
-    ex = ConceptExplainer(split, n_concepts=2, kl_weight=1.0, patch_size=8, n_designs=4,
-                          max_iter=5, progress=False)  # fmt: skip
     with pytest.warns(ApproximateSplitWarning, match=r"on the 6 fitting images .* model's on \d+"):
-        ex.fit(x, class_id=0)
+        ex = _fit(split, x)
     fid = ex.fit_info_["split_fidelity"]
     assert fid == pytest.approx(split.fidelity(x))
     assert any("on the 6 fitting images" in w for w in ex.warnings_)  # saved, shown by the atlas
@@ -122,24 +131,16 @@ def test_fit_on_crops_measures_the_crops_head_against_the_model_on_the_crops():
     """The head the crops are fitted with (their own map size) is measured too: against
     ``model(crop)``, by hand, warned and recorded as ``fit_info_["split_fidelity_crops"]``."""
     split, x = _split("1"), _images()
-    ex = ConceptExplainer(split, n_concepts=2, kl_weight=1.0, patch_size=8, n_designs=4,
-                          max_iter=5, progress=False)  # fmt: skip
     with pytest.warns(ApproximateSplitWarning, match=r"on the \d+ fitting crops .* model's on"):
-        ex.fit(x, class_id=0)
+        ex = _fit(split, x)
     fid = ex.fit_info_["split_fidelity_crops"]
     crops, head = ex.crops_, split.head_for_input(8)
     with torch.no_grad():
-        ref = split.model(crops).double().log_softmax(1)
-        got = head(split.pooled(crops)).double().log_softmax(1)
+        agree, kl = _by_hand(split.model(crops), head(split.pooled(crops)))
     assert fid["n_images"] == crops.shape[0] > x.shape[0]
-    assert fid["agreement"] == pytest.approx(
-        float((ref.argmax(1) == got.argmax(1)).double().mean())
-    )
-    assert fid["kl"] == pytest.approx(float((ref.exp() * (ref - got)).sum(1).mean()), rel=1e-6)
+    assert fid["agreement"] == pytest.approx(agree) and fid["kl"] == pytest.approx(kl, rel=1e-6)
     assert any("fitting crops" in w for w in ex.warnings_)  # saved, shown by the atlas
-    craft = ConceptExplainer(split, method="craft", n_concepts=2, patch_size=8, n_designs=4,
-                             progress=False)  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        craft.fit(x, class_id=0)
+        craft = _fit(split, x, method="craft")
     assert "split_fidelity_crops" not in craft.fit_info_  # resized crops: the images' head
