@@ -89,6 +89,10 @@ def child(args: argparse.Namespace) -> None:
         minibatch.CODE_MAX_ITER = args.code_iters
     if args.cold_codes:  # the baseline: every batch's codes from the clamped LS start, every pass
         minibatch.WARM_CODES = False
+    if args.glibc_heap:  # the baseline: glibc's own thresholds (no retained heap, _core/heap.py)
+        from face_concepts._core import heap
+
+        heap.ENABLED = False
     head = mobilenet_v2().classifier
     source = CachedActivations(ActivationCache(args.data_dir, shard_size=CHUNK), args.key)
     t0 = time.perf_counter()
@@ -112,6 +116,7 @@ def measure(args: argparse.Namespace, kind: str, key: str) -> dict:
            "--data-dir", args.data_dir, "--lam", str(args.lam), "--epochs", str(args.epochs),
            "--batch-size", str(args.batch_size), "--full-iters", str(args.full_iters),
            "--code-iters", str(args.code_iters)] + (["--cold-codes"] if args.cold_codes else [])  # fmt: skip
+    cmd += ["--glibc-heap"] if args.glibc_heap else []
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -139,6 +144,12 @@ def main() -> None:
         action="store_true",
         help="mini-batch: start every batch's codes cold, every pass (minibatch.WARM_CODES off: "
         "the baseline before the codes were kept between passes)",
+    )
+    ap.add_argument(
+        "--glibc-heap",
+        action="store_true",
+        help="fit with glibc's own malloc thresholds (heap.ENABLED off: the baseline before "
+        "freed memory was kept in the heap during a fit)",
     )
     ap.add_argument(
         "--reference",
@@ -207,6 +218,7 @@ def write_report(args, rows, notes, loads, total) -> None:
             else ""
         )
         + ("codes started cold every pass (`--cold-codes`), " if args.cold_codes else "")
+        + ("glibc's own malloc thresholds (`--glibc-heap`), " if args.glibc_heap else "")
         + "then the objective pass; full batch: default solver (hals), "
         + (
             "the estimator's defaults (max_iter 1000, tol 1e-5)"
