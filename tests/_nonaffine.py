@@ -38,3 +38,21 @@ def run_quiet(fn, prob, U, W, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         return fn(prob, U.clone(), W.clone(), **kw)
+
+
+def written_out_objective(A, mlp, lam, U, W):
+    """§2's objective written out directly (the oracle): mean squared error plus λ times the
+    mean KL of the head's softmax on ``A`` to its softmax on ``U W``; differentiable."""
+    logP = torch.log_softmax(mlp(A), dim=1).detach()
+    X = U @ W
+    kl = (logP.exp() * (logP - torch.log_softmax(mlp(X), dim=1))).sum(1).mean()
+    return ((A - X) ** 2).mean() + lam * kl
+
+
+def projected_gradient_norm(A, mlp, lam, U, W):
+    """Norm of the projected gradient of :func:`written_out_objective` (0 at a KKT point of
+    ``U, W ≥ 0``)."""
+    U, W = U.clone().requires_grad_(True), W.clone().requires_grad_(True)
+    gU, gW = torch.autograd.grad(written_out_objective(A, mlp, lam, U, W), (U, W))
+    parts = [torch.where(Y > 0, g, g.clamp(max=0)) for Y, g in ((U, gU), (W, gW))]
+    return float(torch.cat([q.flatten() for q in parts]).norm())

@@ -257,7 +257,7 @@ def test_sklearn_contract():
         ({"n_concepts": 2.5}, None, TypeError, "n_concepts"),
         ({"kl_weight": -1.0}, None, ValueError, "kl_weight"),
         ({"kl_weight": float("nan")}, None, ValueError, "kl_weight"),
-        ({"solver": "lbfgs"}, None, ValueError, "solver"),
+        ({"solver": "newton"}, None, ValueError, "solver"),
         ({"init": "svd"}, None, ValueError, "init"),
         ({}, -torch.ones(5, 12, dtype=torch.float64), ValueError, "non-negative"),
         ({}, torch.full((5, 12), float("nan"), dtype=torch.float64), ValueError, "NaN"),

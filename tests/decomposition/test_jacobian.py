@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from _nonaffine import Counting, mlp_data, run_quiet
+from _nonaffine import Counting, mlp_data, projected_gradient_norm, run_quiet
 from face_concepts.decomposition import FACE, face_objective
 from face_concepts.decomposition import jacobian as jac
 from face_concepts.decomposition._head import Head
@@ -18,7 +18,9 @@ from face_concepts.decomposition.init import initialize
 from face_concepts.decomposition.jacobian import head_jacobian, solve_jacobian
 from face_concepts.decomposition.linearised import solve_linearised
 from face_concepts.decomposition.problem import make_problem
+from face_concepts.decomposition.quasi_newton import solve_lbfgs
 from face_concepts.decomposition.semi_nmf import SOLVERS as SIGNED_SOLVERS
+from face_concepts.decomposition.solvers import WARM_MAX_ITER, WARM_TOL
 
 _data, _run = mlp_data, run_quiet
 
@@ -105,23 +107,14 @@ def test_monotone_true_objective_and_fewer_head_calls_than_linearised(lam, tol):
     )
 
 
-def _kkt(A, mlp, lam, U, W):
-    """Norm of the projected gradient of the §2 objective written out directly (the oracle)."""
-    logP = torch.log_softmax(mlp(A), dim=1).detach()
-    U, W = U.clone().requires_grad_(True), W.clone().requires_grad_(True)
-    X = U @ W
-    kl = (logP.exp() * (logP - torch.log_softmax(mlp(X), dim=1))).sum(1).mean()
-    gU, gW = torch.autograd.grad(((A - X) ** 2).mean() + lam * kl, (U, W))
-    parts = [torch.where(Y > 0, g, g.clamp(max=0)) for Y, g in ((U, gU), (W, gW))]
-    return float(torch.cat([q.flatten() for q in parts]).norm())
-
-
 def test_first_order_stationarity_at_the_stop():
     A, mlp = _data(seed=2)
     prob = make_problem(A, Head(mlp, dtype=A.dtype, device=A.device), 3.0)
     U0, W0 = initialize(A, 3, "nndsvda", random_state=0)
     res = _run(solve_jacobian, prob, U0, W0, max_iter=500, tol=1e-12)
-    assert _kkt(A, mlp, 3.0, res.U, res.W) < 1e-2 * _kkt(A, mlp, 3.0, U0, W0)
+    assert projected_gradient_norm(A, mlp, 3.0, res.U, res.W) < 1e-2 * projected_gradient_norm(
+        A, mlp, 3.0, U0, W0
+    )
 
 
 def test_codes_only_keeps_the_bank_and_matches_linearised():
@@ -147,24 +140,57 @@ def test_signed_bank_variant(tol):
     assert res.history["total"][-1] < 0.9 * res.history["total"][0]
 
 
-def test_fallback_step_keeps_descent_when_the_model_is_never_trusted(monkeypatch, tol):
-    """With no model step allowed, the first iteration takes one linearised step and the second
-    hands the rest of the fit to linearised: still monotone, all iterations counted (the path
-    that guards against a misleading model)."""
+def test_a_model_that_misleads_hands_the_fit_to_lbfgs(monkeypatch, tol):
+    """With no model step allowed, the first iteration hands the rest of the fit to lbfgs from
+    the same point: the history after the start is exactly lbfgs's (oracle: lbfgs run alone),
+    monotone, every iteration counted, and the one warning names lbfgs."""
     monkeypatch.setattr(jac, "MAX_TRIES", 0)
     A, mlp = _data(seed=6)
     prob = make_problem(A, Head(mlp, dtype=A.dtype, device=A.device), 1.0)
     U0, W0 = initialize(A, 3, "nndsvda", random_state=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = solve_jacobian(prob, U0.clone(), W0.clone(), max_iter=30, tol=0.0)
-    # one warning, for the whole fit's max_iter, not one for the fallback's single step
+        res = solve_jacobian(prob, U0.clone(), W0.clone(), max_iter=6, tol=0.0)
     assert [
         str(w.message).split(" stopped")[0] for w in caught if w.category is ConvergenceWarning
-    ] == ["solver 'linearised'"]
-    assert res.n_iter == 30
+    ] == ["solver 'lbfgs'"]
+    alone = _run(solve_lbfgs, prob, U0, W0, max_iter=jac.LBFGS_ITER_RATIO * 6, tol=0.0)
+    assert res.n_iter == alone.n_iter == 30
+    assert res.history["total"][1:] == alone.history["total"][1:]
+    assert torch.equal(res.W, alone.W)
     assert _monotone(res.history["total"], tol)
-    assert res.history["total"][-1] < res.history["total"][0]
+
+
+def test_a_damping_that_keeps_growing_hands_over_after_the_accepted_step(monkeypatch, tol):
+    """At ``MU_HANDOVER`` the accepted step is kept and lbfgs goes on from it."""
+    monkeypatch.setattr(jac, "MU_HANDOVER", 0.0)  # hand over after the first accepted step
+    A, mlp = _data(seed=6)
+    prob = make_problem(A, Head(mlp, dtype=A.dtype, device=A.device), 1.0)
+    U0, W0 = initialize(A, 3, "nndsvda", random_state=0)
+    res = _run(solve_jacobian, prob, U0, W0, max_iter=4, tol=0.0)
+    one = _run(solve_jacobian, prob, U0, W0, max_iter=1, tol=0.0)  # the step before it
+    assert res.history["total"][:2] == one.history["total"][:2]
+    assert res.n_iter == 1 + jac.LBFGS_ITER_RATIO * 3
+    assert _monotone(res.history["total"], tol)
+
+
+def test_warm_start_fits_plain_nmf_first_without_a_head_call():
+    A, mlp = _data(seed=3)
+    head = Counting(mlp)
+    prob = make_problem(A, Head(head, dtype=A.dtype, device=A.device), 1.0)
+    U0, W0 = initialize(A, 3, "nndsvda", random_state=0)
+    plain = _run(
+        solve_hals, make_problem(A, None, 0.0), U0, W0, max_iter=WARM_MAX_ITER, tol=WARM_TOL
+    )
+    head.calls = 0
+    res = _run(solve_jacobian, prob, U0, W0, max_iter=1, tol=0.0, warm_start=True)
+    assert res.warm_iter == plain.n_iter
+    # its history starts at the plain NMF's factors (oracle: the objective's definition)
+    assert res.history["total"][0] == pytest.approx(
+        float(face_objective(A, plain.U, plain.W, mlp, 1.0)), rel=1e-9
+    )
+    # the Jacobian's pass, the start, one step: no head call was spent on the warm start
+    assert head.calls <= 2 + jac.MAX_TRIES
 
 
 def test_face_auto_picks_it_for_a_non_affine_head():

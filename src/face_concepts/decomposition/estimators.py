@@ -245,7 +245,7 @@ class FACE(BaseEstimator):
                         flush=True,
                     )
 
-        options = {"warm_start": init != "custom"} if solver == "hals" else {}
+        options = {"warm_start": init != "custom"} if solver in ("hals", "jacobian") else {}
         res = (SIGNED_SOLVERS if signed else SOLVERS)[solver](
             prob,
             U,

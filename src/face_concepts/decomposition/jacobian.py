@@ -43,12 +43,15 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from face_concepts.decomposition._head import Head
-from face_concepts.decomposition.hals import WBlock, solve_hals
+from face_concepts.decomposition.hals import WBlock, _plain_warm_start, solve_hals
 from face_concepts.decomposition.linearised import _Evaluation, solve_linearised
 from face_concepts.decomposition.losses import Terms
 from face_concepts.decomposition.newton import solve_codes_newton
 from face_concepts.decomposition.problem import Problem, make_problem
+from face_concepts.decomposition.quasi_newton import TOL as LBFGS_TOL
+from face_concepts.decomposition.quasi_newton import solve_lbfgs
 from face_concepts.decomposition.solvers import (
+    MAX_INNER,
     SolverResult,
     _finish,
     _record,
@@ -58,7 +61,10 @@ from face_concepts.decomposition.solvers import (
 
 INNER_ITER = 20  # hals iterations on the affine model per head call
 INNER_TOL = 1e-7  # and their stop tolerance
-MAX_TRIES = 5  # damped model solves per outer iteration before one linearised step
+MAX_TRIES = 5  # damped model solves per outer iteration before the fit goes to lbfgs
+MU_HANDOVER = 64.0  # damping at which the model is judged misleading (three fourfold raises)
+LBFGS_ITER_RATIO = 5  # lbfgs iterations per outer iteration left when the fit is handed over
+TOL = 1e-4  # the default stop (registry.DEFAULTS); lbfgs's iterations are cheaper, its TOL looser
 PROMISE_ULPS = 100  # a model decrease below this many ulps (relative) is rounding: no head call
 WINDOW = 3  # the stop averages the relative decrease over this many outer iterations
 
@@ -121,12 +127,14 @@ def solve_jacobian(
     callback: Callable[[int, Terms], None] | None = None,
     signed_w_block: WBlock | None = None,
     update_W: bool = True,
+    warm_start: bool = False,
 ) -> SolverResult:
     """Affine-model FACE for any differentiable head (see the module docstring).
 
     ``res.n_head_calls`` counts head forwards (one backward follows each accepted one).
     ``update_W=False``: the codes given the bank (the single encoder's problem).
     ``signed_w_block``: the signed bank's W-block (``semi_nmf.bank_step``).
+    ``warm_start``: first fit plain NMF (Semi-NMF) from ``(U, W)``, as ``hals`` does; no head call.
     """
     signed = signed_w_block is not None
     if prob.kl_weight <= 0:
@@ -134,7 +142,10 @@ def solve_jacobian(
             prob, U, W, max_iter=max_iter, tol=tol, callback=callback, signed=signed,
             update_W=update_W,
         )  # fmt: skip
-    res = SolverResult(U=U, W=W, n_iter=0, converged=False)
+    warm_iter = 0
+    if warm_start and update_W:
+        U, W, warm_iter = _plain_warm_start(prob, U, W, signed_w_block, MAX_INNER)
+    res = SolverResult(U=U, W=W, n_iter=0, converged=False, warm_iter=warm_iter)
     X = U @ W
     J = head_jacobian(prob.kl_head, X.mean(dim=0))
     ev = _Evaluation(prob, X)
@@ -142,7 +153,7 @@ def solve_jacobian(
     n_calls = 1
     floor = PROMISE_ULPS * torch.finfo(prob.A.dtype).eps
     mu = 0.0  # proximal weight, in units of α (a Levenberg–Marquardt damping)
-    failures, handed_over = 0, False
+    handed_over = False
     _record(res.history, cur)
     for t in range(1, max_iter + 1):
         assert G is not None and Z is not None
@@ -166,71 +177,38 @@ def solve_jacobian(
         if stationary:
             res.converged = True
             break
-        if accepted is None and failures >= 1:
-            # The model has misled twice: this head is too far from affine across its rows for
-            # it. The rest of the fit is linearised's (at most MAX_TRIES head calls were lost).
-            rest = _linearised_rest(
-                prob, U, W, max_iter - t + 1, tol, signed, update_W, callback, t
-            )
+        if accepted is not None:
+            U, W, ev = accepted
+            X = U @ W
+            cur, Z, G = ev.terms, ev.logits, ev.grad()
+            _record(res.history, cur)
+            res.n_iter = t
+            if callback is not None:
+                callback(t, cur)
+            if _stop_test(res.history["total"], tol, WINDOW):
+                res.converged = True
+                break
+        if accepted is None or (mu >= MU_HANDOVER and res.n_iter < max_iter):
+            # The model misled (MAX_TRIES damped solves rejected, or a damping so strong that
+            # its steps are short gradient steps): this head is too far from affine across its
+            # rows for one Jacobian. The rest of the fit is lbfgs's, from the current point.
+            rest = solve_lbfgs(
+                prob, U, W, max_iter=LBFGS_ITER_RATIO * (max_iter - res.n_iter),
+                tol=tol * LBFGS_TOL / TOL, callback=callback, signed=signed, update_W=update_W,
+                start=cur, first_iter=res.n_iter + 1,
+            )  # fmt: skip
             n_calls += rest.n_head_calls
             res.history = {k: v + rest.history[k][1:] for k, v in res.history.items()}
-            res.n_iter = t - 1 + rest.n_iter
+            res.n_iter += rest.n_iter
             res.converged = rest.converged
             U, W = rest.U, rest.W
             handed_over = True
-            break
-        if accepted is None:  # the model misled: one majorised (linearised) step instead
-            failures += 1
-            with warnings.catch_warnings():  # one step by design: its max_iter is no news
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                step = solve_linearised(
-                    prob, U, W, max_iter=1, tol=0.0, signed=signed, update_W=update_W
-                )
-            n_calls += step.n_head_calls
-            if step.n_iter == 0 or step.history["total"][-1] >= cur.total:
-                res.converged = True  # no descent found: stationary to working precision
-                break
-            ev = _Evaluation(prob, step.U @ step.W)
-            n_calls += 1
-            accepted = (step.U, step.W, ev)
-        U, W, ev = accepted
-        X = U @ W
-        cur, Z, G = ev.terms, ev.logits, ev.grad()
-        _record(res.history, cur)
-        res.n_iter = t
-        if callback is not None:
-            callback(t, cur)
-        if _stop_test(res.history["total"], tol, WINDOW):
-            res.converged = True
             break
     if update_W and not handed_over:
         _finish(res.history, res.n_iter, max_iter, res.converged, "jacobian")
     res.U, res.W = U, W
     res.n_head_calls = n_calls
     return res
-
-
-def _linearised_rest(
-    prob: Problem,
-    U: torch.Tensor,
-    W: torch.Tensor,
-    max_iter: int,
-    tol: float,
-    signed: bool,
-    update_W: bool,
-    callback: Callable[[int, Terms], None] | None,
-    t: int,
-) -> SolverResult:
-    """The rest of a fit by ``linearised`` from outer iteration ``t`` (its ConvergenceWarning,
-    if any, names ``linearised``)."""
-
-    def shifted(k: int, terms: Terms) -> None:
-        if callback is not None:
-            callback(t - 1 + k, terms)
-
-    return solve_linearised(
-        prob, U, W, max_iter=max_iter, tol=tol, signed=signed, update_W=update_W, callback=shifted
-    )
 
 
 def _solve_model(

@@ -12,8 +12,11 @@ from collections.abc import Callable
 
 from face_concepts.decomposition.autograd_solvers import solve_adam, solve_pgd
 from face_concepts.decomposition.hals import solve_hals
+from face_concepts.decomposition.jacobian import TOL as JACOBIAN_TOL
 from face_concepts.decomposition.jacobian import solve_jacobian
 from face_concepts.decomposition.linearised import solve_linearised
+from face_concepts.decomposition.quasi_newton import TOL as LBFGS_TOL
+from face_concepts.decomposition.quasi_newton import solve_lbfgs
 from face_concepts.decomposition.solvers import SolverResult
 
 SOLVERS: dict[str, Callable[..., SolverResult]] = {
@@ -22,13 +25,15 @@ SOLVERS: dict[str, Callable[..., SolverResult]] = {
     "adam": solve_adam,
     "linearised": solve_linearised,
     "jacobian": solve_jacobian,
+    "lbfgs": solve_lbfgs,
 }
 DEFAULTS: dict[str, dict[str, float]] = {
     "hals": {"max_iter": 1000, "tol": 1e-5},
     "pgd": {"max_iter": 1000, "tol": 1e-5},
     "adam": {"max_iter": 22000, "tol": 1e-3},
     "linearised": {"max_iter": 1000, "tol": 1e-5},
-    "jacobian": {"max_iter": 200, "tol": 1e-4},
+    "jacobian": {"max_iter": 200, "tol": JACOBIAN_TOL},
+    "lbfgs": {"max_iter": 1000, "tol": LBFGS_TOL},
 }
 
 

@@ -39,6 +39,7 @@ from face_concepts.decomposition.linearised import solve_linearised
 from face_concepts.decomposition.losses import Terms, factored_objective
 from face_concepts.decomposition.newton_cg import bank_newton_step
 from face_concepts.decomposition.problem import Problem
+from face_concepts.decomposition.quasi_newton import solve_lbfgs
 from face_concepts.decomposition.solvers import (
     SolverResult,
 )
@@ -110,6 +111,7 @@ SOLVERS: dict[str, Callable[..., SolverResult]] = {
     "pgd": functools.partial(solve_pgd, signed=True),
     "linearised": functools.partial(solve_linearised, signed=True),
     "jacobian": functools.partial(solve_jacobian, signed_w_block=bank_step),
+    "lbfgs": functools.partial(solve_lbfgs, signed=True),
 }
 
 
