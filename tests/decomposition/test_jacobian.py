@@ -143,7 +143,7 @@ def test_signed_bank_variant(tol):
 def test_a_model_that_misleads_hands_the_fit_to_lbfgs(monkeypatch, tol):
     """With no model step allowed, the first iteration hands the rest of the fit to lbfgs from
     the same point: the history after the start is exactly lbfgs's (oracle: lbfgs run alone),
-    monotone, every iteration counted, and the one warning names lbfgs."""
+    monotone, every iteration counted, and the one warning is the fit's (jacobian's max_iter)."""
     monkeypatch.setattr(jac, "MAX_TRIES", 0)
     A, mlp = _data(seed=6)
     prob = make_problem(A, Head(mlp, dtype=A.dtype, device=A.device), 1.0)
@@ -153,7 +153,8 @@ def test_a_model_that_misleads_hands_the_fit_to_lbfgs(monkeypatch, tol):
         res = solve_jacobian(prob, U0.clone(), W0.clone(), max_iter=6, tol=0.0)
     assert [
         str(w.message).split(" stopped")[0] for w in caught if w.category is ConvergenceWarning
-    ] == ["solver 'lbfgs'"]
+    ] == ["solver 'jacobian'"]
+    assert "max_iter=6" in str(caught[-1].message)
     alone = _run(solve_lbfgs, prob, U0, W0, max_iter=jac.LBFGS_ITER_RATIO * 6, tol=0.0)
     assert res.n_iter == alone.n_iter == 30
     assert res.history["total"][1:] == alone.history["total"][1:]

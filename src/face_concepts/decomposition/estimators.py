@@ -57,18 +57,21 @@ class FACE(BaseEstimator):
         that the estimator reproduces their setting. ``ConceptExplainer`` and the CLI default to
         1.0 instead: at this objective's scale λ ≤ 1e-2 gave NMF's concepts in our λ sweeps
         (``benchmarks/results/reproduction.md``).
-    solver : {"auto", "hals", "pgd", "adam", "linearised", "jacobian"}
+    solver : {"auto", "hals", "pgd", "adam", "linearised", "jacobian", "lbfgs"}
         "auto" picks "hals" (monotone block steps with factored logits) for affine heads and
         "jacobian" otherwise (between two head calls the head is replaced by its Jacobian,
         anchored at each row's true logits, and the FACE problem on that model is solved by
-        the affine engine: about two head calls per iteration, monotone; see ``jacobian.py``).
-        "linearised" models the head by its gradient only (one forward and one backward per
+        the affine engine: about two head calls per iteration, monotone; see ``jacobian.py``;
+        where that model misleads, the fit goes on with "lbfgs"). "lbfgs" is L-BFGS-B on the
+        true objective (one head forward and backward per iteration, monotone; see
+        ``quasi_newton.py``). "linearised" models the head by its gradient only (one forward and one backward per
         iteration, many more iterations). "pgd" is plain projected gradient through autograd
         (about 20 head calls per iteration). "adam" is the authors' solver, for parity.
     max_iter, tol : int, float, optional
         Defaults per solver: hals 1000 and 1e-5 (relative decrease of the objective per
         iteration, averaged over the last 10 iterations; the same for linearised); jacobian
-        200 and 1e-4 (the same, over 3 outer iterations); pgd 1000 and
+        200 and 1e-4 (the same, over 3 outer iterations); lbfgs 1000 and 1e-3 (the same, over
+        10 iterations, each one head call); pgd 1000 and
         1e-5 (relative decrease over one iteration); adam 22,000 and 1e-3 (absolute loss change, the authors' rule).
     init : {"auto", "nndsvd", "nndsvda", "nndsvd-authors", "random", "custom", "signed-svd"}
         "auto" is "signed-svd" with ``bank="signed"``, "nndsvd-authors" for solver "adam" and

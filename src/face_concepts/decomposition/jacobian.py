@@ -20,8 +20,12 @@ too. Each outer iteration: one head forward and backward at
 ``X_t``; ``INNER_ITER`` ``hals`` iterations on the model problem (no head call; projected Newton
 on the codes when ``W`` is fixed); one head forward at the result, kept if the true objective
 decreased (``μ`` then halves), else ``μ`` grows and the model is solved again, up to
-``MAX_TRIES`` times, then one ``linearised`` iteration (its majoriser guarantees descent).
-docs/method.md §4.9 has the details and the measurements.
+``MAX_TRIES`` times. When all of them are rejected, or ``μ`` reaches ``MU_HANDOVER`` (each step
+is then a short gradient step: the head is too far from affine across its rows for one
+Jacobian), the rest of the fit is ``lbfgs``'s (``quasi_newton.py``: L-BFGS-B on the true
+objective, one head call per iteration). With ``warm_start`` (what ``FACE`` uses) the fit starts
+from plain NMF of the rows, as ``hals``'s does: no head call. docs/method.md §4.9 has the details
+and the measurements.
 
 Every accepted iterate lowers the true objective (monotone). A fixed point is a stationary point
 of the true objective: the model has the true value and gradient at ``X_t``.
@@ -153,7 +157,7 @@ def solve_jacobian(
     n_calls = 1
     floor = PROMISE_ULPS * torch.finfo(prob.A.dtype).eps
     mu = 0.0  # proximal weight, in units of α (a Levenberg–Marquardt damping)
-    handed_over = False
+    capped = False  # a hand-over to lbfgs that ran out of iterations
     _record(res.history, cur)
     for t in range(1, max_iter + 1):
         assert G is not None and Z is not None
@@ -195,17 +199,19 @@ def solve_jacobian(
             rest = solve_lbfgs(
                 prob, U, W, max_iter=LBFGS_ITER_RATIO * (max_iter - res.n_iter),
                 tol=tol * LBFGS_TOL / TOL, callback=callback, signed=signed, update_W=update_W,
-                start=cur, first_iter=res.n_iter + 1,
+                start=cur, first_iter=res.n_iter + 1, warn=False,
             )  # fmt: skip
             n_calls += rest.n_head_calls
             res.history = {k: v + rest.history[k][1:] for k, v in res.history.items()}
             res.n_iter += rest.n_iter
             res.converged = rest.converged
             U, W = rest.U, rest.W
-            handed_over = True
+            capped = not rest.converged  # lbfgs used up what was left of max_iter
             break
-    if update_W and not handed_over:
-        _finish(res.history, res.n_iter, max_iter, res.converged, "jacobian")
+    if update_W:  # (a hand-over's cap is this fit's: the warning names jacobian's max_iter)
+        _finish(
+            res.history, max_iter if capped else res.n_iter, max_iter, res.converged, "jacobian"
+        )
     res.U, res.W = U, W
     res.n_head_calls = n_calls
     return res

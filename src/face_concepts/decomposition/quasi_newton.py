@@ -104,6 +104,7 @@ def solve_lbfgs(
     update_W: bool = True,
     start: Terms | None = None,
     first_iter: int = 1,
+    warn: bool = True,
 ) -> SolverResult:
     """L-BFGS-B on the true objective (see the module docstring).
 
@@ -111,7 +112,7 @@ def solve_lbfgs(
     (the single encoder's problem). ``res.n_head_calls`` counts evaluations (one head forward
     and one backward each). ``start`` and ``first_iter``: when another solver hands its fit
     over, the objective at ``(U, W)`` and the number of the first iteration here (for
-    ``callback``).
+    ``callback``); ``warn=False``: no ConvergenceWarning at ``max_iter`` (the caller's).
     """
     from scipy.optimize import minimize
 
@@ -160,7 +161,7 @@ def solve_lbfgs(
         # scipy stopped on its own: no decrease along its line search (stationary to the
         # precision of the objective) or a zero projected gradient.
         res.converged = True
-    if update_W:  # (the codes' solves of the encoder do not warn, as linearised's)
+    if update_W and warn:  # (the codes' solves of the encoder do not warn, as linearised's)
         _finish(res.history, res.n_iter, max_iter, res.converged, "lbfgs")
     if float(out.fun) <= start.total:  # scipy's iterates only decrease; the start otherwise
         U_out, W_out = fg.unpack(out.x)

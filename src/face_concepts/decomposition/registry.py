@@ -1,7 +1,7 @@
 """The solver registry: every full-batch solver by name, with its default ``max_iter`` / ``tol``.
 
-``solvers.py`` holds ``hals``, ``autograd_solvers.py`` ``pgd`` and ``adam``; ``linearised.py`` and
-``jacobian.py`` the solvers for heads that are not affine. ``FACE(solver=...)`` looks names up
+``solvers.py`` holds ``hals``, ``autograd_solvers.py`` ``pgd`` and ``adam``; ``linearised.py``,
+``jacobian.py`` and ``quasi_newton.py`` (``lbfgs``) the solvers for heads that are not affine. ``FACE(solver=...)`` looks names up
 here (``estimators.py``); ``"auto"`` picks ``hals`` for an affine head (or λ = 0) and
 ``jacobian`` otherwise.
 """

@@ -1,0 +1,212 @@
+"""FACE fits of heads that are not affine (intermediate layers): the default solver against the
+code at an earlier commit, and each solver by name, on the same rows (docs/method.md §4.9, §4.10).
+
+The rows are what ``ConceptExplainer(split, n_concepts=10).fit(12 bundled photos, class_id=285)``
+factorises (native 64-px crops, 16 per image, pooled at the layer; λ = 1), with the head it fits
+them with (the rest of the network on the crops' own map size): captured once per case into
+``--cache``. Cases: MobileNetV2 (real weights) at ``features.14`` (signed, ``posneg``) and
+ResNet-18 (random weights, seed 0) at ``layer3``, as in ``intermediate_layer.py``.
+
+Each fit runs in a fresh process (``FACE(head, 10, kl_weight=1, random_state=0, solver=S)``,
+defaults otherwise) and reports its wall time, objective, iterations, whether it converged,
+head calls and the warnings it raised. ``--before COMMIT`` also runs the default fit with the
+``src/`` of that commit (a temporary ``git worktree``), the two alternating in one run.
+
+    python benchmarks/nonaffine_solvers.py [--before 802cc54] [--solvers auto,lbfgs] [--threads 2]
+        [--out benchmarks/results/intermediate_layer.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CASES = {"mobilenet_v2": "features.14", "resnet18": "layer3"}
+N_IMAGES = 12
+
+
+def capture(model: str, layer: str, path: Path, threads: int) -> None:
+    """Save the rows and the crops' head that the explainer's FACE fit gets."""
+    import torch
+
+    from face_concepts import ConceptExplainer
+    from face_concepts.data import bundled_photos, load_images, preprocess_images
+    from face_concepts.decomposition import estimators
+    from intermediate_layer import _split
+
+    torch.set_num_threads(threads)
+    warnings.simplefilter("ignore")
+    split = _split(model, layer)
+    paths = [p.path for p in bundled_photos()][:N_IMAGES]
+    x = preprocess_images(load_images(paths), split.preprocess)
+
+    class _Captured(Exception):
+        pass
+
+    def grab(self: Any, A: Any, U0: Any = None, W0: Any = None) -> Any:
+        torch.save({"A": A, "head": self.head, "kl_weight": self.kl_weight}, path)
+        raise _Captured
+
+    estimators.FACE._fit = grab  # type: ignore[method-assign]
+    try:
+        ConceptExplainer(split, n_concepts=10, progress=False, random_state=0).fit(x, class_id=285)
+    except _Captured:
+        return
+    raise RuntimeError("the explainer did not reach its FACE fit")
+
+
+def fit(path: Path, solver: str, threads: int) -> dict[str, Any]:
+    """One default FACE fit on the captured rows, in this process."""
+    import torch
+
+    from face_concepts import FACE
+
+    torch.set_num_threads(threads)
+    d = torch.load(path, weights_only=False)
+    calls = [0]
+    head = d["head"]
+    forward = head.forward
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return forward(*args, **kwargs)
+
+    head.forward = counted
+    est = FACE(head, 10, kl_weight=d["kl_weight"], random_state=0, solver=solver)
+    t = time.perf_counter()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        est.fit(d["A"])
+    wall = time.perf_counter() - t
+    return {
+        "wall_s": wall,
+        "objective": float(est.objective_),
+        "n_iter": int(est.n_iter_),
+        "warm_iter": int(getattr(est, "n_warm_iter_", 0) or 0),
+        "converged": bool(est.converged_),
+        "head_calls": calls[0],
+        "rows": int(d["A"].shape[0]),
+        # the fit's first point (after the plain-NMF warm start, where there is one)
+        "start_recon": float(est.loss_history_["recon"][0]),
+        "start_kl": float(est.loss_history_["kl"][0]),
+        "warnings": sorted({w.category.__name__ for w in seen if "scalar" not in str(w.message)}),
+    }
+
+
+def spawn(args: list[str], src: Path) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cmd = [sys.executable, __file__, *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{args} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def _load() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fit", help=argparse.SUPPRESS)
+    parser.add_argument("--capture", help=argparse.SUPPRESS)
+    parser.add_argument("--solver", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--solvers", default="auto,lbfgs")
+    parser.add_argument("--before", help="a commit whose default fit runs beside today's")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "face_nonaffine"))
+    parser.add_argument("--out", default=None, help="append the markdown section to this file")
+    a = parser.parse_args(argv)
+    if a.capture:
+        model, layer, path = a.capture.split("|")
+        capture(model, layer, Path(path), a.threads)
+        print("{}")
+        return 0
+    if a.fit:
+        print(json.dumps(fit(Path(a.fit), a.solver, a.threads)))
+        return 0
+
+    cache = Path(a.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    src_now = ROOT / "src"
+    worktree = None
+    if a.before:
+        worktree = Path(tempfile.mkdtemp(prefix="face_before_"))
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree),
+                        a.before], check=True, capture_output=True)  # fmt: skip
+    started, load0 = datetime.datetime.now(datetime.UTC), _load()
+    rows = []
+    try:
+        for model in a.cases.split(","):
+            layer = CASES[model]
+            path = cache / f"{model}_{layer}_{N_IMAGES}.pt"
+            if not path.exists():
+                spawn(
+                    ["--capture", f"{model}|{layer}|{path}", "--threads", str(a.threads)], src_now
+                )
+            runs: list[tuple[str, str, Path]] = [
+                (s, "today", src_now) for s in a.solvers.split(",")
+            ]
+            if worktree is not None:
+                runs.insert(1, ("auto", a.before, worktree / "src"))
+            for solver, code, src in runs:
+                r = spawn(
+                    ["--fit", str(path), "--solver", solver, "--threads", str(a.threads)], src
+                )
+                rows.append((model, layer, solver, code, r))
+                print(f"{model} {layer} {solver} ({code}): {r['wall_s']:.1f} s, objective "
+                      f"{r['objective']:.6g}", file=sys.stderr, flush=True)  # fmt: skip
+    finally:
+        if worktree is not None:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                            str(worktree)], check=False, capture_output=True)  # fmt: skip
+    import torch
+
+    lines = [
+        f"## Solvers for heads that are not affine ({started:%Y-%m-%d})",
+        "",
+        f"- command: `python benchmarks/nonaffine_solvers.py {' '.join(sys.argv[1:])}`".rstrip(),
+        f"- date: {started:%Y-%m-%dT%H:%M}+00:00",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs; "
+        f"torch {torch.__version__} with {a.threads} threads, Python {platform.python_version()}",
+        f"- load average (1/5/15 min) at start {load0}, at end {_load()}",
+        f"- rows: what `ConceptExplainer(split, n_concepts=10).fit` factorises on the first "
+        f"{N_IMAGES} bundled photos (16 native 64-px crops each, λ = 1), with its crops' head; "
+        "each fit in a fresh process, `FACE(head, 10, kl_weight=1, random_state=0, solver=S)`",
+        "",
+        "| model, layer | solver | code | wall | objective | iterations (warm + fit) | converged "
+        "| head calls | warnings | first point: mse / KL |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model, layer, solver, code, r in rows:
+        lines.append(
+            f"| {model} `{layer}` ({r['rows']} rows) | {solver} | {code} | {r['wall_s']:.1f} s | "
+            f"{r['objective']:.6g} | {r['warm_iter']} + {r['n_iter']} | {r['converged']} | "
+            f"{r['head_calls']} | {', '.join(r['warnings']) or 'none'} | "
+            f"{r['start_recon']:.3g} / {r['start_kl']:.3g} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.out:
+        with open(a.out, "a", encoding="utf-8") as fh:
+            fh.write("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
