@@ -3,8 +3,8 @@ code at an earlier commit, and each solver by name, on the same rows (docs/metho
 
 The rows are what ``ConceptExplainer(split, n_concepts=10).fit(12 bundled photos, class_id=285)``
 factorises (native 64-px crops, 16 per image, pooled at the layer; λ = 1), with the head it fits
-them with (the rest of the network on the crops' own map size): captured once per case into
-``--cache``. Cases: MobileNetV2 (real weights) at ``features.14`` (signed, ``posneg``) and
+them with (the rest of the network on the crops' own map size): each fit's process runs the
+explainer up to its FACE fit, then times that fit alone. Cases: MobileNetV2 (real weights) at ``features.14`` (signed, ``posneg``) and
 ResNet-18 (random weights, seed 0) at ``layer3``, as in ``intermediate_layer.py``.
 
 Each fit runs in a fresh process (``FACE(head, 10, kl_weight=1, random_state=0, solver=S)``,
@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -34,12 +33,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import load_average, machine_lines  # noqa: E402
+
 CASES = {"mobilenet_v2": "features.14", "resnet18": "layer3"}
 N_IMAGES = 12
 
 
-def capture(model: str, layer: str, path: Path, threads: int) -> None:
-    """Save the rows and the crops' head that the explainer's FACE fit gets."""
+def capture(model: str, layer: str, threads: int) -> tuple[Any, Any, float]:
+    """The rows, the crops' head and λ that the explainer's FACE fit gets (in this process)."""
     import torch
 
     from face_concepts import ConceptExplainer
@@ -52,32 +53,33 @@ def capture(model: str, layer: str, path: Path, threads: int) -> None:
     split = _split(model, layer)
     paths = [p.path for p in bundled_photos()][:N_IMAGES]
     x = preprocess_images(load_images(paths), split.preprocess)
+    got: dict[str, Any] = {}
 
     class _Captured(Exception):
         pass
 
     def grab(self: Any, A: Any, U0: Any = None, W0: Any = None) -> Any:
-        torch.save({"A": A, "head": self.head, "kl_weight": self.kl_weight}, path)
+        got.update(A=A, head=self.head, kl_weight=self.kl_weight)
         raise _Captured
 
+    real = estimators.FACE._fit
     estimators.FACE._fit = grab  # type: ignore[method-assign]
     try:
         ConceptExplainer(split, n_concepts=10, progress=False, random_state=0).fit(x, class_id=285)
     except _Captured:
-        return
+        return got["A"], got["head"], got["kl_weight"]
+    finally:
+        estimators.FACE._fit = real  # type: ignore[method-assign]
+        warnings.resetwarnings()
     raise RuntimeError("the explainer did not reach its FACE fit")
 
 
-def fit(path: Path, solver: str, threads: int) -> dict[str, Any]:
-    """One default FACE fit on the captured rows, in this process."""
-    import torch
-
+def fit(model: str, layer: str, solver: str, threads: int) -> dict[str, Any]:
+    """One default FACE fit on the explainer's rows, in this process (timed: the fit alone)."""
     from face_concepts import FACE
 
-    torch.set_num_threads(threads)
-    d = torch.load(path, weights_only=False)
+    A, head, lam = capture(model, layer, threads)
     calls = [0]
-    head = d["head"]
     forward = head.forward
 
     def counted(*args: Any, **kwargs: Any) -> Any:
@@ -85,20 +87,23 @@ def fit(path: Path, solver: str, threads: int) -> dict[str, Any]:
         return forward(*args, **kwargs)
 
     head.forward = counted
-    est = FACE(head, 10, kl_weight=d["kl_weight"], random_state=0, solver=solver)
+    est = FACE(head, 10, kl_weight=lam, random_state=0, solver=solver)
     t = time.perf_counter()
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        est.fit(d["A"])
+        est.fit(A)
     wall = time.perf_counter() - t
+    import face_concepts
+
     return {
+        "src": str(Path(face_concepts.__file__).parents[1]),
         "wall_s": wall,
         "objective": float(est.objective_),
         "n_iter": int(est.n_iter_),
         "warm_iter": int(getattr(est, "n_warm_iter_", 0) or 0),
         "converged": bool(est.converged_),
         "head_calls": calls[0],
-        "rows": int(d["A"].shape[0]),
+        "rows": int(A.shape[0]),
         # the fit's first point (after the plain-NMF warm start, where there is one)
         "start_recon": float(est.loss_history_["recon"][0]),
         "start_kl": float(est.loss_history_["kl"][0]),
@@ -116,58 +121,47 @@ def spawn(args: list[str], src: Path) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
-def _load() -> str:
-    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fit", help=argparse.SUPPRESS)
-    parser.add_argument("--capture", help=argparse.SUPPRESS)
     parser.add_argument("--solver", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--solvers", default="auto,lbfgs")
     parser.add_argument("--before", help="a commit whose default fit runs beside today's")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "face_nonaffine"))
     parser.add_argument("--out", default=None, help="append the markdown section to this file")
     a = parser.parse_args(argv)
-    if a.capture:
-        model, layer, path = a.capture.split("|")
-        capture(model, layer, Path(path), a.threads)
-        print("{}")
-        return 0
     if a.fit:
-        print(json.dumps(fit(Path(a.fit), a.solver, a.threads)))
+        model, layer = a.fit.split("|")
+        print(json.dumps(fit(model, layer, a.solver, a.threads)))
         return 0
 
-    cache = Path(a.cache)
-    cache.mkdir(parents=True, exist_ok=True)
     src_now = ROOT / "src"
     worktree = None
     if a.before:
         worktree = Path(tempfile.mkdtemp(prefix="face_before_"))
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree),
                         a.before], check=True, capture_output=True)  # fmt: skip
-    started, load0 = datetime.datetime.now(datetime.UTC), _load()
+    started, load0 = datetime.datetime.now(datetime.UTC), load_average()
     rows = []
     try:
         for model in a.cases.split(","):
             layer = CASES[model]
-            path = cache / f"{model}_{layer}_{N_IMAGES}.pt"
-            if not path.exists():
-                spawn(
-                    ["--capture", f"{model}|{layer}|{path}", "--threads", str(a.threads)], src_now
-                )
             runs: list[tuple[str, str, Path]] = [
                 (s, "today", src_now) for s in a.solvers.split(",")
             ]
             if worktree is not None:
                 runs.insert(1, ("auto", a.before, worktree / "src"))
             for solver, code, src in runs:
-                r = spawn(
-                    ["--fit", str(path), "--solver", solver, "--threads", str(a.threads)], src
-                )
+                case = [
+                    "--fit",
+                    f"{model}|{layer}",
+                    "--solver",
+                    solver,
+                    "--threads",
+                    str(a.threads),
+                ]
+                r = spawn(case, src)
                 rows.append((model, layer, solver, code, r))
                 print(f"{model} {layer} {solver} ({code}): {r['wall_s']:.1f} s, objective "
                       f"{r['objective']:.6g}", file=sys.stderr, flush=True)  # fmt: skip
@@ -177,14 +171,13 @@ def main(argv: list[str] | None = None) -> int:
                             str(worktree)], check=False, capture_output=True)  # fmt: skip
     import torch
 
+    torch.set_num_threads(a.threads)
     lines = [
         f"## Solvers for heads that are not affine ({started:%Y-%m-%d})",
         "",
         f"- command: `python benchmarks/nonaffine_solvers.py {' '.join(sys.argv[1:])}`".rstrip(),
-        f"- date: {started:%Y-%m-%dT%H:%M}+00:00",
-        f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs; "
-        f"torch {torch.__version__} with {a.threads} threads, Python {platform.python_version()}",
-        f"- load average (1/5/15 min) at start {load0}, at end {_load()}",
+        *machine_lines(),
+        f"- load average (1/5/15 min) at start {load0}, at end {load_average()}",
         f"- rows: what `ConceptExplainer(split, n_concepts=10).fit` factorises on the first "
         f"{N_IMAGES} bundled photos (16 native 64-px crops each, λ = 1), with its crops' head; "
         "each fit in a fresh process, `FACE(head, 10, kl_weight=1, random_state=0, solver=S)`",
