@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                 ]
                 r = spawn(case, src)
                 rows.append((model, layer, solver, code, r))
-                print(f"{model} {layer} {solver} ({code}): {r['wall_s']:.1f} s, objective "
-                      f"{r['objective']:.6g}", file=sys.stderr, flush=True)  # fmt: skip
+                print(f"{model} {layer} {solver} ({code}, {r['src']}): {r['wall_s']:.1f} s, "
+                      f"objective {r['objective']:.6g}", file=sys.stderr, flush=True)  # fmt: skip
     finally:
         if worktree is not None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
