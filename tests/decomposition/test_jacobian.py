@@ -156,7 +156,7 @@ def test_a_model_that_misleads_hands_the_fit_to_lbfgs(monkeypatch, tol):
     ] == ["solver 'jacobian'"]
     assert "max_iter=6" in str(caught[-1].message)
     alone = _run(solve_lbfgs, prob, U0, W0, max_iter=jac.LBFGS_ITER_RATIO * 6, tol=0.0)
-    assert res.n_iter == alone.n_iter == 30
+    assert res.n_iter == alone.n_iter == 30 and res.handover_iter == 0
     assert res.history["total"][1:] == alone.history["total"][1:]
     assert torch.equal(res.W, alone.W)
     assert _monotone(res.history["total"], tol)
@@ -171,7 +171,8 @@ def test_a_damping_that_keeps_growing_hands_over_after_the_accepted_step(monkeyp
     res = _run(solve_jacobian, prob, U0, W0, max_iter=4, tol=0.0)
     one = _run(solve_jacobian, prob, U0, W0, max_iter=1, tol=0.0)  # the step before it
     assert res.history["total"][:2] == one.history["total"][:2]
-    assert res.n_iter == 1 + jac.LBFGS_ITER_RATIO * 3
+    assert res.n_iter == 1 + jac.LBFGS_ITER_RATIO * 3 and res.handover_iter == 1
+    assert one.handover_iter is None
     assert _monotone(res.history["total"], tol)
 
 
@@ -198,7 +199,8 @@ def test_face_auto_picks_it_for_a_non_affine_head():
     A, mlp = _data(seed=3)
     est = FACE(Counting(mlp), n_concepts=3, kl_weight=1.0, random_state=0)
     est.fit(A)
-    assert est.solver_ == "jacobian"
+    assert est.solver_ == "jacobian" and est.n_warm_iter_ > 0
+    assert est.handover_iter_ is None  # this head's one-Jacobian model holds
     h = np.array(est.loss_history_["total"])
     assert np.all(np.diff(h) <= 1e-12 * h[:-1])
 

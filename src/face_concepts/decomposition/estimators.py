@@ -108,8 +108,11 @@ class FACE(BaseEstimator):
     n_iter_ : int
         Iterations of the solver on the FACE objective.
     n_warm_iter_ : int
-        ``solver="hals"`` with ``kl_weight > 0`` (and an init other than "custom"): iterations
-        of the plain-NMF warm start that precedes them; 0 otherwise.
+        ``solver="hals"`` or ``"jacobian"`` with ``kl_weight > 0`` (and an init other than
+        "custom"): iterations of the plain-NMF warm start that precedes them; 0 otherwise.
+    handover_iter_ : int or None
+        ``solver="jacobian"``: the iteration after which its affine model misled and ``lbfgs``
+        took the fit over (its later iterations are lbfgs's); None when it did not.
     objective_ : float
         Final value of the objective.
     loss_history_ : dict
@@ -264,6 +267,7 @@ class FACE(BaseEstimator):
         self.concept_bank_ = res.W
         self.n_iter_ = res.n_iter
         self.n_warm_iter_ = res.warm_iter
+        self.handover_iter_ = res.handover_iter
         self.converged_ = res.converged
         self.loss_history_ = res.history
         self.solver_ = solver

@@ -202,6 +202,7 @@ def solve_jacobian(
                 start=cur, first_iter=res.n_iter + 1, warn=False,
             )  # fmt: skip
             n_calls += rest.n_head_calls
+            res.handover_iter = res.n_iter
             res.history = {k: v + rest.history[k][1:] for k, v in res.history.items()}
             res.n_iter += rest.n_iter
             res.converged = rest.converged

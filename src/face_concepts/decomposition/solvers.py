@@ -95,6 +95,8 @@ class SolverResult:
     converged: bool
     warm_iter: int = 0  # iterations of the plain-NMF warm start (solve_hals, warm_start=True)
     n_head_calls: int = 0  # head evaluations (solver 'linearised')
+    # jacobian: the iteration after which lbfgs took the fit over (None: it did not)
+    handover_iter: int | None = None
     history: dict[str, list[float]] = field(
         default_factory=lambda: {"total": [], "recon": [], "kl": []}
     )

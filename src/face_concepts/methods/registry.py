@@ -133,6 +133,8 @@ def fit_info(est: FACE, bank: str) -> dict[str, Any]:
         "objective": est.objective_,
         "converged": est.converged_,
         "solver": est.solver_,
+        # jacobian: the iteration after which lbfgs took over (None: it did not)
+        "handover_iter": getattr(est, "handover_iter_", None),
         "history": est.loss_history_,
         "bank": bank,
     }
