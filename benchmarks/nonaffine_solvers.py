@@ -13,6 +13,7 @@ head calls and the warnings it raised. ``--before COMMIT`` also runs the default
 ``src/`` of that commit (a temporary ``git worktree``), the two alternating in one run.
 
     python benchmarks/nonaffine_solvers.py [--before 802cc54] [--solvers auto,lbfgs] [--threads 2]
+        [--cases mobilenet_v2,resnet18] [--memories 10,50]
         [--out benchmarks/results/intermediate_layer.md]
 """
 
@@ -74,9 +75,15 @@ def capture(model: str, layer: str, threads: int) -> tuple[Any, Any, float]:
     raise RuntimeError("the explainer did not reach its FACE fit")
 
 
-def fit(model: str, layer: str, solver: str, threads: int) -> dict[str, Any]:
-    """One default FACE fit on the explainer's rows, in this process (timed: the fit alone)."""
+def fit(model: str, layer: str, solver: str, threads: int, memory: int | None) -> dict[str, Any]:
+    """One default FACE fit on the explainer's rows, in this process (timed: the fit alone);
+    ``memory``: lbfgs's correction pairs instead of its default."""
     from face_concepts import FACE
+
+    if memory is not None:
+        from face_concepts.decomposition import quasi_newton
+
+        quasi_newton.MEMORY = memory
 
     A, head, lam = capture(model, layer, threads)
     calls = [0]
@@ -125,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fit", help=argparse.SUPPRESS)
     parser.add_argument("--solver", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--memory", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--memories", default="", help="also the default fit with lbfgs's memory M")
     parser.add_argument("--solvers", default="auto,lbfgs")
     parser.add_argument("--before", help="a commit whose default fit runs beside today's")
     parser.add_argument("--threads", type=int, default=2)
@@ -133,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     if a.fit:
         model, layer = a.fit.split("|")
-        print(json.dumps(fit(model, layer, a.solver, a.threads)))
+        print(json.dumps(fit(model, layer, a.solver, a.threads, a.memory)))
         return 0
 
     src_now = ROOT / "src"
@@ -147,12 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for model in a.cases.split(","):
             layer = CASES[model]
-            runs: list[tuple[str, str, Path]] = [
-                (s, "today", src_now) for s in a.solvers.split(",")
+            runs: list[tuple[str, str, Path, str | None]] = [
+                (s, "today", src_now, None) for s in a.solvers.split(",") if s
             ]
             if worktree is not None:
-                runs.insert(1, ("auto", a.before, worktree / "src"))
-            for solver, code, src in runs:
+                runs.insert(1, ("auto", a.before, worktree / "src", None))
+            runs += [
+                ("auto", f"today, lbfgs memory {m}", src_now, m) for m in a.memories.split(",") if m
+            ]
+            for solver, code, src, memory in runs:
                 case = [
                     "--fit",
                     f"{model}|{layer}",
@@ -161,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--threads",
                     str(a.threads),
                 ]
-                r = spawn(case, src)
+                r = spawn(case + (["--memory", memory] if memory else []), src)
                 rows.append((model, layer, solver, code, r))
                 print(f"{model} {layer} {solver} ({code}, {r['src']}): {r['wall_s']:.1f} s, "
                       f"objective {r['objective']:.6g}", file=sys.stderr, flush=True)  # fmt: skip
