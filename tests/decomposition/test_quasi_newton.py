@@ -19,7 +19,7 @@ from face_concepts.decomposition._head import Head
 from face_concepts.decomposition.hals import solve_hals
 from face_concepts.decomposition.init import initialize
 from face_concepts.decomposition.problem import make_problem
-from face_concepts.decomposition.quasi_newton import _Objective, solve_lbfgs
+from face_concepts.decomposition.quasi_newton import MEMORY, _Objective, solve_lbfgs
 from face_concepts.decomposition.semi_nmf import SOLVERS as SIGNED_SOLVERS
 
 
@@ -60,7 +60,7 @@ def test_same_point_as_scipy_lbfgsb_on_the_written_out_objective():
 
     z0 = np.concatenate([U0.flatten().numpy(), W0.flatten().numpy()])
     ref = minimize(fg, z0, jac=True, method="L-BFGS-B", bounds=[(0, None)] * z0.size,
-                   options={"maxiter": 25, "maxcor": 10, "ftol": 0, "gtol": 0})  # fmt: skip
+                   options={"maxiter": 25, "maxcor": MEMORY, "ftol": 0, "gtol": 0})  # fmt: skip
     assert ours.n_iter == ref.nit == 25
     assert torch.allclose(ours.W, torch.from_numpy(ref.x[n * r :].reshape(r, p)), atol=1e-10)
     assert ours.history["total"][-1] == pytest.approx(ref.fun, rel=1e-10)
