@@ -5,7 +5,7 @@ far from affine across the rows (MobileNetV2 split at ``features.14``: a plain N
 with a mean squared error of 0.0066 moves the prediction by a KL of 3.7), that model misleads,
 its Levenberg–Marquardt damping grows until each step is a short gradient step, and the fit
 crawls: on 12 photos it ended at its 200-iteration cap at the objective 0.551, where handing the
-fit over to this solver converges at 0.133 in half the time
+fit over to this solver converges at 0.126 in less than half the time
 (``benchmarks/results/intermediate_layer.md``, the solver table).
 
 Here every evaluation is the true objective and its gradient (one head forward and one backward
