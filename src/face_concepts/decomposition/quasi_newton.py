@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from face_concepts.decomposition.losses import Terms, kl_rows
+from face_concepts.decomposition.autograd_solvers import _loss_terms
+from face_concepts.decomposition.losses import Terms
 from face_concepts.decomposition.problem import Problem
 from face_concepts.decomposition.solvers import (
     WINDOW,
@@ -76,11 +77,7 @@ class _Objective:
         U, W = self.unpack(z)
         blocks = [U.requires_grad_(True)] + ([W.requires_grad_(True)] if self.update_W else [])
         with torch.enable_grad():
-            X = U @ W
-            recon = ((prob.A - X) ** 2).mean()
-            kl = torch.zeros_like(recon)
-            if prob.kl_weight > 0:  # (λ = 0: plain NMF, no head)
-                kl = kl_rows(prob.target_logP, prob.kl_head.logits(X), prob.target_P).mean()
+            recon, kl = _loss_terms(prob, U, W)  # (the materialised objective's two terms)
             total = recon + prob.kl_weight * kl
             grads = torch.autograd.grad(total, blocks)
         self.calls += 1
