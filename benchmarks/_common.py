@@ -8,13 +8,18 @@ cached on disk so that reruns skip the extraction.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torchvision
@@ -24,6 +29,29 @@ from sklearn.exceptions import ConvergenceWarning
 # an objective accumulated over n·p ≈ 4e6 terms).
 REACH_RTOL = 1e-5
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "face_concepts_bench")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def source_of(commit: str | None) -> Iterator[Path]:
+    """``src/`` of ``commit`` (a temporary ``git worktree``, removed afterwards), or today's
+    ``src/`` for ``None``: what a fresh process imports with :func:`env_importing`."""
+    if commit is None:
+        yield ROOT / "src"
+        return
+    tree = Path(tempfile.mkdtemp(prefix="face_before_"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit],
+                   check=True, capture_output=True)  # fmt: skip
+    try:
+        yield tree / "src"
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                       check=False, capture_output=True)  # fmt: skip
+
+
+def env_importing(src: Path) -> dict[str, str]:
+    """The environment of a subprocess that imports ``face_concepts`` from ``src``."""
+    return {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
 def cpu_model() -> str:

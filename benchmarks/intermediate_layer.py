@@ -106,6 +106,77 @@ def _hook_head(split):
     return PosNegHead(head) if isinstance(split.head, PosNegHead) else head
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(float(ln.split()[1]) / 1024 for ln in f if ln.startswith("VmRSS"))
+
+
+def _hwm_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(float(ln.split()[1]) / 1024 for ln in f if ln.startswith("VmHWM"))
+
+
+def _time_phases() -> dict[str, dict[str, float]]:
+    """Wrap the fit's three phases (the FACE fit, the encoder of the images, their Sobol
+    importance) to record each one's wall time and peak RSS (Linux: the peak is reset before
+    each phase through ``/proc/self/clear_refs``); returns the dict they fill."""
+    from face_concepts.pipeline import explainer
+
+    phases: dict[str, dict[str, float]] = {}
+
+    def timed(owner: Any, name: str, label: str) -> None:
+        inner = getattr(owner, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            before = _hwm_mb()
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                phases[label] = {"s": time.perf_counter() - t0, "peak_mb": _hwm_mb()}
+                phases.setdefault("_before", {"s": 0.0, "peak_mb": before})
+
+        setattr(owner, name, wrapper)
+
+    timed(explainer, "factorize", "FACE fit")
+    timed(explainer.ConceptExplainer, "encode_activations", "encoder")
+    timed(explainer.ConceptExplainer, "_local_importance", "importance")
+    return phases
+
+
+def _sobol_case(split: Any, case: dict[str, Any]) -> dict[str, Any]:
+    """The chunk table's case: Sobol importance of 12 images with the split's image head."""
+    import torch
+
+    from face_concepts.importance.sobol import sobol_indices
+    from face_concepts.models._modules import PosNegHead
+
+    inner = split.head.head if isinstance(split.head, PosNegHead) else split.head
+    if case.get("chunk_rule") == "input":  # the rule before: 2**23 elements of the input map
+        p, (h, w) = inner_channels(split), inner.map_size
+        inner.chunk_rows = max(1, 2**23 // (p * h * w))
+    g = torch.Generator().manual_seed(0)
+    U = torch.rand(N_IMAGES, 10, generator=g)
+    W = torch.rand(10, split.n_features, generator=g) / split.n_features**0.5
+    before = _rss_mb()
+    t0 = time.perf_counter()
+    sobol_indices(U, W, split.head, 285)
+    return {
+        "sobol_s": time.perf_counter() - t0,
+        "chunk_rows": inner.chunk_rows,
+        "sobol_extra_mb": _peak_mb() - before,
+    }
+
+
+def inner_channels(split: Any) -> int:
+    """Channels of the constant map the tail receives (half the features for posneg)."""
+    from face_concepts.models._modules import PosNegHead
+
+    return split.n_features // 2 if isinstance(split.head, PosNegHead) else split.n_features
+
+
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
     """One case, in this process (the subprocess side)."""
     import torch
@@ -128,7 +199,9 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         signal.alarm(limit)
     t0 = time.perf_counter()
     try:
-        if case["kind"] == "head":
+        if case["kind"] == "sobol":
+            out.update(_sobol_case(split, case))
+        elif case["kind"] == "head":
             head = split.head if case["head"] == "tail" else _hook_head(split)
             a = torch.rand((N_ROWS, split.n_features), generator=torch.Generator().manual_seed(0))
             with torch.no_grad():
@@ -179,6 +252,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
 
             # head calls of the fit, encoder and importance, on crops and on images
             RestOfNetwork.forward = counted  # type: ignore[method-assign]
+            if case.get("phases"):
+                out["phases"] = _time_phases()
             t0 = time.perf_counter()
             ex = ConceptExplainer(split, n_concepts=10, progress=False, random_state=0)
             ex.fit(x, class_id=285)
@@ -194,14 +269,20 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         out["finished"] = False
     finally:
         signal.alarm(0)
-    out["peak_mb"] = _peak_mb()
+    out["peak_mb"] = max(
+        _peak_mb(), _hwm_mb(), *[p["peak_mb"] for p in out.get("phases", {}).values()]
+    )
     return out
 
 
-def spawn(case: dict[str, Any]) -> dict[str, Any]:
-    """Run ``case`` in a fresh interpreter and return its report."""
+def spawn(case: dict[str, Any], src: Path | None = None) -> dict[str, Any]:
+    """Run ``case`` in a fresh interpreter (importing ``face_concepts`` from ``src``, default
+    the installed one) and return its report."""
+    from _common import env_importing
+
     cmd = [sys.executable, __file__, "--case", json.dumps(case)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = None if src is None else env_importing(src)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"case {case} failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -222,6 +303,89 @@ def _fmt_s(r: dict[str, Any], key: str = "wall_s") -> str:
     return f"{r[key]:.1f}" + ("" if r["finished"] or key != "wall_s" else " (stopped)")
 
 
+def phase_table(args: argparse.Namespace, load_before: str) -> int:
+    """``--phases``: the whole fit of 12 images at each intermediate layer, split into its
+    phases (wall time, peak RSS of each), today's code and ``--before``'s alternating."""
+    from _common import load_average, machine_lines, source_of
+
+    rows = []
+    with source_of(None) as now, source_of(args.before) as before:
+        for model, layer in (("mobilenet_v2", "features.14"), ("resnet18", "layer3")):
+            codes = [("today", now)] + ([(args.before, before)] if args.before else [])
+            for _ in range(args.repeats):
+                for code, src in codes:
+                    case = {"kind": "fit", "model": model, "layer": layer, "phases": True}
+                    r = spawn({**case, "threads": args.threads, "limit": FIT_LIMIT_S}, src)
+                    rows.append((code, r))
+    command = f"python benchmarks/intermediate_layer.py --phases --threads {args.threads}"
+    command += f" --repeats {args.repeats}" + (f" --before {args.before}" if args.before else "")
+    lines = [
+        "## The phases of a fit at an intermediate layer (12 images)",
+        "",
+        f"- command: `{command} --out FILE`",
+        *machine_lines(),
+        f"- load average (1/5/15 min) before: {load_before}; after: {load_average()}",
+        "- each fit in its own process, the codes alternating; a phase's peak is the process's "
+        "peak RSS during it (reset before it through `/proc/self/clear_refs`)",
+        "",
+        "| model, layer | code | whole fit (s) | FACE fit (s) | encoder (s) | importance (s) "
+        "| peak RSS (MB): whole, FACE fit, encoder, importance | head calls | FACE iterations |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for code, r in rows:
+        c, ph = r["case"], r.get("phases", {})
+
+        def part(name: str, key: str, fmt: str, ph: dict = ph) -> str:
+            return format(ph[name][key], fmt) if name in ph else "—"
+
+        peaks = ", ".join(part(n, "peak_mb", ".0f") for n in ("FACE fit", "encoder", "importance"))
+        lines.append(
+            f"| {c['model']} `{c['layer']}` | {code} | {_fmt_s(r)} | {part('FACE fit', 's', '.1f')} "
+            f"| {part('encoder', 's', '.1f')} | {part('importance', 's', '.1f')} "
+            f"| {r['peak_mb']:.0f}: {peaks} | {r.get('head_calls', '—')} | {r.get('n_iter', '—')} |"
+        )
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def chunk_table(args: argparse.Namespace, load_before: str) -> int:
+    """``--chunks``: the module docstring's chunk table, written to ``args.out``."""
+    from _common import load_average, machine_lines
+
+    rows = []
+    for model, layer in (("mobilenet_v2", "features.14"), ("resnet18", "layer3")):
+        for rule in ("input", "largest"):
+            for _ in range(args.repeats):
+                case = {"kind": "sobol", "model": model, "layer": layer, "threads": args.threads}
+                rows.append(spawn({**case, "chunk_rule": rule, "limit": HEAD_LIMIT_S}))
+    lines = [
+        "## Rows per chunk of an intermediate layer's head: Sobol importance of 12 images",
+        "",
+        f"- command: `python benchmarks/intermediate_layer.py --chunks --threads {args.threads}"
+        f" --repeats {args.repeats} --out FILE`",
+        *machine_lines(),
+        f"- load average (1/5/15 min) before: {load_before}; after: {load_average()}",
+        "- each row its own process; memory: peak RSS minus the RSS just before the importance",
+        "",
+        "| model, layer | chunk rule | rows per chunk | Sobol importance (s) | extra memory (MB) |",
+        "|---|---|---|---|---|",
+    ]
+    names = {
+        "input": "2**23 elements of the input map (before)",
+        "largest": "largest activation ≤ `_CHUNK_ELEMENTS` (now)",
+    }
+    for r in rows:
+        c = r["case"]
+        lines.append(
+            f"| {c['model']} `{c['layer']}` | {names[c['chunk_rule']]} | {r['chunk_rows']} | "
+            f"{r['sobol_s']:.1f} | {r['sobol_extra_mb']:.0f} |"
+        )
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -237,6 +401,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help="also fit ResNet-18 layer3 with this FACE solver (e.g. linearised), side by side",
     )
+    parser.add_argument("--chunks", action="store_true", help="only the chunk table")
+    parser.add_argument(
+        "--phases", action="store_true", help="only the phase table (with --before: side by side)"
+    )
+    parser.add_argument("--before", help="a commit whose code runs the phase table's fits too")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per chunk-table row")
     args = parser.parse_args(argv)
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))), flush=True)
@@ -249,6 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     load_before = load_average()
     t = args.threads
+    if args.chunks:
+        return chunk_table(args, load_before)
+    if args.phases:
+        return phase_table(args, load_before)
     heads = []
     for model, layer in (("resnet18", "layer3"), ("mobilenet_v2", "features.14")):
         # the former head of MobileNetV2's features.14 peaks near 15 GB: only with --hook-all

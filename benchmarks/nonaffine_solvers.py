@@ -22,19 +22,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import load_average, machine_lines  # noqa: E402
+from _common import env_importing, load_average, machine_lines, source_of
 
 CASES = {"mobilenet_v2": "features.14", "resnet18": "layer3"}
 N_IMAGES = 12
@@ -119,9 +116,8 @@ def fit(model: str, layer: str, solver: str, threads: int, memory: int | None) -
 
 
 def spawn(args: list[str], src: Path) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, __file__, *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env_importing(src), check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{args} failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -145,22 +141,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(fit(model, layer, a.solver, a.threads, a.memory)))
         return 0
 
-    src_now = ROOT / "src"
-    worktree = None
-    if a.before:
-        worktree = Path(tempfile.mkdtemp(prefix="face_before_"))
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree),
-                        a.before], check=True, capture_output=True)  # fmt: skip
     started, load0 = datetime.datetime.now(datetime.UTC), load_average()
     rows = []
-    try:
+    with source_of(None) as src_now, source_of(a.before) as src_before:
         for model in a.cases.split(","):
             layer = CASES[model]
             runs: list[tuple[str, str, Path, str | None]] = [
                 (s, "today", src_now, None) for s in a.solvers.split(",") if s
             ]
-            if worktree is not None:
-                runs.insert(1, ("auto", a.before, worktree / "src", None))
+            if a.before:
+                runs.insert(1, ("auto", a.before, src_before, None))
             runs += [
                 ("auto", f"today, lbfgs memory {m}", src_now, m) for m in a.memories.split(",") if m
             ]
@@ -177,10 +167,6 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((model, layer, solver, code, r))
                 print(f"{model} {layer} {solver} ({code}, {r['src']}): {r['wall_s']:.1f} s, "
                       f"objective {r['objective']:.6g}", file=sys.stderr, flush=True)  # fmt: skip
-    finally:
-        if worktree is not None:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                            str(worktree)], check=False, capture_output=True)  # fmt: skip
     import torch
 
     torch.set_num_threads(a.threads)

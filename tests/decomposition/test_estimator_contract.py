@@ -25,6 +25,7 @@ import torch
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 
+from _monotone import assert_monotone
 from face_concepts.decomposition import FACE, NMF, SOLVERS, face_objective, initialize
 from face_concepts.decomposition._head import Head
 from face_concepts.decomposition.problem import make_problem
@@ -110,18 +111,6 @@ def quiet_fit(est: FACE, A: torch.Tensor, *, codes: bool = False):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         return est.fit_transform(A) if codes else est.fit(A)
-
-
-def assert_monotone(history: list[float], rel: float, scale: float = 0.0) -> None:
-    """No rise beyond ``rel`` times the objective, or times ``scale``: the size of the terms
-    whose cancellation the objective's rounding is relative to (``mean(A²)`` for the factored
-    ``‖A‖² − 2⟨UᵀA, W⟩ + ⟨UᵀU, WWᵀ⟩``), once a fit is at a stationary point to rounding."""
-    h = np.asarray(history)
-    # (two entries: a fit stationary after one step, e.g. jacobian, whose model of this affine
-    # head is exact, after its plain-NMF warm start)
-    assert len(h) >= 2, "history too short to test monotonicity"
-    rises = np.diff(h) - rel * np.maximum(np.abs(h[:-1]), scale)
-    assert np.all(rises <= 0), f"objective rose by {np.diff(h).max():.3g}"
 
 
 # ----------------------------------------------------------------------------- coverage

@@ -129,6 +129,75 @@ def test_codes_only_keeps_the_bank_and_matches_linearised():
     assert ours.history["total"][-1] <= ref.history["total"][-1] * (1 + 1e-4)
 
 
+def test_head_jacobian_along_a_basis_is_the_full_jacobian_on_its_span():
+    """Oracle: the full Jacobian times the projector onto the basis' span (r tangents, not p)."""
+    A, mlp = _data(seed=2)
+    head = Head(mlp, dtype=A.dtype, device=A.device)
+    W = torch.rand(3, A.shape[1], generator=torch.Generator().manual_seed(0), dtype=A.dtype)
+    Q = jac.row_space_basis(W)
+    assert Q.shape == (A.shape[1], 3)
+    torch.testing.assert_close(Q.T @ Q, torch.eye(3, dtype=A.dtype))
+    J = head_jacobian(head, A[1])
+    J_Q = head_jacobian(head, A[1], Q)
+    torch.testing.assert_close(J_Q, J @ Q @ Q.T, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(J_Q @ W.T, J @ W.T, rtol=1e-10, atol=1e-12)  # exact on W's rows
+
+
+@pytest.mark.parametrize("mu", [0.0, 3.0])
+def test_the_model_with_the_jacobian_on_the_banks_row_space_differs_by_a_constant(mu):
+    """With W fixed the model problem sees J only through J Wᵀ: built with J along W's row
+    space, its objective differs from the full Jacobian's by the same constant at every U."""
+    from face_concepts.decomposition.linearised import _Evaluation
+    from face_concepts.decomposition.solvers import evaluate
+
+    A, mlp = _data(seed=4)
+    prob = make_problem(A, Head(mlp, dtype=A.dtype, device=A.device), 2.0)
+    U, W = initialize(A, 3, "nndsvda", random_state=0)
+    X = U @ W
+    ev = _Evaluation(prob, X)
+    J = head_jacobian(prob.kl_head, X.mean(dim=0))
+    J_Q = head_jacobian(prob.kl_head, X.mean(dim=0), jac.row_space_basis(W))
+    G = ev.grad()
+    full = jac._model_problem(prob, J, X, ev.logits, G, mu)
+    ours = jac._model_problem(prob, J_Q, X, ev.logits, G, mu)
+    g = torch.Generator().manual_seed(1)
+    gaps = [
+        evaluate(ours, V, W).total - evaluate(full, V, W).total
+        for V in (U, U * 1.3, torch.rand(U.shape, generator=g, dtype=U.dtype))
+    ]
+    np.testing.assert_allclose(gaps, gaps[0], rtol=0, atol=1e-12)
+
+
+def test_codes_only_asks_for_the_banks_row_space_and_ends_where_the_full_jacobian_does(
+    monkeypatch,
+):
+    """End to end, the codes' solve (W fixed) takes J along W's row space and stops at the
+    objective the full Jacobian (oracle: the identity as the basis) reaches; a fit that
+    updates W takes the whole Jacobian. (The inner solves' relative stop sees the model's
+    constant, so the iterates agree to the stop, not bit for bit.)"""
+    A, mlp = _data(seed=4)
+    prob = make_problem(A, Head(mlp, dtype=A.dtype, device=A.device), 2.0)
+    U0, W0 = initialize(A, 3, "nndsvda", random_state=0)
+    bases: list[int] = []
+    real = jac.row_space_basis
+
+    def recorded(W):
+        bases.append(W.shape[0])
+        return real(W)
+
+    monkeypatch.setattr(jac, "row_space_basis", recorded)
+    ours = _run(solve_jacobian, prob, U0, W0, max_iter=300, tol=1e-10, update_W=False)
+    assert bases == [3]
+    monkeypatch.setattr(jac, "row_space_basis", lambda W: torch.eye(W.shape[1], dtype=W.dtype))
+    full = _run(solve_jacobian, prob, U0, W0, max_iter=300, tol=1e-10, update_W=False)
+    assert ours.converged and full.converged
+    np.testing.assert_allclose(ours.history["total"][-1], full.history["total"][-1], rtol=1e-6)
+    bases.clear()
+    monkeypatch.setattr(jac, "row_space_basis", recorded)
+    _run(solve_jacobian, prob, U0, W0, max_iter=2, tol=1e-10)
+    assert bases == []
+
+
 def test_signed_bank_variant(tol):
     A, mlp = _data(seed=5)
     A = A - 0.5  # signed activations

@@ -172,6 +172,43 @@ def test_rows_are_processed_in_chunks_with_the_same_result():
     assert x.grad is not None and x.grad.shape == a.shape and bool(x.grad.abs().sum() > 0)
 
 
+def _tail(depthwise: bool) -> RestOfNetwork:
+    """A 4-channel constant map through a depthwise (memory-bound) or a dense 3×3 tail."""
+    torch.manual_seed(0)
+    width = 8 if depthwise else 128
+    mid = nn.Conv2d(width, width, 3, padding=1, groups=width if depthwise else 1)
+    rest = [nn.Conv2d(4, width, 1), mid, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 3)]
+    return RestOfNetwork([m.eval() for m in rest], (6, 6))
+
+
+@pytest.mark.parametrize("depthwise", [True, False])
+def test_chunks_are_sized_from_the_largest_activation(depthwise):
+    import face_concepts.models._modules as mods
+
+    head = _tail(depthwise)
+    largest = (8 if depthwise else 128) * 6 * 6  # the convolutions' outputs, one row
+    budget = 50 * largest
+    head.size_chunks(budget, 4)
+    # a depthwise tail does few multiply-adds per element (memory-bound): cache-sized chunks;
+    # the dense one (4 and 1,152 multiply-adds per element of its convolutions' outputs) more
+    assert (head.macs_per_element < mods.DENSE_MACS) == depthwise
+    assert head.chunk_rows == 50 * (1 if depthwise else mods.DENSE_CHUNK_FACTOR)
+    a = _rows(2 * head.chunk_rows + 3, 4, seed=5)
+    with torch.no_grad():
+        chunked = head(a)
+        head.chunk_rows = a.shape[0]
+        whole = head(a)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    # a resized head (a crop's map) is sized by the same rule for its own map
+    small = head.resized((2, 2))
+    assert small.chunk_rows == max(1, budget * (1 if depthwise else 8) // (largest // 9))
+
+
+def test_an_intermediate_split_sizes_its_chunks():
+    split = _split(_resnet18(), "layer3")
+    assert _inner(split).macs_per_element is not None  # measured when the head was built
+
+
 def test_head_runs_only_the_rest_of_the_network():
     model = _resnet18()
     split = _split(model, "layer3")

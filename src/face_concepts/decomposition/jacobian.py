@@ -10,7 +10,8 @@ fast affine engine (``hals``, factored logits, exact softmax curvature):
     h̃_i(x) = z_i + J (x − x_i)          z_i = h(x_i), x_i the i-th row of X_t = U_t W_t
 
 with ``J`` the head's Jacobian (C × p) at the mean row, computed once by forward-mode AD (p
-tangents). Each row keeps its own anchor ``z_i`` (a per-row bias ``z_i − J x_i``), so the model
+tangents; with ``W`` fixed, the codes' problem, along the bank's row space only: r tangents,
+the same model, since it sees ``J`` only through ``J Wᵀ``). Each row keeps its own anchor ``z_i`` (a per-row bias ``z_i − J x_i``), so the model
 is exact at ``X_t``. Its gradient is not (``J`` is not each row's Jacobian); the linear term
 ``⟨G − G̃, X⟩`` (``G`` the true gradient of ``λ·KL`` at ``X_t`` from one backward, ``G̃`` the
 model's) makes it so, and folds into the reconstruction target:
@@ -90,22 +91,33 @@ class _RowAffine:
 _JIT_DEPRECATION = r"`torch\.jit\.script` is deprecated"
 
 
-def head_jacobian(head: Head, x: torch.Tensor) -> torch.Tensor:
-    """``∂h/∂x`` (C × p) at one row ``x``: forward mode (p tangents), else reverse mode."""
+def head_jacobian(head: Head, x: torch.Tensor, basis: torch.Tensor | None = None) -> torch.Tensor:
+    """``∂h/∂x`` (C × p) at one row ``x``: forward mode (one tangent per direction), else
+    reverse mode. With ``basis`` (p × k, orthonormal columns) only along those directions:
+    ``(∂h/∂x · basis) · basisᵀ``, exact on their span, for k tangents instead of p."""
 
     def f(v: torch.Tensor) -> torch.Tensor:
         return head.logits(v[None])[0]
 
     x = x.detach()
+    g, at = f, x
+    if basis is not None:
+        g, at = (lambda c: f(x + basis @ c)), x.new_zeros(basis.shape[1])
     try:
         with warnings.catch_warnings():
             # PyTorch's own deprecation notice, raised when its first forward-mode pass imports
             # torch._decomp.decompositions_for_jvp: not the user's business
             warnings.filterwarnings("ignore", _JIT_DEPRECATION, FutureWarning)
-            J = torch.func.jacfwd(f)(x)
+            J = torch.func.jacfwd(g)(at)
     except Exception:  # a layer without forward-mode AD: reverse mode, one row per class
-        J = torch.autograd.functional.jacobian(f, x, vectorize=True)
-    return J.detach().to(x.dtype)
+        J = torch.autograd.functional.jacobian(g, at, vectorize=True)
+    J = J.detach().to(x.dtype)
+    return J if basis is None else J @ basis.T
+
+
+def row_space_basis(W: torch.Tensor) -> torch.Tensor:
+    """Orthonormal columns (p × r) whose span holds the rows of ``W`` (r × p); r ≤ p."""
+    return torch.linalg.qr(W.detach().T, mode="reduced").Q
 
 
 def _model_problem(
@@ -151,7 +163,10 @@ def solve_jacobian(
         U, W, warm_iter = _plain_warm_start(prob, U, W, signed_w_block, MAX_INNER)
     res = SolverResult(U=U, W=W, n_iter=0, converged=False, warm_iter=warm_iter)
     X = U @ W
-    J = head_jacobian(prob.kl_head, X.mean(dim=0))
+    # With W fixed the model problem sees J only through J Wᵀ (its logits U'(J Wᵀ)ᵀ, its target
+    # through G̃ Wᵀ), so J along W's row space is the same model: r tangents instead of p.
+    basis = None if update_W or W.shape[0] >= W.shape[1] else row_space_basis(W)
+    J = head_jacobian(prob.kl_head, X.mean(dim=0), basis)
     ev = _Evaluation(prob, X)
     cur, Z, G = ev.terms, ev.logits, ev.grad()
     n_calls = 1
@@ -236,4 +251,4 @@ def _solve_model(
     return inner.U, inner.W, f0 - inner.history["total"][-1]
 
 
-__all__ = ["head_jacobian", "solve_jacobian"]
+__all__ = ["head_jacobian", "row_space_basis", "solve_jacobian"]

@@ -164,6 +164,17 @@ class MeanPool(nn.Module):
         return x.mean(dim=(2, 3))
 
 
+# Multiply-adds per activation element written above which a tail counts as compute-bound
+# (``RestOfNetwork.size_chunks``): ResNet-18 after layer3 does about 1,200, MobileNetV2 after
+# features.14 about 70. Such a tail runs faster in larger chunks (its convolutions are large matrix
+# products): DENSE_CHUNK_FACTOR times the cache-sized chunk (intermediate_layer.md, chunk table).
+DENSE_MACS = 300
+DENSE_CHUNK_FACTOR = 8
+# Rows per chunk off the CPU, as a multiple of ``RestOfNetwork.chunk_rows`` (whose CPU size keeps
+# a chunk's activations in cache): an accelerator wants large batches. A guess, not measured.
+ACCELERATOR_CHUNK_FACTOR = 64
+
+
 def _first_dtype(modules: Any, default: torch.dtype) -> torch.dtype:
     for m in modules:
         for t in m.parameters():
@@ -190,8 +201,9 @@ class RestOfNetwork(nn.Module):
       the block is the whole model and its input the zero image.
 
     Both give what the model itself computes on a zero image whose layer output is replaced by
-    the constant map. Rows are processed ``chunk_rows`` at a time, so memory does not grow
-    with the number of rows beyond the output.
+    the constant map. Rows are processed ``chunk_rows`` at a time on the CPU (so memory does not
+    grow with the number of rows beyond the output), ``ACCELERATOR_CHUNK_FACTOR`` times as many
+    on other devices; :meth:`size_chunks` sets ``chunk_rows`` from the largest activation.
     """
 
     block_input: torch.Tensor | None  # a buffer (registered in __init__)
@@ -216,22 +228,75 @@ class RestOfNetwork(nn.Module):
         self.map_size = (int(map_size[0]), int(map_size[1]))
         self.chunk_rows = max(1, int(chunk_rows))
         self._broadcast = True  # batch-1 block input, until the block refuses it
+        self._sized: tuple[int, int] | None = None  # size_chunks's (budget, channels)
+        self.macs_per_element: float | None = None  # measured by size_chunks
+
+    def size_chunks(self, budget: int, channels: int) -> RestOfNetwork:
+        """Set ``chunk_rows`` from one forward of one zero row of ``channels`` features; returns
+        ``self``. A tail that does little arithmetic per activation element (fewer than
+        ``DENSE_MACS`` multiply-adds, as in depthwise-separable blocks) is bound by memory
+        traffic: its chunks are sized for the cache, with about ``budget`` elements in the
+        largest activation; a denser one keeps ``DENSE_CHUNK_FACTOR`` times as many rows."""
+        largest, macs, written = [1], [0], [0]
+
+        def hook(m: nn.Module, _i: Any, out: Any) -> None:
+            if not isinstance(out, torch.Tensor):
+                return
+            largest[0] = max(largest[0], out.numel())
+            written[0] += out.numel()
+            if isinstance(m, nn.Conv2d):
+                k = m.kernel_size[0] * m.kernel_size[1]
+                macs[0] += out.numel() * k * m.in_channels // m.groups
+            elif isinstance(m, nn.Linear):
+                macs[0] += out.numel() * m.in_features
+
+        leaves = [m for m in self.modules() if m is not self and not list(m.children())]
+        handles = [m.register_forward_hook(hook) for m in leaves]
+        try:
+            with torch.inference_mode():
+                dev, dtype = self._device(), self._dtype(torch.float32)
+                probe = torch.zeros((1, channels), dtype=dtype, device=dev)
+                largest[0] = max(largest[0], channels * self.map_size[0] * self.map_size[1])
+                self._rows(probe)
+        finally:
+            for h in handles:
+                h.remove()
+        self.macs_per_element = macs[0] / max(1, written[0])
+        dense = self.macs_per_element >= DENSE_MACS
+        self.chunk_rows = max(1, budget * (DENSE_CHUNK_FACTOR if dense else 1) // largest[0])
+        self._sized = (budget, channels)
+        return self
+
+    def _modules_run(self) -> list[nn.Module]:
+        return [*self.rest, *([self.block] if self.block is not None else [])]
+
+    def _dtype(self, default: torch.dtype) -> torch.dtype:
+        return _first_dtype(self._modules_run(), default)
+
+    def _device(self) -> torch.device:
+        for m in self._modules_run():
+            for t in [*m.parameters(), *m.buffers()]:
+                return t.device
+        return torch.device("cpu")
 
     def resized(
         self, map_size: tuple[int, int], block_input: torch.Tensor | None = None
     ) -> RestOfNetwork:
         """The same head on a constant map of ``map_size`` (sharing the modules); a hooked block
-        needs its recorded input for an input of that size, ``block_input``."""
+        needs its recorded input for an input of that size, ``block_input``. Its chunks are
+        sized as this head's were (:meth:`size_chunks`), else scaled by the map's area."""
         h, w = self.map_size
         chunk = max(1, self.chunk_rows * h * w // max(1, map_size[0] * map_size[1]))
         if self.block is None:
-            return RestOfNetwork(list(self.rest), map_size, chunk_rows=chunk)
-        if block_input is None:
+            out = RestOfNetwork(list(self.rest), map_size, chunk_rows=chunk)
+        elif block_input is None:
             raise ValueError("a hooked block needs its input for the new size")
-        return RestOfNetwork(
-            list(self.rest), map_size, block=self.block, inner=self.inner,
-            block_input=block_input, chunk_rows=chunk,
-        )  # fmt: skip
+        else:
+            out = RestOfNetwork(
+                list(self.rest), map_size, block=self.block, inner=self.inner,
+                block_input=block_input, chunk_rows=chunk,
+            )  # fmt: skip
+        return out if self._sized is None else out.size_chunks(*self._sized)
 
     @property
     def mode(self) -> str:
@@ -241,14 +306,15 @@ class RestOfNetwork(nn.Module):
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         if a.dim() != 2:
             raise ValueError(f"the head takes pooled rows (n, p), got shape {tuple(a.shape)}")
-        outs = [self._rows(chunk) for chunk in a.split(self.chunk_rows)]
+        rows = self.chunk_rows
+        if a.device.type != "cpu":  # (not measured: no accelerator was lent)
+            rows *= ACCELERATOR_CHUNK_FACTOR
+        outs = [self._rows(chunk) for chunk in a.split(rows)]
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _rows(self, a: torch.Tensor) -> torch.Tensor:
         h, w = self.map_size
-        dtype = _first_dtype(
-            [*self.rest, *([self.block] if self.block is not None else [])], a.dtype
-        )
+        dtype = self._dtype(a.dtype)
         # contiguous: in-place ops (ReLU(inplace=True)) cannot write into an expanded view
         x = a[:, :, None, None].expand(-1, -1, h, w).to(dtype).contiguous()
         if self.block is not None:

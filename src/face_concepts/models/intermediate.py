@@ -17,9 +17,13 @@ from torch import nn
 
 from face_concepts.models._modules import MeanPool, OnMap, PosNegHead, RestOfNetwork
 
-# Elements of the constant input map per chunk of rows in an intermediate layer's head (2**23
-# float32 values = 32 MiB; resnet18 layer3 at 224 px: 167 rows per chunk).
-_CHUNK_ELEMENTS = 2**23
+# Elements of the largest activation per chunk of rows in an intermediate layer's head on the CPU
+# (2**20 float32 values = 4 MiB: the chunk's activations stay in cache). MobileNetV2 split at
+# features.14 (7×7 map): 16 rows per chunk, where 2**23 elements of the input map per chunk (the
+# rule before) gave 1,069; its Sobol importance on 12 images then runs in less than half the
+# time with a tenth of the memory; ResNet-18's layer3 is about the same either way
+# (benchmarks/results/intermediate_layer.md, the chunk table).
+_CHUNK_ELEMENTS = 2**20
 # Rows per chunk when the fallback runs the whole model on zero images.
 _WHOLE_MODEL_CHUNK = 16
 
@@ -140,7 +144,6 @@ def _rest_of_network(
 ) -> tuple[nn.Module, bool]:
     """The head of an intermediate layer whose map has ``shape`` (p, h, w); and whether exact."""
     p, h, w = shape
-    chunk = max(1, _CHUNK_ELEMENTS // (p * h * w))
     plan = _tail_plan(model, layer)
     if plan is not None and not _chain_matches(model, probe, tol):
         plan = None
@@ -153,12 +156,11 @@ def _rest_of_network(
             pooled = isinstance(rest[0], MeanPool) or flat
             return (nn.Sequential(*after) if pooled else OnMap(nn.Sequential(*after))), True
         if block is None:
-            return RestOfNetwork(rest, (h, w), chunk_rows=chunk), False
+            return RestOfNetwork(rest, (h, w)).size_chunks(_CHUNK_ELEMENTS, p), False
         block_input = _block_input(model, block, torch.zeros_like(probe[:1]))
         if block_input is not None:
-            return RestOfNetwork(
-                rest, (h, w), block=block, inner=inner, block_input=block_input, chunk_rows=chunk
-            ), False
+            head = RestOfNetwork(rest, (h, w), block=block, inner=inner, block_input=block_input)
+            return head.size_chunks(_CHUNK_ELEMENTS, p), False
     zero = torch.zeros_like(probe[:1])
     head = RestOfNetwork(
         [], (h, w), block=model, inner=layer, block_input=zero, chunk_rows=_WHOLE_MODEL_CHUNK
