@@ -209,6 +209,72 @@ def test_an_intermediate_split_sizes_its_chunks():
     assert _inner(split).macs_per_element is not None  # measured when the head was built
 
 
+def _mobilenet_tail() -> nn.Sequential:
+    """Two torchvision inverted-residual blocks (Conv2dNormActivation inside) and a classifier,
+    random weights and random batch-norm statistics, in eval mode."""
+    from torchvision.models.mobilenetv2 import InvertedResidual
+
+    torch.manual_seed(0)
+    tail = nn.Sequential(
+        InvertedResidual(8, 8, 1, 4), InvertedResidual(8, 12, 2, 3), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(12, 5),
+    )  # fmt: skip
+    for m in tail.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    return tail.eval()
+
+
+def test_batch_norms_fold_into_the_convolutions_before_them_as_a_view():
+    from face_concepts.models._modules import FoldedConvBN, fold_batch_norms
+
+    tail = _mobilenet_tail()
+    view = fold_batch_norms(tail)
+    folded = [m for m in view.modules() if isinstance(m, FoldedConvBN)]
+    assert len(folded) == 6  # every conv → bn pair of the two blocks (3 each)
+    assert not any(isinstance(m, FoldedConvBN) for m in tail.modules())  # the model unchanged
+    assert {id(p) for p in view.parameters()} == {id(p) for p in tail.parameters()}  # shared
+    x = torch.rand(3, 8, 6, 6, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    ref = tail(x)
+    got = view(x)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)  # (float rounding only)
+    (g_ref,) = torch.autograd.grad(ref.logsumexp(1).sum(), x)
+    (g_got,) = torch.autograd.grad(got.logsumexp(1).sum(), x)
+    torch.testing.assert_close(g_got, g_ref, rtol=1e-5, atol=1e-6)
+    # the folded weights come from the live modules: a changed statistic is seen at once
+    bn = folded[0].bn
+    bn.running_mean.add_(0.3)
+    torch.testing.assert_close(view(x), tail(x), rtol=1e-5, atol=1e-5)
+    # a batch norm in training mode is not folded: the same computation as the model's
+    tail.train()
+    assert torch.equal(view(x.detach()), tail(x.detach()))
+
+
+def test_the_head_of_a_depthwise_tail_runs_its_batch_norms_folded():
+    from face_concepts.models._modules import FoldedConvBN
+
+    tail = _mobilenet_tail()
+    head = RestOfNetwork(list(tail), (6, 6)).size_chunks(2**20, 8)
+    calls = []
+    a = _rows(4, 8, seed=2)
+    with torch.no_grad():
+        ref = tail(a[:, :, None, None].expand(-1, -1, 6, 6).contiguous())
+        hooks = [
+            m.register_forward_hook(lambda *_: calls.append(1))
+            for v in head._folded_rest()
+            for m in v.modules()
+            if isinstance(m, FoldedConvBN)
+        ]
+        got = head(a)
+    for h in hooks:
+        h.remove()
+    assert len(calls) == 6
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_head_runs_only_the_rest_of_the_network():
     model = _resnet18()
     split = _split(model, "layer3")

@@ -7,6 +7,7 @@ They are private building blocks of :func:`face_concepts.models.split_model`; ea
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -182,6 +183,69 @@ def _first_dtype(modules: Any, default: torch.dtype) -> torch.dtype:
     return default
 
 
+class FoldedConvBN(nn.Module):
+    """``bn(conv(x))`` as one convolution with the batch norm folded into its weights.
+
+    In eval mode a batch norm is a per-channel affine map, so ``bn(conv(x))`` is the convolution
+    with weights ``w · s`` and bias ``(b − μ) · s + β``, ``s = γ / √(σ² + ε)``: the same function
+    up to float rounding, with one pass over the activations instead of two (forward and
+    backward). The folded weights are computed from the shared, live modules at each call (never
+    stale, nothing copied); a batch norm in training mode runs as it is.
+    """
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.conv, self.bn = conv, bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, bn = self.conv, self.bn
+        if bn.training or bn.running_mean is None or bn.running_var is None:
+            return bn(conv(x))
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        shift = -bn.running_mean if conv.bias is None else conv.bias - bn.running_mean
+        bias = shift * scale + (bn.bias if bn.bias is not None else 0.0)
+        return conv._conv_forward(x, conv.weight * scale.reshape(-1, 1, 1, 1), bias)
+
+
+def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    return (
+        type(conv) is nn.Conv2d
+        and type(bn) is nn.BatchNorm2d
+        and bn.num_features == conv.out_channels
+        and bn.track_running_stats
+    )
+
+
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """A view of ``module`` whose sequential ``Conv2d → BatchNorm2d`` pairs run as
+    :class:`FoldedConvBN` (the batch norm's place taken by an identity); ``module`` itself is
+    unchanged, and the view shares its parameters, buffers and hooks (forward hooks on a folded
+    convolution or batch norm itself do not run).
+
+    Only pairs that follow each other in an ``nn.Sequential`` (or a subclass with its forward,
+    e.g. torchvision's ``Conv2dNormActivation``) are folded: there the order of the calls is
+    known. A module with its own forward keeps it, with its children folded the same way.
+    Returns ``module`` itself when nothing folds.
+    """
+    names = list(module._modules)
+    children = [module._modules[n] for n in names]
+    if not names:
+        return module
+    new: list[nn.Module | None] = [None if c is None else fold_batch_norms(c) for c in children]
+    if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+        for i in range(len(children) - 1):
+            conv, bn = children[i], children[i + 1]
+            if conv is not None and bn is not None and _foldable(conv, bn):
+                new[i], new[i + 1] = FoldedConvBN(conv, bn), nn.Identity()  # type: ignore[arg-type]
+    if all(a is b for a, b in zip(new, children, strict=True)):
+        return module
+    view = copy.copy(module)  # the same __dict__ entries: parameters, buffers, hooks, flags
+    view._modules = dict(zip(names, new, strict=True))
+    return view
+
+
 class RestOfNetwork(nn.Module):
     """The network after an intermediate layer, fed a constant map equal to the pooled vector.
 
@@ -319,9 +383,19 @@ class RestOfNetwork(nn.Module):
         x = a[:, :, None, None].expand(-1, -1, h, w).to(dtype).contiguous()
         if self.block is not None:
             x = self._through_block(x)
-        for module in self.rest:
+        for module in self._folded_rest():
             x = module(x)
         return x
+
+    def _folded_rest(self) -> list[nn.Module]:
+        """``rest`` with its batch norms folded into the convolutions before them (built on the
+        first call; not registered: the parameters are ``rest``'s own)."""
+        key = tuple(id(m) for m in self.rest)
+        cached = self.__dict__.get("_folded")
+        if cached is None or cached[0] != key:
+            cached = (key, [fold_batch_norms(m) for m in self.rest])
+            self.__dict__["_folded"] = cached
+        return cached[1]
 
     def _through_block(self, x: torch.Tensor) -> torch.Tensor:
         assert self.block_input is not None  # set with block
