@@ -99,10 +99,13 @@ def head_jacobian(head: Head, x: torch.Tensor, basis: torch.Tensor | None = None
     def f(v: torch.Tensor) -> torch.Tensor:
         return head.logits(v[None])[0]
 
+    def along(c: torch.Tensor) -> torch.Tensor:
+        assert basis is not None
+        return f(x + basis @ c)
+
     x = x.detach()
-    g, at = f, x
-    if basis is not None:
-        g, at = (lambda c: f(x + basis @ c)), x.new_zeros(basis.shape[1])
+    g: Callable[[torch.Tensor], torch.Tensor] = f if basis is None else along
+    at = x if basis is None else x.new_zeros(basis.shape[1])
     try:
         with warnings.catch_warnings():
             # PyTorch's own deprecation notice, raised when its first forward-mode pass imports
