@@ -302,3 +302,18 @@ def test_codes_for_a_head_that_is_not_affine_stop_at_the_jacobian_tolerance(seed
     affine = make_problem(A, Head(torch.nn.Linear(A.shape[1], 3).double(), dtype=A.dtype,
                                   device=A.device), 1.0)  # fmt: skip
     assert code_stop(affine) == CODES_STOP == code_stop(make_problem(A, None, 0.0))
+
+
+def test_verbose_progress_names_lbfgs_after_the_hand_over(monkeypatch, capsys):
+    monkeypatch.setattr(jac, "MAX_TRIES", 0)  # the first model step misleads: lbfgs from 0
+    A, mlp = _data(seed=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        FACE(mlp, 3, kl_weight=1.0, max_iter=4, tol=0.0, random_state=0, verbose=True).fit(A)
+    lines = capsys.readouterr().err.splitlines()
+    said = [ln for ln in lines if "hands the fit" in ln]
+    assert said == [
+        "jacobian hands the fit to lbfgs after iteration 0: the head's affine model misleads here"
+    ]
+    after = lines[lines.index(said[0]) + 1 :]
+    assert after and all(ln.startswith("lbfgs iteration ") for ln in after)

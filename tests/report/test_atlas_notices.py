@@ -192,3 +192,38 @@ def test_approximate_split_and_unconverged_fit_and_warnings_are_on_the_page(tmp_
     assert "max_iter=1" in notes  # the terminal's ConvergenceWarning, as recorded
     for text in meta["warnings"]:
         assert text in notes
+
+
+def test_a_fit_handed_from_jacobian_to_lbfgs_says_so_on_the_page(tmp_path, monkeypatch):
+    from face_concepts.decomposition import jacobian
+
+    monkeypatch.setattr(jacobian, "MAX_TRIES", 0)  # the model step always misleads: hand over
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2, padding=1),
+            nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+        ).eval()  # fmt: skip
+    with pytest.warns(UserWarning, match="approximate split"):
+        split = split_model(net, "1", preprocess=Preprocess(resize_size=16, crop_size=16),
+                            name="test:chain", categories=list("abcd"))  # fmt: skip
+    ex = ConceptExplainer(split, progress=False, **SETTINGS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ex.fit(_images(1, 4), class_id=1)
+    assert ex.fit_info_["solver"] == "jacobian" and ex.fit_info_["handover_iter"] == 0
+    run = ex.save(tmp_path / "run", metrics={"fit": ex.evaluate().to_dict()})
+    html = unescape(build_report(run, cache=_cache(split, "test:chain", "1")).read_text("utf-8"))
+    assert "solver jacobian, " in html and "(lbfgs from iteration 1: the head is far from" in html
+
+
+def test_solver_summary_names_the_hand_over_and_an_unconverged_stop():
+    from face_concepts.report.glossary import solver_summary
+
+    assert solver_summary({"solver": "hals", "n_iter": 40, "converged": True}) == (
+        "solver hals, 40 iterations"
+    )
+    assert solver_summary({"solver": "jacobian", "n_iter": 30, "handover_iter": 4}) == (
+        "solver jacobian, 30 iterations (lbfgs from iteration 5: the head is far from affine)"
+    )
+    assert solver_summary({"n_iter": 7, "converged": False}) == "7 iterations, not converged"

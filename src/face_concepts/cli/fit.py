@@ -140,6 +140,7 @@ def cmd_fit(s: SimpleNamespace) -> int:
         "class_id": explainer.class_id_, "class_name": explainer.class_name(),
         "n_concepts": explainer.n_concepts, "n_images": explainer.n_images_,
         "n_iter": info.get("n_iter"), "converged": info.get("converged"),
+        "solver": info.get("solver"), "handover_iter": info.get("handover_iter"),
         "objective": info.get("objective"), "importance": explainer.importance().tolist(),
         "metrics": metrics, "files": files,
     }  # fmt: skip
@@ -151,13 +152,13 @@ def cmd_fit(s: SimpleNamespace) -> int:
 
 
 def _print_fit(summary: dict[str, Any]) -> None:
-    from face_concepts.report.glossary import metric_table
+    from face_concepts.report.glossary import metric_table, solver_summary
 
     name = summary["class_name"] or ""
     print(
         f"run {summary['run_dir']}: {summary['n_concepts']} {summary['method']} concepts of "
         f"class {summary['class_id']} {name} from {summary['n_images']} images "
-        f"({summary['n_iter']} iterations{'' if summary['converged'] else ', not converged'})"
+        f"({solver_summary(summary)})"
     )
     for split, values in summary["metrics"].items():
         print(f"\nmetrics on the {split} images ({values.get('n_images')}):")

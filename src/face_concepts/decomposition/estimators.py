@@ -39,6 +39,30 @@ from face_concepts.decomposition.solvers import evaluate
 SOLVER_CHOICES = ("auto", *SOLVERS)
 
 
+class _Progress:
+    """``verbose``'s lines on stderr: the first iteration and every tenth, with the objective,
+    its two terms and the time since the start. A solver that hands the rest of a fit to
+    another (``jacobian`` to ``lbfgs``) calls :meth:`handover`, and the lines say so."""
+
+    def __init__(self, solver: str) -> None:
+        self.solver, self.start = solver, time.perf_counter()
+
+    def __call__(self, t: int, terms: Any) -> None:
+        if t == 1 or t % 10 == 0:
+            self._say(
+                f"{self.solver} iteration {t}: objective {terms.total:.6g} (recon "
+                f"{terms.recon:.4g}, KL {terms.kl:.4g}), {time.perf_counter() - self.start:.1f} s"
+            )
+
+    def handover(self, solver: str, after: int, why: str) -> None:
+        self._say(f"{self.solver} hands the fit to {solver} after iteration {after}: {why}")
+        self.solver = solver
+
+    @staticmethod
+    def _say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+
 class FACE(BaseEstimator):
     """Faithful concept extraction: ``A ≈ U W`` with the head's prediction kept (docs/method.md §2).
 
@@ -238,19 +262,7 @@ class FACE(BaseEstimator):
             raise ValueError("U0/W0 are only used with init='custom'")
         U, W = initialize(A, r, init, random_state=self.random_state, U0=U0, W0=W0, signed=signed)
         prob = make_problem(A, head, lam)
-        callback = None
-        if self.verbose:
-            start = time.perf_counter()
-
-            def callback(t: int, terms: Any) -> None:
-                if t == 1 or t % 10 == 0:
-                    print(
-                        f"{solver} iteration {t}: objective {terms.total:.6g} (recon "
-                        f"{terms.recon:.4g}, KL {terms.kl:.4g}), {time.perf_counter() - start:.1f} s",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-
+        callback = _Progress(solver) if self.verbose else None
         options = {"warm_start": init != "custom"} if solver in ("hals", "jacobian") else {}
         res = (SIGNED_SOLVERS if signed else SOLVERS)[solver](
             prob,

@@ -214,6 +214,9 @@ def solve_jacobian(
             # The model misled (MAX_TRIES damped solves rejected, or a damping so strong that
             # its steps are short gradient steps): this head is too far from affine across its
             # rows for one Jacobian. The rest of the fit is lbfgs's, from the current point.
+            announce = getattr(callback, "handover", None)  # (verbose progress lines)
+            if announce is not None:
+                announce("lbfgs", res.n_iter, "the head's affine model misleads here")
             rest = solve_lbfgs(
                 prob, U, W, max_iter=LBFGS_ITER_RATIO * (max_iter - res.n_iter),
                 tol=tol * LBFGS_TOL / TOL, callback=callback, signed=signed, update_W=update_W,

@@ -1,4 +1,5 @@
-"""One-line explanations of the metrics (docs/method.md §9), shared by the atlas and the CLI tables."""
+"""One-line explanations of the metrics (docs/method.md §9) and of a fit's solver, shared by the
+atlas and the CLI."""
 
 from __future__ import annotations
 
@@ -125,3 +126,15 @@ def metric_table(metrics: dict[str, Any], *, explain: bool = True) -> str:
         line = f"{name:<14} {value:>6}   {better}"
         lines.append(line + (f"        {text}" if explain else ""))
     return "\n".join(lines)
+
+
+def solver_summary(fit: dict[str, Any]) -> str:
+    """``"solver S, N iterations"``, with where ``jacobian`` handed the fit to ``lbfgs`` and
+    whether it stopped before converging, from a run's fit record (``fit_info_``)."""
+    solver = fit.get("solver")
+    text = (f"solver {solver}, " if solver else "") + f"{fit.get('n_iter', '?')} iterations"
+    if fit.get("handover_iter") is not None:
+        text += (
+            f" (lbfgs from iteration {int(fit['handover_iter']) + 1}: the head is far from affine)"
+        )
+    return text + ("" if fit.get("converged", True) in (True, None) else ", not converged")

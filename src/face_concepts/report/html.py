@@ -13,7 +13,7 @@ from html import escape
 from typing import Any
 
 from face_concepts.report.analysis import RunView
-from face_concepts.report.glossary import METRIC_HELP, format_value
+from face_concepts.report.glossary import METRIC_HELP, format_value, solver_summary
 from face_concepts.report.images import data_uri, figure_png
 from face_concepts.report.shared import (
     class_importance_table,
@@ -220,10 +220,8 @@ def _run_article(view: RunView) -> str:
     bank = concept_bank_fact(fit)
     facts = (
         f"{meta.get('n_images', '?')} images, {len(view.concepts)} concepts, layer "
-        f"{escape(str((meta.get('model') or {}).get('layer')))}; solver "
-        f"{escape(str(fit.get('solver', '?')))}, {fit.get('n_iter', '?')} iterations"
-        + ("" if fit.get("converged", True) else " (stopped before converging)")
-        + (f"; {escape(bank)}" if bank else "")
+        f"{escape(str((meta.get('model') or {}).get('layer')))}; "
+        f"{escape(solver_summary(fit))}" + (f"; {escape(bank)}" if bank else "")
     )
     notes = "".join(f'<p class="note">{escape(n)}</p>' for n in view.notes)
     concepts = "".join(_concept_section(view, c) for c in view.concepts)
