@@ -253,26 +253,35 @@ def test_batch_norms_fold_into_the_convolutions_before_them_as_a_view():
     assert torch.equal(view(x.detach()), tail(x.detach()))
 
 
-def test_the_head_of_a_depthwise_tail_runs_its_batch_norms_folded():
+def test_the_head_of_a_depthwise_tail_runs_its_batch_norms_folded(monkeypatch):
     from face_concepts.models._modules import FoldedConvBN
 
     tail = _mobilenet_tail()
     head = RestOfNetwork(list(tail), (6, 6)).size_chunks(2**20, 8)
     calls = []
+    forward = FoldedConvBN.forward
+
+    def counted(self, x):
+        calls.append(self.bn)
+        return forward(self, x)
+
+    monkeypatch.setattr(FoldedConvBN, "forward", counted)
     a = _rows(4, 8, seed=2)
     with torch.no_grad():
         ref = tail(a[:, :, None, None].expand(-1, -1, 6, 6).contiguous())
-        hooks = [
-            m.register_forward_hook(lambda *_: calls.append(1))
-            for v in head._folded_rest()
-            for m in v.modules()
-            if isinstance(m, FoldedConvBN)
-        ]
         got = head(a)
-    for h in hooks:
-        h.remove()
-    assert len(calls) == 6
+    assert len(calls) == 6 and all(isinstance(bn, nn.BatchNorm2d) for bn in calls)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    # the head follows the model as it is now: a batch norm put in training mode runs unfolded
+    calls.clear()
+    calls_bn = []
+    for m in tail.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.train()
+            m.register_forward_hook(lambda *_: calls_bn.append(1))
+    with torch.no_grad():
+        head(a)
+    assert len(calls) == 6 and len(calls_bn) == 6  # folded pairs fall back to bn(conv(x))
 
 
 def test_head_runs_only_the_rest_of_the_network():
