@@ -373,7 +373,7 @@ class RestOfNetwork(nn.Module):
         rows = self.chunk_rows
         if a.device.type != "cpu":  # (not measured: no accelerator was lent)
             rows *= ACCELERATOR_CHUNK_FACTOR
-        # (a fresh view per call, about 0.2 ms for MobileNetV2's tail: it follows the model's
+        # (a fresh view per call, cheap against the call itself: it follows the model's
         # modules and flags as they are now)
         rest = [fold_batch_norms(m) for m in self.rest]
         outs = [self._rows(chunk, rest) for chunk in a.split(rows)]
