@@ -169,7 +169,8 @@ def test_a_class_the_model_never_predicts_is_flagged(split, tmp_path):
         assert "share of" in notes  # shares that do not read as parts of the prediction
 
 
-def test_approximate_split_and_unconverged_fit_and_warnings_are_on_the_page(tmp_path):
+def _chain_split():
+    """A small chain split at an intermediate layer (approximate: its head is not affine)."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
         net = nn.Sequential(
@@ -179,6 +180,11 @@ def test_approximate_split_and_unconverged_fit_and_warnings_are_on_the_page(tmp_
     with pytest.warns(UserWarning, match="approximate split"):
         split = split_model(net, "1", preprocess=Preprocess(resize_size=16, crop_size=16),
                             name="test:chain", categories=list("abcd"))  # fmt: skip
+    return split
+
+
+def test_approximate_split_and_unconverged_fit_and_warnings_are_on_the_page(tmp_path):
+    split = _chain_split()
     # (from its plain-NMF warm start this fit is stationary after one step at the default tol)
     ex = ConceptExplainer(split, progress=False, **{**SETTINGS, "max_iter": 1, "tol": 0.0})
     with pytest.warns(UserWarning):  # the solver stops at max_iter=1: a ConvergenceWarning
@@ -198,15 +204,7 @@ def test_a_fit_handed_from_jacobian_to_lbfgs_says_so_on_the_page(tmp_path, monke
     from face_concepts.decomposition import jacobian
 
     monkeypatch.setattr(jacobian, "MAX_TRIES", 0)  # the model step always misleads: hand over
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        net = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2, padding=1),
-            nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
-        ).eval()  # fmt: skip
-    with pytest.warns(UserWarning, match="approximate split"):
-        split = split_model(net, "1", preprocess=Preprocess(resize_size=16, crop_size=16),
-                            name="test:chain", categories=list("abcd"))  # fmt: skip
+    split = _chain_split()
     ex = ConceptExplainer(split, progress=False, **SETTINGS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
