@@ -12,15 +12,10 @@ process, with freed memory kept in the heap during the fit (``_core/heap.py``, t
 glibc's own thresholds (``heap.ENABLED = False``), the two alternating ``--rounds`` times:
 wall time, minor page faults and peak RSS per λ in ``--lambdas``.
 
-``--case chunks``: on the same problem at the same point, one U block (``solve_codes_newton``,
-one projected Newton iteration) and one ``solve_hals`` iteration with the rows in chunks of
-``newton.ROW_CHUNK_ELEMENTS`` (the code) and in one piece, the two alternating in one process.
-
 ``--case minibatch``: a mini-batch fit (batches of 1024, two passes) of ``--rows`` rows generated
 like ``benchmarks/scale.py``'s, with timers around the per-batch steps.
 
     python benchmarks/iteration_profile.py --case iteration [--threads 1]
-    python benchmarks/iteration_profile.py --case chunks [--threads 2]
     python benchmarks/iteration_profile.py --case minibatch [--rows 20480] [--threads 1]
     python benchmarks/iteration_profile.py --case heap [--lambdas 0,1] [--rounds 3] [--threads 2]
 """
@@ -86,44 +81,6 @@ def iteration() -> None:
     ncg._curvature_of_softmax = fused
     for name, v in times.items():
         print(f"A/B {name}: median {1000 * statistics.median(v):.1f} ms over {len(v)} iterations")
-
-
-def chunks() -> None:
-    import face_concepts.decomposition.newton as nt
-    from face_concepts._core.heap import retained_heap
-    from face_concepts.decomposition.hals import solve_hals
-    from face_concepts.decomposition.init import initialize
-    from face_concepts.decomposition.solvers import evaluate
-
-    warnings.simplefilter("ignore")  # (iteration caps: the ConvergenceWarning)
-    A, prob = exported_problem(str(DATA), 1.0)
-    U, W = initialize(A, 25, "nndsvda", random_state=0)
-    res = solve_hals(prob, U, W, max_iter=30, warm_start=True)
-    U, W = res.U, res.W
-    f0 = evaluate(prob, U, W).total
-    chunked = nt.ROW_CHUNK_ELEMENTS
-    settings = {f"chunks of {chunked} elements": chunked, "one piece": 2**62}
-    times: dict[str, dict[str, list[float]]] = {
-        k: {"U block": [], "iteration": []} for k in settings
-    }
-    with retained_heap():  # as FACE.fit runs its solver: freed memory kept in the heap
-        for _ in range(AB_ROUNDS):
-            for name, elements in settings.items():
-                nt.ROW_CHUNK_ELEMENTS = elements
-                t = time.perf_counter()
-                nt.solve_codes_newton(prob, W, U, max_iter=1, tol=0.0, f0=f0)
-                times[name]["U block"].append(time.perf_counter() - t)
-                t = time.perf_counter()
-                solve_hals(prob, U, W, max_iter=1)
-                times[name]["iteration"].append(time.perf_counter() - t)
-    nt.ROW_CHUNK_ELEMENTS = chunked
-    for name, parts in times.items():
-        line = ", ".join(
-            f"{part} median {1000 * statistics.median(v):.1f} ms" for part, v in parts.items()
-        )
-        print(
-            f"{name} (n = {A.shape[0]}, C = {prob.kl_head.V.shape[0]}): {line} over {AB_ROUNDS} rounds"
-        )
 
 
 def minibatch(n: int) -> None:
@@ -204,9 +161,7 @@ def heap(lambdas: list[float], rounds: int, threads: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--case", choices=["iteration", "chunks", "minibatch", "heap", "heap-fit"], required=True
-    )
+    ap.add_argument("--case", choices=["iteration", "minibatch", "heap", "heap-fit"], required=True)
     ap.add_argument("--lambdas", default="0,1")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--retain", type=int, default=1)
@@ -220,7 +175,7 @@ def main() -> None:
     if args.case == "heap":
         heap([float(x) for x in args.lambdas.split(",")], args.rounds, args.threads)
     else:
-        {"iteration": iteration, "chunks": chunks}.get(args.case, lambda: minibatch(args.rows))()
+        iteration() if args.case == "iteration" else minibatch(args.rows)
     print(f"load average at the end: {load_average()}")
 
 

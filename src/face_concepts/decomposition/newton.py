@@ -43,9 +43,6 @@ if TYPE_CHECKING:  # solvers imports this module (its U-step); the type only is 
 EPS_ACTIVE = 1e-3  # cap of the ε of the ε-active set
 ARMIJO = 1e-4  # sufficient-decrease constant
 MAX_HALVINGS = 20  # line-search tries per iteration (t down to 2⁻¹⁹)
-# Elements of the (rows × classes) arrays per chunk of rows on the CPU (2**20 float32 = 4 MiB):
-# the passes over the logits stay in cache (solver.md, section 12).
-ROW_CHUNK_ELEMENTS = 2**20
 
 
 @dataclass
@@ -137,12 +134,9 @@ def hessians(pc: Precomputed, S: torch.Tensor, sM: torch.Tensor | None = None) -
     return H
 
 
-def code_gradient(
-    pc: Precomputed, U: torch.Tensor, gM: torch.Tensor, AWt: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Per-row gradients ``g_i`` (module docstring) at codes ``U``; ``gM = (S − P) Mᵀ``;
-    ``AWt``: those rows' ``a Wᵀ`` (default all rows')."""
-    return pc.a2 * (U @ pc.WWt - (pc.AWt if AWt is None else AWt)) + pc.lam * gM
+def code_gradient(pc: Precomputed, U: torch.Tensor, gM: torch.Tensor) -> torch.Tensor:
+    """Per-row gradients ``g_i`` (module docstring) at codes ``U``; ``gM = (S − P) Mᵀ``."""
+    return pc.a2 * (U @ pc.WWt - pc.AWt) + pc.lam * gM
 
 
 def free_set(U: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -176,88 +170,65 @@ def newton_direction(H: torch.Tensor, g: torch.Tensor, free: torch.Tensor) -> to
     return d
 
 
-def row_chunks(n: int, C: int, device: torch.device) -> list[slice]:
-    """Row ranges for passes over an (n, C) array: on the CPU about ``ROW_CHUNK_ELEMENTS``
-    elements each, so that a chunk's temporaries stay in cache; elsewhere all rows at once."""
-    rows = n if device.type != "cpu" else max(1, ROW_CHUNK_ELEMENTS // max(1, C))
-    return [slice(start, min(start + rows, n)) for start in range(0, n, rows)]
-
-
 def solve_codes_newton(
     prob: Problem, W: torch.Tensor, U: torch.Tensor, *, max_iter: int, tol: float, f0: float
 ) -> tuple[torch.Tensor, int]:
     """Projected Newton on all rows from ``U``; ``f0`` = the objective at ``U`` (for ``tol``).
 
-    The rows are independent: each iteration runs on chunks of rows (:func:`row_chunks`), the
-    same per-row steps. Returns ``(U, iterations)``.
+    Returns ``(U, iterations)``.
     """
     pc = precompute(prob, W)
-    P = prob.target_P
+    P, b = prob.target_P, prob.kl_head.b
     n = U.shape[0]
     U = U.clone()
     f = f0
     it = 0
     step = torch.full((n, 1), 0.5, dtype=U.dtype, device=U.device)
     pM = P @ pc.M.T
-    chunks = row_chunks(n, pc.M.shape[1], U.device)
     for it in range(1, max_iter + 1):  # noqa: B007 (returned after the loop)
-        gain = 0.0
-        threshold = 0.01 * tol * max(f, 0.0)
-        for c in chunks:
-            gain += _newton_iteration(
-                pc, prob.kl_head.b, U[c], pc.AWt[c], P[c], pM[c], step[c], threshold
+        Z = torch.addmm(b, U, pc.M)
+        logS = torch.log_softmax(Z, dim=1)
+        S = logS.exp()
+        sM = S @ pc.M.T
+        rows = Rows(U, pc.AWt, P, logS, S, sM, pM)
+        g = code_gradient(pc, U, sM - pM)
+        free = free_set(U, g)
+        d = newton_direction(hessians(pc, S, sM), g, free)
+        zero = torch.zeros((), dtype=U.dtype, device=U.device)
+        gd_free = torch.where(free, g * d, zero).sum(dim=1)
+        step = (2.0 * step).clamp_(max=1.0)  # each row starts from twice its last step
+        # Rows whose full step promises (almost) nothing are done: trying them only meets rounding.
+        full = (U - d).clamp(min=0)
+        promise = gd_free + torch.where(free, zero, g * (U - full)).sum(dim=1)
+        todo = promise > 0.01 * tol * max(f, 0.0)
+        Un = U.clone()
+        gain = U.new_zeros(n)
+        for _ in range(MAX_HALVINGS):
+            if not bool(todo.any()):
+                break
+            idx = todo.nonzero().squeeze(1)
+            sel = slice(None) if len(idx) == n else idx  # a view, not a copy, for all rows
+            sub = rows if isinstance(sel, slice) else rows.take(sel)
+            Ui, ti, fi, gi = sub.U, step[sel], free[sel], g[sel]
+            cand = (Ui - ti * d[sel]).clamp(min=0)
+            delta = row_decrease(pc, sub, cand)
+            # Bertsekas' Armijo rule along the projection arc: t·g_F·d_F + g_A·(u − u(t))_A.
+            expected = ti.squeeze(1) * gd_free[sel] + torch.where(fi, zero, gi * (Ui - cand)).sum(
+                dim=1
             )
-        decrease = gain / n
+            ok = (delta <= -ARMIJO * expected) & (delta <= 0)
+            acc = idx[ok]
+            Un[acc] = cand[ok]
+            gain[acc] = -delta[ok]
+            todo[acc] = False
+            step[idx[~ok]] *= 0.5
+        U = Un
+        decrease = float(gain.double().sum()) / n
         done = f <= 0 or decrease <= tol * f
         f -= decrease
         if done:
             break
     return U, it
-
-
-def _newton_iteration(
-    pc: Precomputed, b: torch.Tensor, U: torch.Tensor, AWt: torch.Tensor, P: torch.Tensor,
-    pM: torch.Tensor, step: torch.Tensor, threshold: float,
-) -> float:  # fmt: skip
-    """One projected Newton iteration on a chunk of rows (their ``a Wᵀ``, targets ``P`` and
-    ``P Mᵀ``), in place on ``U`` and ``step`` (views of the whole arrays). Rows whose full step
-    promises at most ``threshold`` are left as they are. Returns the decrease of the sum of the
-    rows' objectives (float64)."""
-    n = U.shape[0]
-    Z = torch.addmm(b, U, pc.M)
-    logS = torch.log_softmax(Z, dim=1)
-    S = logS.exp()
-    sM = S @ pc.M.T
-    rows = Rows(U.clone(), AWt, P, logS, S, sM, pM)
-    g = code_gradient(pc, rows.U, sM - pM, AWt)
-    free = free_set(rows.U, g)
-    d = newton_direction(hessians(pc, S, sM), g, free)
-    zero = torch.zeros((), dtype=U.dtype, device=U.device)
-    gd_free = torch.where(free, g * d, zero).sum(dim=1)
-    step.mul_(2.0).clamp_(max=1.0)  # each row starts from twice its last step
-    # Rows whose full step promises (almost) nothing are done: trying them only meets rounding.
-    full = (rows.U - d).clamp(min=0)
-    promise = gd_free + torch.where(free, zero, g * (rows.U - full)).sum(dim=1)
-    todo = promise > threshold
-    gain = U.new_zeros(n)
-    for _ in range(MAX_HALVINGS):
-        if not bool(todo.any()):
-            break
-        idx = todo.nonzero().squeeze(1)
-        sel = slice(None) if len(idx) == n else idx  # a view, not a copy, for all rows
-        sub = rows if isinstance(sel, slice) else rows.take(sel)
-        Ui, ti, fi, gi = sub.U, step[sel], free[sel], g[sel]
-        cand = (Ui - ti * d[sel]).clamp(min=0)
-        delta = row_decrease(pc, sub, cand)
-        # Bertsekas' Armijo rule along the projection arc: t·g_F·d_F + g_A·(u − u(t))_A.
-        expected = ti.squeeze(1) * gd_free[sel] + torch.where(fi, zero, gi * (Ui - cand)).sum(dim=1)
-        ok = (delta <= -ARMIJO * expected) & (delta <= 0)
-        acc = idx[ok]
-        U[acc] = cand[ok]
-        gain[acc] = -delta[ok]
-        todo[acc] = False
-        step[idx[~ok]] *= 0.5
-    return float(gain.double().sum())
 
 
 __all__ = [
@@ -267,7 +238,6 @@ __all__ = [
     "free_set",
     "hessians",
     "precompute",
-    "row_chunks",
     "row_decrease",
     "solve_codes_newton",
 ]
