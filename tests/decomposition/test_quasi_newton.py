@@ -138,3 +138,34 @@ def test_face_takes_it_by_name():
     assert est.objective_ == pytest.approx(
         float(face_objective(A, U, est.concept_bank_, mlp, 1.0)), rel=1e-9
     )
+
+
+def test_the_bundled_openblas_runs_one_thread_during_the_solve_and_is_restored():
+    """Its threads would spin between L-BFGS-B's BLAS calls and take the cores from the head;
+    PyTorch's own threads are left as they are."""
+    from threadpoolctl import ThreadpoolController
+
+    from face_concepts.decomposition.quasi_newton import BUNDLED_OPENBLAS
+
+    def blas_threads() -> list[int]:
+        return [
+            c.num_threads
+            for c in ThreadpoolController().select(prefix=BUNDLED_OPENBLAS).lib_controllers
+        ]
+
+    before, torch_threads = blas_threads(), torch.get_num_threads()
+    assert before, "scipy and numpy load their bundled OpenBLAS"
+    seen: list[tuple[list[int], int]] = []
+    A, mlp = mlp_data(seed=1)
+
+    class Recording(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append((blas_threads(), torch.get_num_threads()))
+            return mlp(x)
+
+    prob = make_problem(A, Head(Recording(), dtype=A.dtype, device=A.device), 1.0)
+    U0, W0 = initialize(A, 3, "nndsvda", random_state=0)
+    run_quiet(solve_lbfgs, prob, U0, W0, max_iter=5, tol=0.0)
+    assert seen and all(threads == [1] * len(before) for threads, _ in seen[1:])
+    assert all(t == torch_threads for _, t in seen)
+    assert blas_threads() == before  # restored

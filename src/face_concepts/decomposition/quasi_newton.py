@@ -26,8 +26,9 @@ on a GPU that is one synchronisation per head call (not measured: no GPU was len
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,9 @@ TOL = 1e-3  # the default stop (registry.DEFAULTS): one iteration is one head ca
 # `nonaffine_solvers.py --memories 10,50`); 2 · 50 float64 vectors of the variables' size
 MEMORY = 50
 MAX_LINE_SEARCH = 20  # evaluations per line search (scipy's maxls)
+BUNDLED_OPENBLAS = (
+    "libscipy_openblas"  # file-name prefix of the OpenBLAS in scipy's and numpy's wheels
+)
 
 
 class _Objective:
@@ -93,6 +97,21 @@ class _Objective:
         return self.last[1]
 
 
+@contextlib.contextmanager
+def _bundled_openblas_single_threaded() -> Iterator[None]:
+    """One thread for the OpenBLAS that scipy's and numpy's wheels bundle, while L-BFGS-B runs.
+
+    Its threads busy-wait after each of L-BFGS-B's small BLAS calls and take the cores from
+    the head call that follows (PyTorch's threads): on a 2-core machine the whole fit at
+    MobileNetV2's features.14 ran several times slower (intermediate_layer.md, session 28's
+    solver table). Only those libraries (``libscipy_openblas*``) are limited, not PyTorch's.
+    """
+    from threadpoolctl import ThreadpoolController
+
+    with ThreadpoolController().select(prefix=BUNDLED_OPENBLAS).limit(limits=1):
+        yield
+
+
 def solve_lbfgs(
     prob: Problem,
     U: torch.Tensor,
@@ -121,7 +140,8 @@ def solve_lbfgs(
     fg = _Objective(prob, U, W, update_W)
     z0 = fg.pack(U, W) if update_W else fg.pack(U)
     if start is None:
-        fg(z0)
+        with _bundled_openblas_single_threaded():  # (as every head call of the solve)
+            fg(z0)
         assert fg.last is not None
         start = fg.last[1]
     _record(res.history, start)
@@ -143,7 +163,7 @@ def solve_lbfgs(
             res.converged = True
             raise StopIteration
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _bundled_openblas_single_threaded():
         warnings.simplefilter("ignore", RuntimeWarning)  # scipy's notes on float32 rounding
         out = minimize(
             fg,
