@@ -7,20 +7,24 @@ Fewer designs would be cheaper; this measures what they cost in agreement, so th
 can decide. Nothing in the package changes.
 
 One ``ConceptExplainer`` fit (defaults, 10 concepts) of MobileNetV2 (the bundled ImageNet
-weights) at ``features.14`` (``signed="posneg"``) on the first 12 bundled photos, class 285.
+weights) at ``features.14`` (``signed="posneg"``; or ``--model resnet18 --layer layer3``,
+random weights) on the first 12 bundled photos, class 285.
 Then, on that fit's image codes and bank, with the split's image head:
 
 - the reference: the global importance (mean over images of the per-image Jansen indices)
   averaged over ``--seeds`` scrambled Sobol designs (``design="sobol"``) of ``--reference``
   designs each;
 - for each ``N_d`` in ``--designs``: the default Halton design (what a fit uses), and the
-  scrambled Sobol designs of each seed (the estimator's own spread at that size).
+  scrambled Sobol designs of each seed (the estimator's own spread at that size);
+- for each ``N_d``, the Halton design again with the head under bfloat16 autocast
+  (``precision="bfloat16"``, what ``importance_precision="auto"`` runs on hardware with native
+  bfloat16); every other row and the reference run in full precision (float32).
 
 Per row: the wall time of one importance, the Spearman correlation of the global importance
 with the reference, whether the top-3 concepts (as a set) are the reference's, and the largest
 absolute difference of the global importance normalised to sum 1.
 
-    python benchmarks/sobol_designs.py [--designs 8,16,32] [--reference 128] [--seeds 3] --out FILE
+    python benchmarks/sobol_designs.py [--designs 8,16,32] [--reference 128] [--seeds 3] [--model resnet18 --layer layer3] --out FILE
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference", type=int, default=128)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default="mobilenet_v2", choices=["mobilenet_v2", "resnet18"])
+    ap.add_argument("--layer", default="features.14")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -66,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from face_concepts.data import bundled_photos, load_images, preprocess_images
     from face_concepts.importance.sobol import sobol_indices
 
-    split = intermediate_layer._split("mobilenet_v2", "features.14")
+    split = intermediate_layer._split(a.model, a.layer)
     paths = [p.path for p in bundled_photos()][:N_IMAGES]
     x = preprocess_images(load_images(paths), split.preprocess)
     t0 = time.perf_counter()
@@ -74,10 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     fit_s = time.perf_counter() - t0
     U, W, head = ex.image_codes_, ex.concept_bank_, split.head
 
-    def importance(n_designs: int, design: str, seed: int | None) -> tuple[torch.Tensor, float]:
+    def importance(
+        n_designs: int, design: str, seed: int | None, precision: str = "full"
+    ) -> tuple[torch.Tensor, float]:
         t = time.perf_counter()
         s = sobol_indices(U, W, head, CLASS_ID, n_designs=n_designs, design=design,
-                          random_state=seed)  # fmt: skip
+                          random_state=seed, precision=precision)  # fmt: skip
         return s.mean(dim=0).double(), time.perf_counter() - t
 
     refs = [importance(a.reference, "sobol", seed) for seed in range(a.seeds)]
@@ -86,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in [int(v) for v in a.designs.split(",")]:
         imp, s = importance(n, "halton", None)
         rows.append((n, "Halton (the default)", s, *_agreement(imp, ref)))
+        imp, s = importance(n, "halton", None, "bfloat16")
+        rows.append((n, "Halton, head in bfloat16", s, *_agreement(imp, ref)))
         for seed in range(a.seeds):
             imp, s = importance(n, "sobol", seed)
             rows.append((n, f"scrambled Sobol, seed {seed}", s, *_agreement(imp, ref)))
@@ -94,12 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         "# Sobol designs at an intermediate layer: agreement against cost",
         "",
         f"- command: `python benchmarks/sobol_designs.py --designs {a.designs} --reference "
-        f"{a.reference} --seeds {a.seeds} --threads {a.threads} --out FILE`",
+        f"{a.reference} --seeds {a.seeds} --threads {a.threads} --model {a.model} --layer "
+        f"{a.layer} --out FILE`",
         *machine_lines(),
         f"- load average (1/5/15 min) at start {load0}, at end {load_average()}",
         f"- fit: `ConceptExplainer(split, n_concepts=10)` on {N_IMAGES} bundled photos, class "
-        f"{CLASS_ID}, MobileNetV2 (bundled ImageNet weights) at `features.14` "
-        f"(`signed='posneg'`), {fit_s:.1f} s; its image codes and bank, the split's image head",
+        f"{CLASS_ID}, {split.name} at `{a.layer}`"
+        + (" (`signed='posneg'`)" if a.model == "mobilenet_v2" else "")
+        + f", {fit_s:.1f} s; its image codes and bank, the split's image head",
         f"- reference: the mean of {a.seeds} global importances with scrambled Sobol designs of "
         f"{a.reference} points ({ref_s:.1f} s each); reference top-{TOP}: "
         f"{sorted(ref.topk(TOP).indices.tolist())}",

@@ -92,6 +92,10 @@ def tiny_fit(images: Path, out: Path, *extra: object, cwd: Path):
         (["--tol=-1e-3"], "--tol must be >= 0"),
         (["--class-id", "-3"], "--class-id must be >= 0"),
         (["--method", "craftx"], "--method must be one of face, face-paper, nmf, craft, ice"),
+        (
+            ["--importance-precision", "half"],
+            "--importance-precision must be one of auto, full, bfloat16, got 'half'",
+        ),
     ],
 )
 def test_bad_flags_are_refused_before_anything_is_loaded(tmp_path, images, flags, needle):
@@ -444,3 +448,18 @@ def test_reachability_probe_is_bounded():
     start = time.perf_counter()
     assert not _reachable(f"http://127.0.0.1:{port}/x", timeout=2)  # closed now
     assert time.perf_counter() - start < 4
+
+
+def test_the_fit_summary_says_when_the_importance_ran_in_bfloat16(capsys):
+    from face_concepts.cli.fit import _print_fit
+
+    summary = {
+        "run_dir": "run", "n_concepts": 3, "method": "face", "class_id": 1, "class_name": "b",
+        "n_images": 4, "n_iter": 5, "solver": "jacobian", "metrics": {}, "files": ["bank"],
+    }  # fmt: skip
+    _print_fit({**summary, "importance_precision": "full"})
+    assert "bfloat16" not in capsys.readouterr().out
+    _print_fit({**summary, "importance_precision": "bfloat16"})
+    out = capsys.readouterr().out
+    assert "Sobol importance with the head in bfloat16" in out
+    assert "(--importance-precision full:" in out and "importance_precision" not in out

@@ -13,6 +13,7 @@ import torch
 
 from face_concepts.importance import (
     gradient_input,
+    importance_precision,
     jansen,
     saltelli,
     sobol_design,
@@ -347,5 +348,82 @@ def test_local_indices_equal_craft_estimators(craft, tol, name, dtype):
         expected.append(estimator(masks, y[:, class_id].numpy(), 32))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no zero-variance warning expected here
-        got = sobol_indices(U, W, head, class_id, estimator=name)
+        got = sobol_indices(U, W, head, class_id, estimator=name, precision="full")
     np.testing.assert_allclose(got.numpy(), np.stack(expected), rtol=0, atol=tol["sobol_craft"])
+
+
+# ---------------------------------------------------------------- precision of a non-affine head
+def _conv_tail(p: int = 8, n_classes: int = 5) -> torch.nn.Module:
+    """A small convolutional tail on a constant 6×6 map, float32 (an intermediate layer's
+    head in miniature)."""
+    torch.manual_seed(3)
+
+    class Tail(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(p, 16, 3, padding=1)
+            self.fc = torch.nn.Linear(16, n_classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            m = x[:, :, None, None].expand(-1, -1, 6, 6)
+            return self.fc(torch.relu(self.conv(m)).mean(dim=(2, 3)))
+
+    return Tail().eval()
+
+
+def test_bfloat16_head_gives_the_full_precision_indices_to_bfloat16_rounding():
+    g = torch.Generator().manual_seed(0)
+    U, W = torch.rand(6, 4, generator=g), torch.rand(4, 8, generator=g)
+    head = _conv_tail()
+    full = sobol_indices(U, W, head, 2, precision="full")
+    low = sobol_indices(U, W, head, 2, precision="bfloat16")
+    assert low.dtype == torch.float32
+    assert not torch.equal(full, low)  # the autocast really ran: bfloat16 rounds the logits
+    # bfloat16 keeps about 3 significant digits of each logit; the indices move by far less
+    # than the estimator's own spread between designs (benchmarks/results/sobol_designs.md).
+    torch.testing.assert_close(low, full, rtol=0, atol=0.03)
+    assert torch.equal(low.argmax(dim=1), full.argmax(dim=1))
+    torch.testing.assert_close(
+        sobol_importance(U, W, head, 2, precision="bfloat16"), low.mean(0), rtol=0, atol=1e-6
+    )
+
+
+def test_importance_precision_resolves_auto_from_the_hardware(monkeypatch):
+    from face_concepts.importance import sobol as sobol_module
+
+    head = _conv_tail()
+    monkeypatch.setattr(sobol_module, "native_bfloat16", lambda device: False)
+    assert importance_precision("auto", head, "cpu") == "full"
+    assert importance_precision("bfloat16", head, "cpu") == "bfloat16"  # asked: always
+    monkeypatch.setattr(sobol_module, "native_bfloat16", lambda device: True)
+    assert importance_precision("auto", head, "cpu") == "bfloat16"
+    assert importance_precision("full", head, "cpu") == "full"
+    # affine heads take the float64 product, float64 codes are not autocast: always "full"
+    assert importance_precision("auto", torch.nn.Linear(8, 5), "cpu") == "full"
+    assert importance_precision("bfloat16", head, "cpu", torch.float64) == "full"
+    with pytest.raises(
+        ValueError, match=r"precision must be one of \['auto', 'bfloat16', 'full'\]"
+    ):
+        importance_precision("half", head, "cpu")
+
+
+def test_auto_precision_runs_what_it_resolves_to(monkeypatch):
+    from face_concepts.importance import sobol as sobol_module
+
+    g = torch.Generator().manual_seed(1)
+    U, W = torch.rand(4, 3, generator=g), torch.rand(3, 8, generator=g)
+    head = _conv_tail()
+    for native, same_as in ((False, "full"), (True, "bfloat16")):
+        monkeypatch.setattr(sobol_module, "native_bfloat16", lambda device, v=native: v)
+        got = sobol_indices(U, W, head, 1)
+        assert torch.equal(got, sobol_indices(U, W, head, 1, precision=same_as))
+
+
+def test_native_bfloat16_is_false_without_the_probe(monkeypatch):
+    from face_concepts._core.device import native_bfloat16
+
+    assert native_bfloat16("meta") is False
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert native_bfloat16("cpu") is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert native_bfloat16("cpu") is True

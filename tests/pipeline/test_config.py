@@ -22,11 +22,13 @@ from face_concepts._core.paths import default_cache_dir
 from face_concepts.cli import common
 from face_concepts.cli.main import build_parser
 from face_concepts.cli.settings import resolve_settings
+from face_concepts.importance import PRECISIONS
 from face_concepts.methods.registry import METHODS
 from face_concepts.pipeline.bank import ConceptBank
 from face_concepts.pipeline.classes import ClassJob, fit_classes
 from face_concepts.pipeline.config import (
     DEFAULTS,
+    IMPORTANCE_PRECISIONS,
     METHOD_NAMES,
     SETTINGS,
     ExplainerConfig,
@@ -118,6 +120,7 @@ def test_every_setting_has_one_line_of_help_and_a_known_kind():
         kinds = setting.kind if isinstance(setting.kind, tuple) else (setting.kind,)
         assert all(isinstance(k, type) for k in kinds), name
     assert sorted(METHOD_NAMES) == sorted(METHODS) == sorted(SETTINGS["method"].choices)
+    assert IMPORTANCE_PRECISIONS == PRECISIONS == SETTINGS["importance_precision"].choices
 
 
 # ----------------------------------------------------------------------------- validation

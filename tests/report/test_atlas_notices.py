@@ -225,3 +225,39 @@ def test_solver_summary_names_the_hand_over_and_an_unconverged_stop():
         "solver jacobian, 30 iterations (lbfgs from iteration 5: the head is far from affine)"
     )
     assert solver_summary({"n_iter": 7, "converged": False}) == "7 iterations, not converged"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_bfloat16_importance_is_recorded_and_said_on_the_page(tmp_path, monkeypatch, native):
+    from face_concepts.importance import sobol as sobol_module
+
+    monkeypatch.setattr(sobol_module, "native_bfloat16", lambda device: native)
+    split = _chain_split()
+    ex = ConceptExplainer(split, progress=False, **SETTINGS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ex.fit(_images(1, 4), class_id=1)
+    expected = "bfloat16" if native else "full"
+    assert ex.fit_info_["importance_precision"] == expected
+    run = ex.save(tmp_path / "run")
+    loaded = ConceptBank.load(run)
+    assert loaded.metadata["fit"]["importance_precision"] == expected
+    assert loaded.metadata["config"]["importance_precision"] == "auto"
+    html = unescape(build_report(run, cache=_cache(split, "test:chain", "1")).read_text("utf-8"))
+    assert ("Sobol importance with the head in bfloat16" in html) is native
+    # asked for full precision, the same fit says nothing and records "full"
+    full = ConceptExplainer(split, progress=False, importance_precision="full", **SETTINGS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full.fit(_images(1, 4), class_id=1)
+    assert full.fit_info_["importance_precision"] == "full"
+
+
+def test_importance_fact_names_the_setting_of_the_readers_interface():
+    from face_concepts.report.glossary import importance_fact
+
+    assert importance_fact({"importance_precision": "full"}) == ""
+    assert importance_fact({}) == ""
+    text = importance_fact({"importance_precision": "bfloat16"}, setting="--importance-precision")
+    assert text.startswith("Sobol importance with the head in bfloat16")
+    assert "--importance-precision full" in text

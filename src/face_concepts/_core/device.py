@@ -34,3 +34,26 @@ def resolve_device(device: Any = None, *, like: Any = None) -> torch.device:
             f"device={device!r} was requested but CUDA is not available on this machine"
         )
     return dev
+
+
+def native_bfloat16(device: Any) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices in hardware, much faster than float32.
+
+    CUDA: the device supports bfloat16 without emulation. CPU: the core has AMX tiles (Intel
+    Sapphire Rapids and later), where a convolutional tail runs about 3× faster under bfloat16
+    autocast (``benchmarks/results/intermediate_layer.md``). CPUs with only AVX-512 BF16 are
+    not counted: not measured here.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except (RuntimeError, TypeError, AssertionError):
+            return False
+    if dev.type == "cpu":
+        probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private; absent in some builds
+        try:
+            return bool(probe()) if probe is not None else False
+        except RuntimeError:
+            return False
+    return False

@@ -81,6 +81,10 @@ MINIMUM: dict[str, float] = {
     "top": 1,
     "n_examples": 0,
 }
+# The explainer flags that take one of a few words (checked before anything is loaded).
+CHOICES: dict[str, tuple[Any, ...]] = {
+    k: s.choices for k, s in EXPLAINER_FLAGS.items() if s.choices is not None
+}
 # What a fit writes into its run directory besides the bank, and what later commands add to it:
 # `fit --overwrite` removes all of it, so nothing of the old run is left next to the new bank.
 RUN_FILES = ("bank.json", "bank.safetensors", "command.json", "importance.png", "top_crops.png")

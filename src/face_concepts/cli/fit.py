@@ -141,6 +141,7 @@ def cmd_fit(s: SimpleNamespace) -> int:
         "n_concepts": explainer.n_concepts, "n_images": explainer.n_images_,
         "n_iter": info.get("n_iter"), "converged": info.get("converged"),
         "solver": info.get("solver"), "handover_iter": info.get("handover_iter"),
+        "importance_precision": info.get("importance_precision"),
         "objective": info.get("objective"), "importance": explainer.importance().tolist(),
         "metrics": metrics, "files": files,
     }  # fmt: skip
@@ -152,7 +153,7 @@ def cmd_fit(s: SimpleNamespace) -> int:
 
 
 def _print_fit(summary: dict[str, Any]) -> None:
-    from face_concepts.report.glossary import metric_table, solver_summary
+    from face_concepts.report.glossary import importance_fact, metric_table, solver_summary
 
     name = summary["class_name"] or ""
     print(
@@ -160,6 +161,8 @@ def _print_fit(summary: dict[str, Any]) -> None:
         f"class {summary['class_id']} {name} from {summary['n_images']} images "
         f"({solver_summary(summary)})"
     )
+    if importance_fact(summary):
+        print(importance_fact(summary, setting="--importance-precision"))
     for split, values in summary["metrics"].items():
         print(f"\nmetrics on the {split} images ({values.get('n_images')}):")
         print(metric_table(values))

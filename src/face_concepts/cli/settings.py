@@ -18,6 +18,7 @@ except ModuleNotFoundError:  # pragma: no cover
         tomllib = None  # type: ignore[assignment]  # Python < 3.11 only
 
 from face_concepts.cli.common import (
+    CHOICES,
     COMMANDS,
     METHOD_NAMES,
     MINIMUM,
@@ -140,6 +141,11 @@ def check_settings(s: SimpleNamespace) -> None:
         close = difflib.get_close_matches(str(method), METHOD_NAMES, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise UsageError(f"--method must be one of {', '.join(METHOD_NAMES)}, got {method!r}{hint}")
+    for key, choices in CHOICES.items():
+        value = getattr(s, key, None)
+        if key != "method" and value is not None and value not in choices:
+            words = ", ".join(map(str, choices))
+            raise UsageError(f"{_flag(key)} must be one of {words}, got {value!r}")
     signed = getattr(s, "signed", None)
     if signed is not None and signed not in SIGNED_CHOICES:
         raise UsageError(f"--signed must be posneg or relu, got {signed!r}")

@@ -10,13 +10,20 @@ from __future__ import annotations
 from face_concepts.importance.designs import DESIGNS, replicated_design, sobol_design
 from face_concepts.importance.estimators import ESTIMATORS, get_estimator, jansen, saltelli
 from face_concepts.importance.gradient import gradient_input
-from face_concepts.importance.sobol import sobol_importance, sobol_indices
+from face_concepts.importance.sobol import (
+    PRECISIONS,
+    importance_precision,
+    sobol_importance,
+    sobol_indices,
+)
 
 __all__ = [
     "DESIGNS",
     "ESTIMATORS",
+    "PRECISIONS",
     "get_estimator",
     "gradient_input",
+    "importance_precision",
     "jansen",
     "replicated_design",
     "saltelli",

@@ -12,6 +12,12 @@ Two evaluation paths give the same numbers:
   one ``(n, r) × (r, n_masks)`` product; ``(u ⊙ m) W`` and the head are never evaluated;
 * any other head: the masked codes of (image, mask) pairs are sent through ``W`` and the head
   in chunks of ``batch_size`` rows (no per-image Python loop).
+
+``precision`` (:func:`importance_precision`): on the second path the head may run under bfloat16
+autocast, where the hardware multiplies bfloat16 natively ("auto"). An intermediate layer's head
+is the rest of the network, and these outputs are most of such a fit's time; bfloat16 rounding of
+the logits (about 3 significant digits) is far below the spread of the estimator itself between
+designs (``benchmarks/results/sobol_designs.md``). The estimators still run in float64.
 """
 
 from __future__ import annotations
@@ -22,14 +28,42 @@ from typing import Any
 
 import torch
 
-from face_concepts._core.validation import as_float_tensor, check_int
+from face_concepts._core.device import native_bfloat16
+from face_concepts._core.validation import as_float_tensor, check_choice, check_int
 from face_concepts.importance.designs import sobol_design
 from face_concepts.importance.estimators import get_estimator
-from face_concepts.models.head import AffineHead
+from face_concepts.models.head import AffineHead, affine_parameters
 from face_concepts.models.modes import mode_dependent
 
 # Elements of the (rows × n_features) activation block materialised per head call by default.
 _DEFAULT_CHUNK_ELEMENTS = 2**22
+# What ``precision`` accepts: "full" runs the head in the codes' dtype.
+PRECISIONS = ("auto", "full", "bfloat16")
+
+
+def importance_precision(
+    precision: str, head: Any, device: Any, dtype: torch.dtype = torch.float32
+) -> str:
+    """The precision a head runs in for the Sobol outputs: "full" or "bfloat16".
+
+    "full" (the codes' own dtype) for an affine head (its outputs are one float64 product) and
+    for codes that are not float32 (autocast leaves float64 as it is). Otherwise "bfloat16" when
+    asked, and for "auto" when ``device`` multiplies bfloat16 in hardware
+    (:func:`~face_concepts._core.device.native_bfloat16`: a CPU with AMX, a CUDA device).
+
+    Examples
+    --------
+    >>> importance_precision("auto", torch.nn.Linear(4, 3), "cpu")
+    'full'
+    >>> importance_precision("bfloat16", torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), "cpu")
+    'bfloat16'
+    """
+    precision = check_choice(precision, "precision", PRECISIONS)
+    if precision == "full" or dtype != torch.float32 or affine_parameters(head) is not None:
+        return "full"
+    if precision == "bfloat16":
+        return "bfloat16"
+    return "bfloat16" if native_bfloat16(device) else "full"
 
 
 def _check_inputs(U: Any, W: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,16 +101,19 @@ def _generic_outputs(
     class_id: int,
     masks: torch.Tensor,
     batch_size: int,
+    precision: str,
 ) -> torch.Tensor:
     n, n_masks = U.shape[0], masks.shape[0]
     total = n * n_masks
     out = torch.empty(total, dtype=torch.float64, device=U.device)
     masks = masks.to(device=U.device, dtype=U.dtype)
+    low = precision == "bfloat16"
     with torch.no_grad():
         for start in range(0, total, batch_size):
             rows = torch.arange(start, min(start + batch_size, total), device=U.device)
             codes = U[rows // n_masks] * masks[rows % n_masks]
-            logits = head(codes @ W)
+            with torch.autocast(U.device.type, dtype=torch.bfloat16, enabled=low):
+                logits = head(codes @ W)
             if logits.ndim != 2:
                 raise ValueError(
                     f"head must return (n, n_classes) logits, got shape {tuple(logits.shape)}"
@@ -97,6 +134,7 @@ def sobol_indices(
     estimator: str = "jansen",
     batch_size: int | None = None,
     random_state: Any = None,
+    precision: str = "auto",
 ) -> torch.Tensor:
     """Per-image Sobol total indices of each concept for the logit of ``class_id``.
 
@@ -120,6 +158,9 @@ def sobol_indices(
         4 M activation values per call. Ignored by affine heads.
     random_state : None, int or generator
         Only used by ``design="sobol"``.
+    precision : {"auto", "full", "bfloat16"}, default "auto"
+        What a non-affine head runs in for float32 codes (:func:`importance_precision`): "auto"
+        uses bfloat16 autocast where the hardware multiplies bfloat16 natively, else float32.
 
     Returns
     -------
@@ -138,7 +179,8 @@ def sobol_indices(
     n_designs = check_int(n_designs, "n_designs", minimum=2)
     estimate = get_estimator(estimator)
     masks = sobol_design(W.shape[0], n_designs, design, random_state=random_state)
-    outputs_of = _outputs_function(W, head, class_id, batch_size)
+    precision = importance_precision(precision, head, U.device, U.dtype)
+    outputs_of = _outputs_function(W, head, class_id, batch_size, precision)
     # Chunk the images so that the (images × masks) output block stays small (about 32 MB).
     step = max(1, _DEFAULT_CHUNK_ELEMENTS // masks.shape[0])
     local, n_constant = [], 0
@@ -157,7 +199,7 @@ def sobol_indices(
 
 
 def _outputs_function(
-    W: torch.Tensor, head: Any, class_id: Any, batch_size: int | None
+    W: torch.Tensor, head: Any, class_id: Any, batch_size: int | None, precision: str
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Return ``(U_chunk, masks) -> outputs`` for the affine or the generic path."""
     if batch_size is not None:
@@ -182,7 +224,7 @@ def _outputs_function(
     if batch_size is None:
         batch_size = max(1, _DEFAULT_CHUNK_ELEMENTS // W.shape[1])
     class_id = _check_class(class_id, None)
-    return lambda U, masks: _generic_outputs(U, W, head, class_id, masks, batch_size)
+    return lambda U, masks: _generic_outputs(U, W, head, class_id, masks, batch_size, precision)
 
 
 def sobol_importance(
@@ -196,6 +238,7 @@ def sobol_importance(
     estimator: str = "jansen",
     batch_size: int | None = None,
     random_state: Any = None,
+    precision: str = "auto",
 ) -> torch.Tensor:
     """Global importance: the mean over images of :func:`sobol_indices` (shape (n_concepts,)).
 
@@ -215,5 +258,6 @@ def sobol_importance(
         estimator=estimator,
         batch_size=batch_size,
         random_state=random_state,
+        precision=precision,
     )
     return local.mean(dim=0)

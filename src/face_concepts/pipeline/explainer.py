@@ -59,6 +59,10 @@ class ConceptExplainer(ExplainerViews):
         Benchmarks comparing methods set one value for all methods.
     n_designs : int
         Sobol designs (docs/method.md §8.1).
+    importance_precision : {"auto", "full", "bfloat16"}
+        What a head that is not a linear layer runs in for the Sobol importance: "auto" uses
+        bfloat16 where the hardware multiplies it natively (a CPU with AMX, a CUDA GPU), "full"
+        the activations' precision. ``fit_info_["importance_precision"]`` says which ran.
     filter_correct : bool
         Keep only images the model assigns to ``class_id`` (the authors' protocol).
     batch_size : int
@@ -113,6 +117,7 @@ class ConceptExplainer(ExplainerViews):
         resize_patches: bool | None = _D.resize_patches,
         encoder_kl_weight: str | float = _D.encoder_kl_weight,
         n_designs: int = _D.n_designs,
+        importance_precision: str = _D.importance_precision,
         filter_correct: bool = _D.filter_correct,
         batch_size: int = _D.batch_size,
         max_iter: int | None = _D.max_iter,
@@ -129,7 +134,8 @@ class ConceptExplainer(ExplainerViews):
         self.config = ExplainerConfig(
             method=method, n_concepts=n_concepts, kl_weight=kl_weight, patch_size=patch_size,
             stride=stride, resize_patches=resize_patches, encoder_kl_weight=encoder_kl_weight,
-            n_designs=n_designs, filter_correct=filter_correct, batch_size=batch_size,
+            n_designs=n_designs, importance_precision=importance_precision,
+            filter_correct=filter_correct, batch_size=batch_size,
             max_iter=max_iter, tol=tol, random_state=random_state, device=device,
             progress=progress, cache_dir=cache_dir, verbose=verbose,
             target_agreement=target_agreement, fit_batch_size=fit_batch_size,
@@ -179,6 +185,7 @@ class ConceptExplainer(ExplainerViews):
             "resize_patches": self._resize(),
             "encoder": self.encoder_settings(),
             "n_designs": self.n_designs,
+            "importance_precision": self.importance_precision,
             "filter_correct": self.filter_correct,
             "batch_size": self.batch_size,
             "max_iter": self.max_iter,

@@ -94,6 +94,7 @@ class SharedConceptExplainer:
         resize_patches: bool | None = _D.resize_patches,
         encoder_kl_weight: str | float = _D.encoder_kl_weight,
         n_designs: int = _D.n_designs,
+        importance_precision: str = _D.importance_precision,
         filter_correct: bool = _D.filter_correct,
         batch_size: int = _D.batch_size,
         max_iter: int | None = _D.max_iter,
@@ -109,7 +110,8 @@ class SharedConceptExplainer:
         self.config = ExplainerConfig(
             method=method, n_concepts=n_concepts, kl_weight=kl_weight, patch_size=patch_size,
             stride=stride, resize_patches=resize_patches, encoder_kl_weight=encoder_kl_weight,
-            n_designs=n_designs, filter_correct=filter_correct, batch_size=batch_size,
+            n_designs=n_designs, importance_precision=importance_precision,
+            filter_correct=filter_correct, batch_size=batch_size,
             max_iter=max_iter, tol=tol, random_state=random_state, device=device,
             progress=progress, cache_dir=cache_dir, verbose=verbose,
             target_agreement=target_agreement, fit_batch_size=fit_batch_size,
@@ -179,7 +181,8 @@ class SharedConceptExplainer:
         self.concept_bank_ = W.cpu()
         self.row_codes_ = U.cpu()
         self.row_class_ = torch.repeat_interleave(torch.tensor(self.classes_), torch.tensor(counts))
-        self.fit_info_ = info
+        precision = next(iter(explainers.values())).fit_info_.get("importance_precision")
+        self.fit_info_ = {**info, "importance_precision": precision}
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "explainers_"):

@@ -15,7 +15,7 @@ from sklearn.exceptions import ConvergenceWarning
 from face_concepts._core.validation import check_int
 from face_concepts._core.warn import recording
 from face_concepts.activations.extract import extract_activations
-from face_concepts.importance import sobol_indices
+from face_concepts.importance import importance_precision, sobol_indices
 from face_concepts.methods.registry import factorize, finite_difference_importance
 from face_concepts.metrics import MetricReport, compute_metrics, stability_folds
 
@@ -65,9 +65,13 @@ class ExplainerViews:
             return finite_difference_importance(
                 U_img, self.concept_bank_, self._head(), self.class_id_
             )
+        head = self._head()
+        precision = importance_precision(self.importance_precision, head, U_img.device, U_img.dtype)
+        self.fit_info_ = {**getattr(self, "fit_info_", {}), "importance_precision": precision}
         return sobol_indices(
-            U_img, self.concept_bank_, self._head(), self.class_id_, n_designs=self.n_designs
-        )
+            U_img, self.concept_bank_, head, self.class_id_, n_designs=self.n_designs,
+            precision=precision,
+        )  # fmt: skip
 
     def _evaluate(self, images: Any, *, stability: bool, split: str | None) -> MetricReport:
         if images is None:

@@ -138,3 +138,15 @@ def solver_summary(fit: dict[str, Any]) -> str:
             f" (lbfgs from iteration {int(fit['handover_iter']) + 1}: the head is far from affine)"
         )
     return text + ("" if fit.get("converged", True) in (True, None) else ", not converged")
+
+
+def importance_fact(fit: dict[str, Any], setting: str = "importance_precision") -> str:
+    """A run's line on the precision of its Sobol importance (``fit["importance_precision"]``):
+    empty unless the head ran in bfloat16, which is then said wherever the solver is.
+    ``setting``: the setting's name in the reader's interface (the CLI's flag)."""
+    if fit.get("importance_precision") != "bfloat16":
+        return ""
+    return (
+        "Sobol importance with the head in bfloat16, where this hardware multiplies it natively "
+        f"({setting} full: in the activations' precision)"
+    )

@@ -13,7 +13,12 @@ from html import escape
 from typing import Any
 
 from face_concepts.report.analysis import RunView
-from face_concepts.report.glossary import METRIC_HELP, format_value, solver_summary
+from face_concepts.report.glossary import (
+    METRIC_HELP,
+    format_value,
+    importance_fact,
+    solver_summary,
+)
 from face_concepts.report.images import data_uri, figure_png
 from face_concepts.report.shared import (
     class_importance_table,
@@ -217,11 +222,11 @@ def concept_bank_fact(fit: dict[str, Any]) -> str:
 def _run_article(view: RunView) -> str:
     meta = view.metadata
     fit = meta.get("fit") or {}
-    bank = concept_bank_fact(fit)
+    extra = [fact for fact in (concept_bank_fact(fit), importance_fact(fit)) if fact]
     facts = (
         f"{meta.get('n_images', '?')} images, {len(view.concepts)} concepts, layer "
         f"{escape(str((meta.get('model') or {}).get('layer')))}; "
-        f"{escape(solver_summary(fit))}" + (f"; {escape(bank)}" if bank else "")
+        + "; ".join(escape(fact) for fact in [solver_summary(fit), *extra])
     )
     notes = "".join(f'<p class="note">{escape(n)}</p>' for n in view.notes)
     concepts = "".join(_concept_section(view, c) for c in view.concepts)
