@@ -284,36 +284,6 @@ def test_the_head_of_a_depthwise_tail_runs_its_batch_norms_folded(monkeypatch):
     assert len(calls) == 6 and len(calls_bn) == 6  # folded pairs fall back to bn(conv(x))
 
 
-def test_a_depthwise_tail_runs_channels_last_with_the_same_values_and_gradients(monkeypatch):
-    import face_concepts.models._modules as mods
-
-    tail = _mobilenet_tail()
-    head = RestOfNetwork(list(tail), (6, 6)).size_chunks(2**20, 8)
-    assert head.channels_last and head.resized((2, 2)).channels_last
-    assert not _tail(False).channels_last  # a dense tail keeps the default order
-    assert not _inner(_split(_resnet18(), "layer3")).channels_last
-    seen = []
-    monkeypatch.setattr(
-        mods, "fold_batch_norms", lambda m: seen.append(m) or m
-    )  # unfolded: compare with the model itself
-    a = _rows(5, 8, seed=3).requires_grad_(True)
-    orders = []
-    first = tail[0]
-    hook = first.register_forward_pre_hook(
-        lambda _m, inp: orders.append(inp[0].is_contiguous(memory_format=torch.channels_last))
-    )
-    try:
-        got = head(a)
-    finally:
-        hook.remove()
-    assert orders == [True] and seen  # the map entered the network channels-last
-    ref = tail(a[:, :, None, None].expand(-1, -1, 6, 6).contiguous())
-    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
-    (g_got,) = torch.autograd.grad(got.logsumexp(1).sum(), a)
-    (g_ref,) = torch.autograd.grad(ref.logsumexp(1).sum(), a)
-    torch.testing.assert_close(g_got, g_ref, rtol=1e-5, atol=1e-6)
-
-
 def test_head_runs_only_the_rest_of_the_network():
     model = _resnet18()
     split = _split(model, "layer3")

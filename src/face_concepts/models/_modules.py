@@ -268,12 +268,6 @@ class RestOfNetwork(nn.Module):
     the constant map. Rows are processed ``chunk_rows`` at a time on the CPU (so memory does not
     grow with the number of rows beyond the output), ``ACCELERATOR_CHUNK_FACTOR`` times as many
     on other devices; :meth:`size_chunks` sets ``chunk_rows`` from the largest activation.
-
-    A network with grouped (depthwise) convolutions gets its map in channels-last memory order
-    (``channels_last``): PyTorch's CPU kernels for their backward are about twice as fast on it
-    (MobileNetV2 after ``features.14``, 192 rows on a crop's 2×2 map: forward and backward
-    172 ms → 83 ms), while a dense network (ResNet-18 after ``layer3``) is slower on it at small
-    maps (4×4: 237 ms → 392 ms), so it keeps the default order. The same function either way.
     """
 
     block_input: torch.Tensor | None  # a buffer (registered in __init__)
@@ -300,11 +294,6 @@ class RestOfNetwork(nn.Module):
         self._broadcast = True  # batch-1 block input, until the block refuses it
         self._sized: tuple[int, int] | None = None  # size_chunks's (budget, channels)
         self.macs_per_element: float | None = None  # measured by size_chunks
-        self.channels_last = any(
-            isinstance(m, nn.Conv2d) and m.groups > 1
-            for top in self._modules_run()
-            for m in top.modules()
-        )
 
     def size_chunks(self, budget: int, channels: int) -> RestOfNetwork:
         """Set ``chunk_rows`` from one forward of one zero row of ``channels`` features; returns
@@ -395,8 +384,7 @@ class RestOfNetwork(nn.Module):
         h, w = self.map_size
         dtype = self._dtype(a.dtype)
         # contiguous: in-place ops (ReLU(inplace=True)) cannot write into an expanded view
-        order = torch.channels_last if self.channels_last else torch.contiguous_format
-        x = a[:, :, None, None].expand(-1, -1, h, w).to(dtype).contiguous(memory_format=order)
+        x = a[:, :, None, None].expand(-1, -1, h, w).to(dtype).contiguous()
         if self.block is not None:
             x = self._through_block(x)
         for module in rest:
