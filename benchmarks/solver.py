@@ -24,7 +24,8 @@ Every row is a target of the engine issue with its ratio and a met / missed verd
    FACE fits at λ = 1 on the same data sets whose warm start runs each value instead.
 7. ``--joint-ab 1``: the default FACE fit with and without ``hals``'s joint Newton steps
    (``decomposition/joint.py``) on the six data sets of 6 (the first K with ``--joint-sets
-   K``), back to back.
+   K``), back to back. ``--stop-ab 1``: the same, with and without the stop at a full joint
+   Newton step that gains less than ``tol`` (``hals._newton_stationary``).
 
 Data: MobileNetV2 (real ImageNet weights) pooled features of 77 random 64-px crops of each
 bundled real photo (n = 3,311, p = 1,280) and its real classifier (C = 1,000).
@@ -33,6 +34,7 @@ bundled real photo (n = 3,311, p = 1,280) and its real classifier (C = 1,000).
     python benchmarks/solver.py --only-signed --signed-lambdas 0,1 [--signed-rows 1000]
     python benchmarks/solver.py --only-inner 3,10
     python benchmarks/solver.py --joint-ab 1 [--joint-sets K]
+    python benchmarks/solver.py --stop-ab 1 [--joint-sets K]
 """
 
 from __future__ import annotations
@@ -48,7 +50,14 @@ from sklearn.decomposition import NMF as SkNMF
 from sklearn.exceptions import ConvergenceWarning
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import load_average, log, machine_lines, matmul_gflops, mobilenet_crop_activations
+from _common import (
+    load_average,
+    log,
+    machine_lines,
+    matmul_gflops,
+    mobilenet_crop_activations,
+    timed,
+)
 from face_concepts import FACE, NMF
 from face_concepts.decomposition._head import Head
 from face_concepts.decomposition.hals import solve_hals
@@ -363,6 +372,49 @@ def joint_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
     return out
 
 
+def stop_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
+    """``hals``'s stop at a full joint Newton step that gains less than ``tol``
+    (``hals._newton_stationary``, session 29) against the windowed test alone: the default
+    ``FACE(head, r, kl_weight=λ, random_state=0).fit`` end to end on the data sets of
+    :func:`inner_section`, with the rule and with it switched off, back to back per data set."""
+    from face_concepts.decomposition import hals
+
+    real = hals._newton_stationary
+    out = [
+        "| data | r | λ | with the Newton stop: fit, iterations (warm + FACE), objective | "
+        "windowed test only | speed-up | objective, with vs without |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    try:
+        for lam in lams:
+            for seed, keep, r in INNER_SETS[:n_sets]:
+                act = mobilenet_crop_activations(seed=seed)
+                A = act.A if keep is None else act.A[:keep]
+                name = f"crops seed {seed}" + (f", first {keep} rows" if keep else "")
+                runs = []
+                for rule in (real, lambda *_: False):
+                    log(f"stop: {name}, r = {r}, λ = {lam:g}, Newton stop = {rule is real}")
+                    hals._newton_stationary = rule
+                    est, seconds = timed(
+                        lambda A=A, r=r, lam=lam: FACE(
+                            act.head.eval(), r, kl_weight=lam, random_state=0
+                        ).fit(A)
+                    )
+                    runs.append((seconds, est))
+                cells = [
+                    f"{t:.1f} s, {e.n_warm_iter_} + {e.n_iter_}, {e.objective_:.6f}"
+                    for t, e in runs
+                ]
+                diff = runs[0][1].objective_ / runs[1][1].objective_ - 1
+                out.append(
+                    f"| {name} | {r} | {lam:g} | {cells[0]} | {cells[1]} | "
+                    f"{runs[1][0] / runs[0][0]:.2f}× | {100 * diff:+.4f} % |"
+                )
+    finally:
+        hals._newton_stationary = real
+    return out
+
+
 def signed_inner_rows(inners: list[int]) -> list[str]:
     """The signed bank's sweeps per U-block (``semi_nmf.SIGNED_MAX_INNER``): ``NMF(25,
     bank="signed").fit`` of the benchmark A centred per feature, end to end, per value."""
@@ -502,16 +554,26 @@ def main(argv: list[str] | None = None) -> int:
         help="only: FACE fits at these λ (e.g. 1) on six data sets with and without joint steps",
     )
     ap.add_argument("--joint-sets", type=int, default=len(INNER_SETS), help="with --joint-ab")
+    ap.add_argument(
+        "--stop-ab",
+        default=None,
+        help="only: FACE fits at these λ on six data sets with and without the Newton stop",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     load0, t_start = load_average(), time.perf_counter()
-    if args.joint_ab:
+    if args.joint_ab or args.stop_ab:
+        rows = (
+            joint_rows([float(x) for x in args.joint_ab.split(",")], args.joint_sets)
+            if args.joint_ab
+            else stop_rows([float(x) for x in args.stop_ab.split(",")], args.joint_sets)
+        )
         text = [
             f"- command: `python benchmarks/solver.py {' '.join(sys.argv[1:])}`",
             *machine_lines(),
             f"- load average (1/5/15 min) at start {load0}",
             "",
-            *joint_rows([float(x) for x in args.joint_ab.split(",")], args.joint_sets),
+            *rows,
             "",
             f"- load average at end {load_average()}; "
             f"{(time.perf_counter() - t_start) / 60:.1f} min",

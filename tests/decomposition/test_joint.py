@@ -191,3 +191,37 @@ def test_poor_joint_steps_hand_back_to_the_w_block_until_the_next_threshold(monk
         assert calls[i * k : (i + 1) * k] == list(range(first, first + k))
         assert sv._stop_test(hist[: first + 1], threshold)
         assert i > 0 or first == sv.WINDOW or not sv._stop_test(hist[:first], threshold)
+
+
+def test_newton_stationary_needs_a_full_step_with_a_decrease_below_tol():
+    from face_concepts.decomposition.losses import Terms
+
+    def step(t):
+        return joint.JointStep(None, None, None, None, None, t)
+
+    before, tiny, big = Terms(1.0, 1.0, 0.0), Terms(1.0 - 1e-7, 0, 0), Terms(0.9, 0, 0)
+    assert hals._newton_stationary(step(1.0), before, tiny, 1e-5)
+    assert not hals._newton_stationary(step(1.0), before, big, 1e-5)  # still moving
+    assert not hals._newton_stationary(step(0.5), before, tiny, 1e-5)  # a damped step says little
+    assert not hals._newton_stationary(None, before, tiny, 1e-5)  # a W block is not a Newton step
+
+
+def test_a_fit_stops_at_the_full_newton_step_that_gains_less_than_tol(monkeypatch):
+    _, U, W, _, prob = _problem(6, n=40, p=8, r=3, C=5, lam=2.0)
+    seen = []
+    real = hals._newton_stationary
+
+    def recording(step, before, after, tol):
+        out = real(step, before, after, tol)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(hals, "_newton_stationary", recording)
+    res = hals.solve_hals(prob, U, W, max_iter=300, tol=1e-6, warm_start=True)
+    assert res.converged and seen[-1] and not any(seen[:-1])  # it is what stopped the fit
+    # the windowed rule alone goes on longer, and not to a better point than tol allows
+    monkeypatch.setattr(hals, "_newton_stationary", lambda *a: False)
+    windowed = hals.solve_hals(prob, U, W, max_iter=300, tol=1e-6, warm_start=True)
+    assert windowed.n_iter > res.n_iter
+    best = min(windowed.history["total"])
+    assert res.history["total"][-1] <= best * (1 + 10 * 1e-6)

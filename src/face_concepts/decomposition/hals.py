@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from face_concepts.decomposition.joint import JointSchedule
+from face_concepts.decomposition.joint import JointSchedule, JointStep
 from face_concepts.decomposition.losses import Terms, factored_objective
 from face_concepts.decomposition.newton_cg import bank_newton_step
 from face_concepts.decomposition.problem import Problem
@@ -47,6 +47,15 @@ def _plain_warm_start(
             signed_w_block=signed_w_block,
         )  # fmt: skip
     return warm.U, warm.W, warm.n_iter
+
+
+def _newton_stationary(step: JointStep | None, before: Terms, after: Terms, tol: float) -> bool:
+    """Whether a full joint Newton step (``t`` = 1) lowered the objective by less than ``tol``
+    (relative): its quadratic model's minimiser is then where the fit is, a stationary point to
+    within ``tol``, and the windowed test would only spend more iterations confirming it."""
+    if step is None or step.t < 1.0:
+        return False
+    return before.total - after.total <= tol * abs(before.total)
 
 
 # A W-block: (problem, U, W, logits, objective after the U-block, UᵀA) -> (W, logits, terms, UᵀA)
@@ -98,6 +107,7 @@ def solve_hals(
         for t in range(1, max_iter + 1):
             U_old, W_old = U, W
             U, Z, f_u, UtA = _u_block(prob, U, W, Z, max_inner, prev.total, cu)
+            step = None
             if signed_w_block is not None:
                 W, Z, cur, UtA = signed_w_block(prob, U, W, Z, f_u, UtA)
             elif newton_w:
@@ -124,7 +134,7 @@ def solve_hals(
             res.n_iter = t
             if callback is not None:
                 callback(t, cur)
-            if _stop_test(res.history["total"], tol):
+            if _stop_test(res.history["total"], tol) or _newton_stationary(step, f_u, cur, tol):
                 res.converged = True
                 break
             prev = cur
