@@ -372,7 +372,7 @@ def joint_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
     return out
 
 
-def stop_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
+def newton_stop_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
     """``hals``'s stop at a full joint Newton step that gains less than ``tol``
     (``hals._newton_stationary``, session 29) against the windowed test alone: the default
     ``FACE(head, r, kl_weight=λ, random_state=0).fit`` end to end on the data sets of
@@ -392,14 +392,12 @@ def stop_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
                 A = act.A if keep is None else act.A[:keep]
                 name = f"crops seed {seed}" + (f", first {keep} rows" if keep else "")
                 runs = []
+                head = act.head.eval()
                 for rule in (real, lambda *_: False):
                     log(f"stop: {name}, r = {r}, λ = {lam:g}, Newton stop = {rule is real}")
                     hals._newton_stationary = rule
-                    est, seconds = timed(
-                        lambda A=A, r=r, lam=lam: FACE(
-                            act.head.eval(), r, kl_weight=lam, random_state=0
-                        ).fit(A)
-                    )
+                    est = FACE(head, r, kl_weight=lam, random_state=0)
+                    _, seconds = timed(lambda est=est, A=A: est.fit(A))
                     runs.append((seconds, est))
                 cells = [
                     f"{t:.1f} s, {e.n_warm_iter_} + {e.n_iter_}, {e.objective_:.6f}"
@@ -566,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = (
             joint_rows([float(x) for x in args.joint_ab.split(",")], args.joint_sets)
             if args.joint_ab
-            else stop_rows([float(x) for x in args.stop_ab.split(",")], args.joint_sets)
+            else newton_stop_rows([float(x) for x in args.stop_ab.split(",")], args.joint_sets)
         )
         text = [
             f"- command: `python benchmarks/solver.py {' '.join(sys.argv[1:])}`",
