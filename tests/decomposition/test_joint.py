@@ -200,10 +200,14 @@ def test_newton_stationary_needs_a_full_step_with_a_decrease_below_tol():
         return joint.JointStep(None, None, None, None, None, t)
 
     before, tiny, big = Terms(1.0, 1.0, 0.0), Terms(1.0 - 1e-7, 0, 0), Terms(0.9, 0, 0)
-    assert hals._newton_stationary(step(1.0), before, tiny, 1e-5)
-    assert not hals._newton_stationary(step(1.0), before, big, 1e-5)  # still moving
-    assert not hals._newton_stationary(step(0.5), before, tiny, 1e-5)  # a damped step says little
-    assert not hals._newton_stationary(None, before, tiny, 1e-5)  # a W block is not a Newton step
+    settled = [1.0 + 2e-5 * k for k in range(12, 0, -1)] + [1.0]  # windowed 2e-5 < 10 tol
+    moving = [1.0 + 1e-3 * k for k in range(12, 0, -1)] + [1.0]  # windowed 1e-3
+    assert hals._newton_stationary(step(1.0), before, tiny, 1e-5, settled)
+    assert not hals._newton_stationary(step(1.0), before, big, 1e-5, settled)  # still moving
+    assert not hals._newton_stationary(step(0.5), before, tiny, 1e-5, settled)  # damped step
+    assert not hals._newton_stationary(None, before, tiny, 1e-5, settled)  # a W block
+    # the guard: a small full step while the window still falls fast (truncated CG) goes on
+    assert not hals._newton_stationary(step(1.0), before, tiny, 1e-5, moving)
 
 
 def test_a_fit_stops_at_the_full_newton_step_that_gains_less_than_tol(monkeypatch):
@@ -211,8 +215,8 @@ def test_a_fit_stops_at_the_full_newton_step_that_gains_less_than_tol(monkeypatc
     seen = []
     real = hals._newton_stationary
 
-    def recording(step, before, after, tol):
-        out = real(step, before, after, tol)
+    def recording(step, before, after, tol, history):
+        out = real(step, before, after, tol, history)
         seen.append(out)
         return out
 

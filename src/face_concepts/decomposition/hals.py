@@ -32,6 +32,9 @@ from face_concepts.decomposition.solvers import (
     w_step,
 )
 
+# The windowed decrease (in units of tol) below which a small full joint Newton step stops a fit.
+NEWTON_STOP_GUARD = 10.0
+
 
 def _plain_warm_start(
     prob: Problem, U: torch.Tensor, W: torch.Tensor, signed_w_block: WBlock | None, max_inner: int
@@ -49,13 +52,19 @@ def _plain_warm_start(
     return warm.U, warm.W, warm.n_iter
 
 
-def _newton_stationary(step: JointStep | None, before: Terms, after: Terms, tol: float) -> bool:
+def _newton_stationary(
+    step: JointStep | None, before: Terms, after: Terms, tol: float, history: list[float]
+) -> bool:
     """Whether a full joint Newton step (``t`` = 1) lowered the objective by less than ``tol``
-    (relative): its quadratic model's minimiser is then where the fit is, a stationary point to
-    within ``tol``, and the windowed test would only spend more iterations confirming it."""
+    (relative) while the windowed decrease is already below ``NEWTON_STOP_GUARD`` times
+    ``tol``: the quadratic model's minimiser is then where the fit is, a stationary point to
+    within ``tol``, and the windowed test would only spend more iterations confirming it. (The
+    guard: its CG is truncated, so a small full step alone can come early, while the fit still
+    moves.)"""
     if step is None or step.t < 1.0:
         return False
-    return before.total - after.total <= tol * abs(before.total)
+    small = before.total - after.total <= tol * abs(before.total)
+    return small and _stop_test(history, NEWTON_STOP_GUARD * tol)
 
 
 # A W-block: (problem, U, W, logits, objective after the U-block, UᵀA) -> (W, logits, terms, UᵀA)
@@ -134,7 +143,9 @@ def solve_hals(
             res.n_iter = t
             if callback is not None:
                 callback(t, cur)
-            if _stop_test(res.history["total"], tol) or _newton_stationary(step, f_u, cur, tol):
+            if _stop_test(res.history["total"], tol) or _newton_stationary(
+                step, f_u, cur, tol, res.history["total"]
+            ):
                 res.converged = True
                 break
             prev = cur
