@@ -379,6 +379,14 @@ def test_bfloat16_head_gives_the_full_precision_indices_to_bfloat16_rounding():
     low = sobol_indices(U, W, head, 2, precision="bfloat16")
     assert low.dtype == torch.float32
     assert not torch.equal(full, low)  # the autocast really ran: bfloat16 rounds the logits
+    # the head receives the masked activations (u ⊙ m) W in float32, formed outside autocast
+    seen = []
+    hook = head.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].dtype))
+    try:
+        sobol_indices(U, W, head, 2, n_designs=2, precision="bfloat16")
+    finally:
+        hook.remove()
+    assert set(seen) == {torch.float32}
     # bfloat16 keeps about 3 significant digits of each logit; the indices move by far less
     # than the estimator's own spread between designs (benchmarks/results/sobol_designs.md).
     torch.testing.assert_close(low, full, rtol=0, atol=0.03)

@@ -261,3 +261,35 @@ def test_importance_fact_names_the_setting_of_the_readers_interface():
     text = importance_fact({"importance_precision": "bfloat16"}, setting="--importance-precision")
     assert text.startswith("Sobol importance with the head in bfloat16")
     assert "--importance-precision full" in text
+
+
+def test_auto_falls_back_to_full_precision_when_the_head_has_no_bfloat16_kernel(
+    tmp_path, monkeypatch
+):
+    from face_concepts.importance import sobol as sobol_module
+
+    monkeypatch.setattr(sobol_module, "native_bfloat16", lambda device: True)
+    split = _chain_split()
+    ex = ConceptExplainer(split, progress=False, **SETTINGS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ex.fit(_images(1, 4), class_id=1)
+    expected = ex.local_importance_.clone()
+    assert ex.fit_info_["importance_precision"] == "bfloat16"
+
+    class NoBfloat16(nn.Module):  # a layer with no bfloat16 kernel, as some custom ops have
+        def forward(self, x):
+            if x.dtype == torch.bfloat16:
+                raise RuntimeError("\"custom_op\" not implemented for 'BFloat16'")
+            return x
+
+    head = split.head
+    monkeypatch.setattr(split, "head", nn.Sequential(head, NoBfloat16()))  # bfloat16 logits
+    with pytest.warns(RuntimeWarning, match="cannot run in bfloat16 here.*not implemented"):
+        got = ex._local_importance(ex.image_codes_)
+    assert ex.fit_info_["importance_precision"] == "full"
+    assert got.shape == expected.shape and not torch.equal(got, expected)
+    # asked for bfloat16 explicitly, the error is the user's to see
+    ex.importance_precision = "bfloat16"
+    with pytest.raises(RuntimeError, match="not implemented"):
+        ex._local_importance(ex.image_codes_)

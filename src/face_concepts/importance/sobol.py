@@ -111,9 +111,9 @@ def _generic_outputs(
     with torch.no_grad():
         for start in range(0, total, batch_size):
             rows = torch.arange(start, min(start + batch_size, total), device=U.device)
-            codes = U[rows // n_masks] * masks[rows % n_masks]
+            X = (U[rows // n_masks] * masks[rows % n_masks]) @ W  # float32, outside autocast
             with torch.autocast(U.device.type, dtype=torch.bfloat16, enabled=low):
-                logits = head(codes @ W)
+                logits = head(X)
             if logits.ndim != 2:
                 raise ValueError(
                     f"head must return (n, n_classes) logits, got shape {tuple(logits.shape)}"

@@ -67,11 +67,28 @@ class ExplainerViews:
             )
         head = self._head()
         precision = importance_precision(self.importance_precision, head, U_img.device, U_img.dtype)
+        try:
+            local = sobol_indices(
+                U_img, self.concept_bank_, head, self.class_id_, n_designs=self.n_designs,
+                precision=precision,
+            )  # fmt: skip
+        except RuntimeError as exc:
+            if precision != "bfloat16" or self.importance_precision != "auto":
+                raise
+            # a layer of the head without a bfloat16 kernel: "auto" was only a speed-up
+            warnings.warn(
+                "the head cannot run in bfloat16 here, so the Sobol importance runs in full "
+                f"precision ({str(exc).splitlines()[0]})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            precision = "full"
+            local = sobol_indices(
+                U_img, self.concept_bank_, head, self.class_id_, n_designs=self.n_designs,
+                precision=precision,
+            )  # fmt: skip
         self.fit_info_ = {**getattr(self, "fit_info_", {}), "importance_precision": precision}
-        return sobol_indices(
-            U_img, self.concept_bank_, head, self.class_id_, n_designs=self.n_designs,
-            precision=precision,
-        )  # fmt: skip
+        return local
 
     def _evaluate(self, images: Any, *, stability: bool, split: str | None) -> MetricReport:
         if images is None:
