@@ -128,7 +128,7 @@ class ExplainerConfig:
         "auto",
         "what the head runs in for the Sobol importance when it is not a linear layer (an "
         "intermediate layer's head is the rest of the network): 'auto' is bfloat16 where the "
-        "hardware multiplies it natively (a CPU with AMX, a CUDA GPU): 2.9x faster on "
+        "hardware multiplies it natively (a CPU with AMX, a CUDA GPU): about 3x faster on "
         "ResNet-18's tail after layer3, 1.5x on MobileNetV2's after features.14, with the same "
         "ranking there; 'full' the activations' own precision; 'bfloat16' always. The run "
         "records which one ran",
