@@ -41,8 +41,7 @@ def native_bfloat16(device: Any) -> bool:
 
     CUDA: the device supports bfloat16 without emulation. CPU: the core has AMX tiles (Intel
     Sapphire Rapids and later), where ResNet-18's tail after ``layer3`` runs the Sobol importance
-    about 3× faster under bfloat16 autocast (``benchmarks/results/sobol_designs.md``: 2.9× and
-    3.2× in two runs). CPUs with
+    about 3× faster under bfloat16 autocast (``benchmarks/results/sobol_designs.md``). CPUs with
     only AVX-512 BF16 are not counted: not measured here.
     """
     dev = torch.device(device)
