@@ -314,6 +314,14 @@ def warm_start_rows(inners: list[int], lam: float) -> list[str]:
     return out
 
 
+def inner_data_sets(n_sets: int = len(INNER_SETS)):
+    """``(name, activations, A, r)`` of the first ``n_sets`` data sets of :func:`inner_section`."""
+    for seed, keep, r in INNER_SETS[:n_sets]:
+        act = mobilenet_crop_activations(seed=seed)
+        A = act.A if keep is None else act.A[:keep]
+        yield f"crops seed {seed}" + (f", first {keep} rows" if keep else ""), act, A, r
+
+
 def joint_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
     """The joint Newton steps of ``hals`` (``decomposition/joint.py``) against none: the default
     ``FACE(head, r, kl_weight=λ, random_state=0).fit`` end to end on the data sets of
@@ -338,10 +346,7 @@ def joint_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
     joint_module.joint_newton_step = recording
     try:
         for lam in lams:
-            for seed, keep, r in INNER_SETS[:n_sets]:
-                act = mobilenet_crop_activations(seed=seed)
-                A = act.A if keep is None else act.A[:keep]
-                name = f"crops seed {seed}" + (f", first {keep} rows" if keep else "")
+            for name, act, A, r in inner_data_sets(n_sets):
                 runs, taken = {}, []
                 for joint in (True, False):
                     log(f"joint steps: {name}, r = {r}, λ = {lam:g}, joint = {joint}")
@@ -392,10 +397,7 @@ def newton_stop_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[s
     ]
     try:
         for lam in lams:
-            for seed, keep, r in INNER_SETS[:n_sets]:
-                act = mobilenet_crop_activations(seed=seed)
-                A = act.A if keep is None else act.A[:keep]
-                name = f"crops seed {seed}" + (f", first {keep} rows" if keep else "")
+            for name, act, A, r in inner_data_sets(n_sets):
                 runs = []
                 head = act.head.eval()
                 for rule in (real, lambda *_: False):

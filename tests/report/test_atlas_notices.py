@@ -227,8 +227,9 @@ def test_solver_summary_names_the_hand_over_and_an_unconverged_stop():
     assert solver_summary({"n_iter": 7, "converged": False}) == "7 iterations, not converged"
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_a_bfloat16_importance_is_recorded_and_said_on_the_page(tmp_path, monkeypatch, native):
+def _chain_fit(monkeypatch, native: bool):
+    """The chain split and an explainer fitted on it, with ``native_bfloat16`` answering
+    ``native``."""
     from face_concepts.importance import sobol as sobol_module
 
     monkeypatch.setattr(sobol_module, "native_bfloat16", lambda device: native)
@@ -237,6 +238,12 @@ def test_a_bfloat16_importance_is_recorded_and_said_on_the_page(tmp_path, monkey
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ex.fit(_images(1, 4), class_id=1)
+    return split, ex
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_bfloat16_importance_is_recorded_and_said_on_the_page(tmp_path, monkeypatch, native):
+    split, ex = _chain_fit(monkeypatch, native)
     expected = "bfloat16" if native else "full"
     assert ex.fit_info_["importance_precision"] == expected
     run = ex.save(tmp_path / "run")
@@ -266,14 +273,7 @@ def test_importance_fact_names_the_setting_of_the_readers_interface():
 def test_auto_falls_back_to_full_precision_when_the_head_has_no_bfloat16_kernel(
     tmp_path, monkeypatch
 ):
-    from face_concepts.importance import sobol as sobol_module
-
-    monkeypatch.setattr(sobol_module, "native_bfloat16", lambda device: True)
-    split = _chain_split()
-    ex = ConceptExplainer(split, progress=False, **SETTINGS)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ex.fit(_images(1, 4), class_id=1)
+    split, ex = _chain_fit(monkeypatch, True)
     expected = ex.local_importance_.clone()
     assert ex.fit_info_["importance_precision"] == "bfloat16"
 
