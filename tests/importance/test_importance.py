@@ -435,3 +435,36 @@ def test_native_bfloat16_is_false_without_the_probe(monkeypatch):
     assert native_bfloat16("cpu") is False
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
     assert native_bfloat16("cpu") is True
+    # CUDA: bfloat16 without emulation only (no GPU needed: the query is patched)
+    asked = []
+
+    def supported(including_emulation=True):
+        asked.append(including_emulation)
+        return True
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    assert native_bfloat16("cuda") is True and asked == [False]
+
+    def broken(including_emulation=True):
+        raise RuntimeError("no CUDA driver")
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", broken)
+    assert native_bfloat16("cuda:0") is False
+
+
+def test_the_precision_is_decided_where_the_head_computes(monkeypatch):
+    from face_concepts.importance import sobol as sobol_module
+
+    assert sobol_module.head_device(torch.nn.Linear(2, 2).to("meta"), "cpu").type == "meta"
+    assert sobol_module.head_device(lambda x: x, "cpu").type == "cpu"  # no parameters: the input's
+    asked = []
+
+    def probe(device):
+        asked.append(torch.device(device).type)
+        return False
+
+    monkeypatch.setattr(sobol_module, "native_bfloat16", probe)
+    g = torch.Generator().manual_seed(2)
+    U, W = torch.rand(3, 3, generator=g), torch.rand(3, 8, generator=g)
+    sobol_indices(U, W, _conv_tail(), 1, n_designs=2)
+    assert asked == ["cpu"]

@@ -41,6 +41,15 @@ _DEFAULT_CHUNK_ELEMENTS = 2**22
 PRECISIONS = ("auto", "full", "bfloat16")
 
 
+def head_device(head: Any, fallback: Any) -> torch.device:
+    """Where ``head`` computes: the device of its parameters, else ``fallback`` (a callable
+    without parameters runs where its input is)."""
+    if isinstance(head, torch.nn.Module):
+        for t in head.parameters():
+            return t.device
+    return torch.device(fallback)
+
+
 def importance_precision(
     precision: str, head: Any, device: Any, dtype: torch.dtype = torch.float32
 ) -> str:
@@ -108,11 +117,12 @@ def _generic_outputs(
     out = torch.empty(total, dtype=torch.float64, device=U.device)
     masks = masks.to(device=U.device, dtype=U.dtype)
     low = precision == "bfloat16"
+    where = head_device(head, U.device).type  # the autocast's device: where the head computes
     with torch.no_grad():
         for start in range(0, total, batch_size):
             rows = torch.arange(start, min(start + batch_size, total), device=U.device)
             X = (U[rows // n_masks] * masks[rows % n_masks]) @ W  # float32, outside autocast
-            with torch.autocast(U.device.type, dtype=torch.bfloat16, enabled=low):
+            with torch.autocast(where, dtype=torch.bfloat16, enabled=low):
                 logits = head(X)
             if logits.ndim != 2:
                 raise ValueError(
@@ -179,7 +189,7 @@ def sobol_indices(
     n_designs = check_int(n_designs, "n_designs", minimum=2)
     estimate = get_estimator(estimator)
     masks = sobol_design(W.shape[0], n_designs, design, random_state=random_state)
-    precision = importance_precision(precision, head, U.device, U.dtype)
+    precision = importance_precision(precision, head, head_device(head, U.device), U.dtype)
     outputs_of = _outputs_function(W, head, class_id, batch_size, precision)
     # Chunk the images so that the (images × masks) output block stays small (about 32 MB).
     step = max(1, _DEFAULT_CHUNK_ELEMENTS // masks.shape[0])

@@ -16,6 +16,7 @@ from face_concepts._core.validation import check_int
 from face_concepts._core.warn import recording
 from face_concepts.activations.extract import extract_activations
 from face_concepts.importance import importance_precision, sobol_indices
+from face_concepts.importance.sobol import head_device
 from face_concepts.methods.registry import factorize, finite_difference_importance
 from face_concepts.metrics import MetricReport, compute_metrics, stability_folds
 
@@ -66,7 +67,8 @@ class ExplainerViews:
                 U_img, self.concept_bank_, self._head(), self.class_id_
             )
         head = self._head()
-        precision = importance_precision(self.importance_precision, head, U_img.device, U_img.dtype)
+        device = head_device(head, U_img.device)
+        precision = importance_precision(self.importance_precision, head, device, U_img.dtype)
         try:
             local = sobol_indices(
                 U_img, self.concept_bank_, head, self.class_id_, n_designs=self.n_designs,
