@@ -89,6 +89,10 @@ def child(args: argparse.Namespace) -> None:
         minibatch.CODE_MAX_ITER = args.code_iters
     if args.cold_codes:  # the baseline: every batch's codes from the clamped LS start, every pass
         minibatch.WARM_CODES = False
+    if args.plain_codes_step:  # the baseline: the codes' plain projected Newton step
+        from face_concepts.decomposition import newton
+
+        newton.RESOLVES = 0
     if args.glibc_heap:  # the baseline: glibc's own thresholds (no retained heap, _core/heap.py)
         from face_concepts._core import heap
 
@@ -117,6 +121,7 @@ def measure(args: argparse.Namespace, kind: str, key: str) -> dict:
            "--batch-size", str(args.batch_size), "--full-iters", str(args.full_iters),
            "--code-iters", str(args.code_iters)] + (["--cold-codes"] if args.cold_codes else [])  # fmt: skip
     cmd += ["--glibc-heap"] if args.glibc_heap else []
+    cmd += ["--plain-codes-step"] if args.plain_codes_step else []
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -150,6 +155,12 @@ def main() -> None:
         action="store_true",
         help="fit with glibc's own malloc thresholds (heap.ENABLED off: the baseline before "
         "freed memory was kept in the heap during a fit)",
+    )
+    ap.add_argument(
+        "--plain-codes-step",
+        action="store_true",
+        help="the codes' plain projected Newton step (newton.RESOLVES = 0: the baseline before "
+        "its re-solve with the clipped codes sent to 0)",
     )
     ap.add_argument(
         "--reference",
@@ -219,6 +230,7 @@ def write_report(args, rows, notes, loads, total) -> None:
         )
         + ("codes started cold every pass (`--cold-codes`), " if args.cold_codes else "")
         + ("glibc's own malloc thresholds (`--glibc-heap`), " if args.glibc_heap else "")
+        + ("the codes' plain Newton step (`--plain-codes-step`), " if args.plain_codes_step else "")
         + "then the objective pass; full batch: default solver (hals), "
         + (
             "the estimator's defaults (max_iter 1000, tol 1e-5)"

@@ -25,7 +25,9 @@ Every row is a target of the engine issue with its ratio and a met / missed verd
 7. ``--joint-ab 1``: the default FACE fit with and without ``hals``'s joint Newton steps
    (``decomposition/joint.py``) on the six data sets of 6 (the first K with ``--joint-sets
    K``), back to back. ``--stop-ab 1``: the same, with and without the stop at a full joint
-   Newton step that gains less than ``tol`` (``hals._newton_stationary``).
+   Newton step that gains less than ``tol`` (``hals._newton_stationary``). ``--resolve-ab 1``:
+   the same, with and without the re-solve of the U block's Newton step (``newton.RESOLVES``);
+   ``--encoder-ab 1,100``: the encoder (``transform`` of new rows) with and without it.
 
 Data: MobileNetV2 (real ImageNet weights) pooled features of 77 random 64-px crops of each
 bundled real photo (n = 3,311, p = 1,280) and its real classifier (C = 1,000).
@@ -35,6 +37,8 @@ bundled real photo (n = 3,311, p = 1,280) and its real classifier (C = 1,000).
     python benchmarks/solver.py --only-inner 3,10
     python benchmarks/solver.py --joint-ab 1 [--joint-sets K]
     python benchmarks/solver.py --stop-ab 1 [--joint-sets K]
+    python benchmarks/solver.py --resolve-ab 1 [--joint-sets K]
+    python benchmarks/solver.py --encoder-ab 1,100
 """
 
 from __future__ import annotations
@@ -83,6 +87,7 @@ LAMBDAS = (1e-5, 1.0, 100.0)
 PREVIOUS_BEST = {1e-5: 0.665994, 1.0: 1.106319, 100.0: 10.4021}
 TIME_TARGET, GAP_TARGET, NMF_TARGET, RATE_TARGET = 3.0, 0.005, 2.0, 0.40
 SIGNED_TARGET = 3.0  # signed fit / non-negative fit wall time: "the same speed class"
+ENCODER_BANK_ITER = 60  # iterations of the fit whose bank --encoder-ab encodes with
 
 
 def sklearn_fit(A: torch.Tensor, repeats: int = 3) -> tuple[float, float, int]:
@@ -377,22 +382,26 @@ def joint_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
     return out
 
 
-def newton_stop_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
-    """``hals``'s stop at a full joint Newton step that gains less than ``tol``
-    (``hals._newton_stationary``, session 29) against the windowed test alone: the default
-    ``FACE(head, r, kl_weight=λ, random_state=0).fit`` end to end on the data sets of
-    :func:`inner_section`, with the rule and with it switched off, back to back per data set."""
-    from face_concepts.decomposition import hals
-
-    real = hals._newton_stationary
-    # one small fit first: the process's first fit also pays its start-up (thread pool, heap)
+def switch_rows(
+    lams: list[float],
+    on: str,
+    off: str,
+    switch,
+    n_sets: int = len(INNER_SETS),
+    default_state: bool = True,
+) -> list[str]:
+    """A change of the code against its absence: the default ``FACE(head, r, kl_weight=λ,
+    random_state=0).fit`` end to end on the data sets of :func:`inner_section`, with
+    ``switch(True)`` (the change, column ``on``) and ``switch(False)`` (column ``off``), back to
+    back per data set, after one warm-up fit (the process's first fit also pays its start-up:
+    thread pool, heap); ``switch(default_state)`` restores the code's default afterwards."""
     warm = mobilenet_crop_activations()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         FACE(warm.head.eval(), R, kl_weight=1.0, random_state=0, max_iter=20).fit(warm.A[:1000])
     out = [
-        "| data | r | λ | with the Newton stop: fit, iterations (warm + FACE), objective | "
-        "windowed test only | speed-up | objective, with vs without |",
+        f"| data | r | λ | {on}: fit, iterations (warm + FACE), objective | {off} | speed-up | "
+        "objective, with vs without |",
         "|---|---|---|---|---|---|---|",
     ]
     try:
@@ -400,15 +409,19 @@ def newton_stop_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[s
             for name, act, A, r in inner_data_sets(n_sets):
                 runs = []
                 head = act.head.eval()
-                for rule in (real, lambda *_: False):
-                    log(f"stop: {name}, r = {r}, λ = {lam:g}, Newton stop = {rule is real}")
-                    hals._newton_stationary = rule
+                for state in (True, False):
+                    log(f"{name}, r = {r}, λ = {lam:g}: {on if state else off}")
+                    switch(state)
                     est = FACE(head, r, kl_weight=lam, random_state=0)
-                    _, seconds = timed(lambda est=est, A=A: est.fit(A))
-                    runs.append((seconds, est))
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always", ConvergenceWarning)
+                        _, seconds = timed(lambda est=est, A=A: est.fit(A))
+                    capped = any(issubclass(w.category, ConvergenceWarning) for w in caught)
+                    runs.append((seconds, est, capped))
                 cells = [
-                    f"{t:.1f} s, {e.n_warm_iter_} + {e.n_iter_}, {e.objective_:.6f}"
-                    for t, e in runs
+                    f"{t:.1f} s, {e.n_warm_iter_} + {e.n_iter_}{' (capped)' if c else ''}, "
+                    f"{e.objective_:.6f}"
+                    for t, e, c in runs
                 ]
                 diff = runs[0][1].objective_ / runs[1][1].objective_ - 1
                 out.append(
@@ -416,7 +429,91 @@ def newton_stop_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[s
                     f"{runs[1][0] / runs[0][0]:.2f}× | {100 * diff:+.4f} % |"
                 )
     finally:
-        hals._newton_stationary = real
+        switch(default_state)
+    return out
+
+
+def newton_stop_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
+    """``hals``'s stop at a full joint Newton step that gains less than ``tol``
+    (``hals._newton_stationary``, session 29) against the windowed test alone."""
+    from face_concepts.decomposition import hals
+
+    real = hals._newton_stationary
+
+    def switch(on: bool) -> None:
+        hals._newton_stationary = real if on else (lambda *_: False)
+
+    return switch_rows(lams, "with the Newton stop", "windowed test only", switch, n_sets)
+
+
+def resolve_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
+    """``hals``'s U block with its Newton step re-solved where it clips codes (the encoder's
+    ``newton.RESOLVES``, session 30) against its plain projected step (the default,
+    ``solvers.FIT_CODES_RESOLVES = 0``); the encoder's own step is the same in both."""
+    from face_concepts.decomposition import newton, solvers
+
+    default = solvers.FIT_CODES_RESOLVES
+
+    def switch(on: bool) -> None:
+        solvers.FIT_CODES_RESOLVES = newton.RESOLVES if on else default
+
+    return switch_rows(
+        lams, "U block re-solved", "plain U block (default)", switch, n_sets, default_state=False
+    )
+
+
+def encoder_rows(lams: list[float], rounds: int = 3) -> list[str]:
+    """The encoder (``FACE.transform``) on rows it was not fitted on, with the codes' Newton
+    step re-solved (``newton.RESOLVES``, the default) and plain (0): the bank of a fit of
+    ``ENCODER_BANK_ITER`` iterations on crops seed 0 encodes crops seed 1 (3,311 new rows), the
+    two alternating ``rounds`` times in one process: median time, Newton iterations and the
+    objective at the codes."""
+    from face_concepts.decomposition import encoder, newton
+
+    default, real = newton.RESOLVES, encoder.solve_codes_newton
+    iterations: list[int] = []
+
+    def counting(*args, **kwargs):
+        U, it = real(*args, **kwargs)
+        iterations.append(it)
+        return U, it
+
+    fit_on, new_rows = mobilenet_crop_activations(seed=0), mobilenet_crop_activations(seed=1)
+    head = fit_on.head.eval()
+    out = [
+        "| λ | codes' Newton step | `transform` of 3,311 new rows: median (all) | Newton "
+        "iterations | objective at the codes |",
+        "|---|---|---|---|---|",
+    ]
+    encoder.solve_codes_newton = counting
+    try:
+        for lam in lams:
+            log(f"encoder: bank at λ = {lam:g}")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                est = FACE(head, R, kl_weight=lam, random_state=0, max_iter=ENCODER_BANK_ITER)
+                est.fit(fit_on.A)
+            A_new = new_rows.A
+            prob = make_problem(A_new, Head(head, dtype=A_new.dtype, device=A_new.device), lam)
+            runs: dict[int, list] = {default: [], 0: []}
+            for k in range(rounds):
+                for resolves in (default, 0) if k % 2 == 0 else (0, default):
+                    newton.RESOLVES = resolves
+                    iterations.clear()
+                    U, seconds = timed(lambda est=est: est.transform(new_rows.A))
+                    runs[resolves].append((seconds, sum(iterations), U))
+            for resolves, label in ((default, f"re-solved ({default})"), (0, "plain")):
+                times = [t for t, _, _ in runs[resolves]]
+                every = ", ".join(f"{t:.2f}" for t in times)
+                _, its, U = runs[resolves][0]
+                f = evaluate(prob, U, est.concept_bank_).total
+                out.append(
+                    f"| {lam:g} | {label} | {statistics.median(times):.2f} s ({every}) | {its} | "
+                    f"{f:.7f} |"
+                )
+    finally:
+        newton.RESOLVES = default
+        encoder.solve_codes_newton = real
     return out
 
 
@@ -564,15 +661,28 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="only: FACE fits at these λ on six data sets with and without the Newton stop",
     )
+    ap.add_argument(
+        "--resolve-ab",
+        default=None,
+        help="only: FACE fits at these λ on six data sets with and without the re-solved codes' "
+        "Newton step",
+    )
+    ap.add_argument(
+        "--encoder-ab",
+        default=None,
+        help="only: transform of new rows at these λ with and without the re-solved step",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     load0, t_start = load_average(), time.perf_counter()
-    if args.joint_ab or args.stop_ab:
-        rows = (
-            joint_rows([float(x) for x in args.joint_ab.split(",")], args.joint_sets)
-            if args.joint_ab
-            else newton_stop_rows([float(x) for x in args.stop_ab.split(",")], args.joint_sets)
-        )
+    ab = {"joint_ab": joint_rows, "stop_ab": newton_stop_rows, "resolve_ab": resolve_rows}
+    chosen = [(name, f) for name, f in ab.items() if getattr(args, name)]
+    if chosen or args.encoder_ab:
+        if args.encoder_ab:
+            rows = encoder_rows([float(x) for x in args.encoder_ab.split(",")])
+        else:
+            name, rows_of = chosen[0]
+            rows = rows_of([float(x) for x in getattr(args, name).split(",")], args.joint_sets)
         text = [
             f"- command: `python benchmarks/solver.py {' '.join(sys.argv[1:])}`",
             *machine_lines(),

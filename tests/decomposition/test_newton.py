@@ -91,12 +91,13 @@ def _lbfgsb_codes(A, W, lin, lam):
     return torch.tensor(np.array(out))
 
 
+@pytest.mark.parametrize("resolves", [0, nt.RESOLVES])
 @pytest.mark.parametrize(("seed", "lam", "scale"), [(4, 1.0, 1.0), (5, 30.0, 3.0), (6, 1e-3, 1.0)])
-def test_newton_reaches_the_lbfgsb_optimum_and_kkt(seed, lam, scale):
+def test_newton_reaches_the_lbfgsb_optimum_and_kkt(seed, lam, scale, resolves):
     A, W, lin, _head, prob = _problem(seed, n=10, lam=lam, scale=scale)
     U0 = _warm_start(A, W)
     f0 = evaluate(prob, U0, W).total
-    U, iters = nt.solve_codes_newton(prob, W, U0, max_iter=100, tol=1e-14, f0=f0)
+    U, iters = nt.solve_codes_newton(prob, W, U0, max_iter=100, tol=1e-14, f0=f0, resolves=resolves)
     U_ref = _lbfgsb_codes(A, W, lin, lam)
     f, f_ref = _row_objective(A, W, lin, lam, U), _row_objective(A, W, lin, lam, U_ref)
     assert (f <= f_ref + 1e-10 * f_ref.abs() + 1e-13).all(), (f - f_ref).max()
@@ -144,3 +145,53 @@ def test_encoder_uses_newton_for_affine_heads_and_matches_materialised_objective
     torch.testing.assert_close(U, U_direct)
     U_ref = _lbfgsb_codes(A, W, lin, 2.0)
     assert face_objective(A, U, W, lin, 2.0) <= face_objective(A, U_ref, W, lin, 2.0) * (1 + 1e-9)
+
+
+def _quadratic_model(H, g, U, d):
+    """Per row gᵀΔ + ½ΔᵀHΔ with Δ = [U − d]₊ − U, written out row by row."""
+    out = []
+    for i in range(U.shape[0]):
+        step = (U[i] - d[i]).clamp(min=0) - U[i]
+        out.append(float(g[i] @ step + 0.5 * step @ H[i] @ step))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_the_resolved_step_sends_the_clipped_codes_to_zero_and_models_lower():
+    A, W, _lin, head, prob = _problem(10, n=40, r=6, lam=30.0, scale=3.0)
+    U = _warm_start(A, W) + 0.05  # every code positive: all free, many pushed below 0
+    pc = nt.precompute(prob, W)
+    S = torch.softmax(torch.addmm(head.b, U, pc.M), dim=1)
+    sM = S @ pc.M.T
+    g = nt.code_gradient(pc, U, sM - prob.P @ pc.M.T)
+    H = nt.hessians(pc, S, sM)
+    free = nt.free_set(U, g)
+    plain = nt.newton_direction(H, g, free)
+    resolved = nt.newton_direction(H, g, free, U, resolves=3)
+    changed = (resolved != plain).any(dim=1)
+    assert int(((U - plain) < 0).any(dim=1).sum()) >= 10  # the case the re-solve is for
+    assert int(changed.sum()) >= 5
+    for i in changed.nonzero().flatten().tolist():
+        zero = (resolved[i] == U[i]) & free[i]  # sent exactly to 0
+        rest = free[i] & ~zero
+        assert zero.any()
+        # the rest solves the Newton system with those codes at 0 (float64: to rounding)
+        lhs = H[i][rest][:, rest] @ resolved[i][rest]
+        rhs = g[i][rest] - H[i][rest][:, zero] @ U[i][zero]
+        torch.testing.assert_close(lhs, rhs, rtol=1e-8, atol=1e-10)
+    m_res, m_plain = _quadratic_model(H, g, U, resolved), _quadratic_model(H, g, U, plain)
+    assert (m_res <= m_plain + 1e-12).all() and (m_res[changed] < m_plain[changed]).all()
+
+
+def test_resolves_reach_the_same_codes_in_fewer_iterations():
+    A, W, lin, _head, prob = _problem(11, n=60, r=8, lam=30.0, scale=3.0)
+    U0 = _warm_start(A, W)
+    f0 = evaluate(prob, U0, W).total
+    runs = {
+        k: nt.solve_codes_newton(prob, W, U0, max_iter=200, tol=1e-12, f0=f0, resolves=k)
+        for k in (0, nt.RESOLVES)
+    }
+    (U_plain, it_plain), (U_res, it_res) = runs[0], runs[nt.RESOLVES]
+    assert it_res < it_plain
+    f_plain = _row_objective(A, W, lin, 30.0, U_plain)
+    f_res = _row_objective(A, W, lin, 30.0, U_res)
+    torch.testing.assert_close(f_res, f_plain, rtol=1e-9, atol=1e-12)

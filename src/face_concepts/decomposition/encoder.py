@@ -75,12 +75,14 @@ def solve_codes(
     *,
     max_iter: int | None = None,
     tol: float | None = None,
+    resolves: int | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Minimise the objective over U ≥ 0 with W fixed, starting at ``U``; returns (U, iterations).
 
-    Affine head with λ > 0: projected Newton (``newton.py``); a head that is not affine: the
-    head's affine model between head calls (``jacobian.py``, W fixed); λ = 0: exact HALS
-    sweeps of NNLS. ``max_iter``/``tol`` default to :func:`code_stop`'s.
+    Affine head with λ > 0: projected Newton (``newton.py``; ``resolves``: its re-solves of a
+    step that clips codes, default ``newton.RESOLVES``); a head that is not affine: the head's
+    affine model between head calls (``jacobian.py``, W fixed); λ = 0: exact HALS sweeps of
+    NNLS. ``max_iter``/``tol`` default to :func:`code_stop`'s.
     """
     max_iter, tol = code_stop(prob, max_iter, tol)
     if prob.kl_weight > 0 and not prob.factored:
@@ -88,7 +90,9 @@ def solve_codes(
         return res.U, res.n_iter
     prev = evaluate(prob, U, W).total
     if prob.kl_weight > 0 and prob.factored:
-        return solve_codes_newton(prob, W, U, max_iter=max_iter, tol=tol, f0=prev)
+        return solve_codes_newton(
+            prob, W, U, max_iter=max_iter, tol=tol, f0=prev, resolves=resolves
+        )
     it = 0
     curv = _Curvature()
     Z = None

@@ -12,7 +12,8 @@ affine head, and ``L = (1/n) Σ_i ℓ_i``. For each mini-batch ``A_b``:
 1. **codes**: ``U_b`` from the encoder's solver with the current ``W`` (same λ; a capped number
    of iterations, see ``CODE_MAX_ITER``/``CODE_TOL``). For λ > 0 that is the projected Newton
    method of ``newton.py``: ~10 iterations bring a batch's codes within 0.1 % of their optimum,
-   where the majorise–minimise sweeps used before needed hundreds.
+   where the majorise–minimise sweeps used before needed hundreds. These take Bertsekas' plain
+   step (``solvers.FIT_CODES_RESOLVES``); the objective pass takes the encoder's re-solved one.
 2. **majorise** each row's KL at the current logits ``z⁰_i`` with Böhning's bound
    ``∇² logsumexp ≼ B = ½(I − 11ᵀ/C)``::
 
@@ -91,6 +92,7 @@ from face_concepts.decomposition.losses import Terms
 from face_concepts.decomposition.problem import make_problem
 from face_concepts.decomposition.semi_nmf import eig_of, minimise_surrogate_signed
 from face_concepts.decomposition.solvers import (
+    FIT_CODES_RESOLVES,
     Problem,
     _Curvature,
     centred_spectral_norm_sq,
@@ -280,7 +282,9 @@ def step(
     with torch.no_grad(), guard:
         prob = make_problem(A, state.head, state.lam)
         U0 = _warm_start(A, W) if store is None else store.start(offset, A, W)
-        U, _ = solve_codes(prob, W, U0, max_iter=CODE_MAX_ITER, tol=CODE_TOL)
+        U, _ = solve_codes(
+            prob, W, U0, max_iter=CODE_MAX_ITER, tol=CODE_TOL, resolves=FIT_CODES_RESOLVES
+        )
         if store is not None:
             store.put(offset, A, U)
         terms = evaluate(prob, U, W)

@@ -23,6 +23,11 @@ Bertsekas' projected Newton step (1982) on the bound constraints, all rows at on
    (``m = s·e``) — so it stays accurate in float32 even when it is far below the objective's
    own rounding. A row whose search fails keeps its codes.
 
+The Newton step of a row whose free variables it would push below 0 is re-solved with those
+sent exactly to 0 (``RESOLVES`` times at most, :func:`_resolve_clipped`): the projection alone
+finds the active set one layer per iteration. The encoder's solves use it; ``hals``'s
+one-iteration U block does not (measured: ``benchmarks/results/solver.md`` section 14).
+
 Stopping rule (the encoder's): stop after the iteration whose decrease of the mean objective,
 relative to the mean objective, is below ``tol``. Each iteration costs one logits product, a
 softmax, the Hessian GEMM (``n·C·r(r+1)/2``), a batched r×r Cholesky and one logits product per
@@ -43,6 +48,7 @@ if TYPE_CHECKING:  # solvers imports this module (its U-step); the type only is 
 EPS_ACTIVE = 1e-3  # cap of the ε of the ε-active set
 ARMIJO = 1e-4  # sufficient-decrease constant
 MAX_HALVINGS = 20  # line-search tries per iteration (t down to 2⁻¹⁹)
+RESOLVES = 1  # re-solves of a Newton step with the free variables it clips sent to 0
 
 
 @dataclass
@@ -160,23 +166,98 @@ def free_cholesky(
     return L, info == 0, diag
 
 
-def newton_direction(H: torch.Tensor, g: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
-    """Newton step on the free set, diagonally scaled gradient step on the active set."""
+def newton_direction(
+    H: torch.Tensor,
+    g: torch.Tensor,
+    free: torch.Tensor,
+    U: torch.Tensor | None = None,
+    resolves: int = 0,
+) -> torch.Tensor:
+    """Newton step on the free set, diagonally scaled gradient step on the active set; with the
+    codes ``U``, rows whose step would push free variables below 0 are re-solved with those
+    variables sent to 0 (:func:`_resolve_clipped`)."""
     L, ok, diag = free_cholesky(H, free)
     d = torch.cholesky_solve(g.unsqueeze(2), L).squeeze(2)
     bad = ~ok
     if bool(bad.any()):  # not positive definite in float rounding: scaled gradient for that row
         d[bad] = g[bad] / diag[bad]
+    if U is not None and resolves > 0:
+        d = _resolve_clipped(H, g, free, U, d, resolves)
+    return d
+
+
+def _model_value(
+    H: torch.Tensor, g: torch.Tensor, U: torch.Tensor, d: torch.Tensor
+) -> torch.Tensor:
+    """Per row, the quadratic model ``gᵀΔ + ½ ΔᵀHΔ`` of the full projected step ``Δ = [U − d]₊ − U``."""
+    step = (U - d).clamp(min=0) - U
+    return (g * step).sum(dim=1) + 0.5 * (step * (H @ step.unsqueeze(2)).squeeze(2)).sum(dim=1)
+
+
+def _resolve_clipped(
+    H: torch.Tensor,
+    g: torch.Tensor,
+    free: torch.Tensor,
+    U: torch.Tensor,
+    d: torch.Tensor,
+    resolves: int,
+) -> torch.Tensor:
+    """The Newton step with the free variables it would push below 0 sent exactly to 0.
+
+    The projection of a Newton step clips such variables, and the other variables' step then
+    ignores that they moved: the active set is found one layer per iteration. Here, per row,
+    the clipped set ``Z`` is fixed at ``d_Z = u_Z`` and the rest of the free set re-solved,
+    ``H_FF d_F = g_F − H_FZ u_Z`` (up to ``resolves`` times, ``Z`` growing with new
+    violations). Once no violation remains, ``u − t d`` stays ≥ 0 for ``t ≤ 1`` (a straight
+    segment). The result is kept for a row only when the quadratic model of its full projected
+    step is negative and below that of the projected Newton step, and its first-order decrease
+    on the free set is positive: a descent direction for the line search, which still accepts
+    only true decreases.
+    """
+    Z = free & (U - d < 0)
+    rows = Z.any(dim=1).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return d
+    Hs, gs, fs, Us, ds, Zs = H[rows], g[rows], free[rows], U[rows], d[rows], Z[rows]
+    zero = torch.zeros((), dtype=U.dtype, device=U.device)
+    cand, usable = ds, torch.zeros(len(rows), dtype=torch.bool, device=U.device)
+    for _ in range(resolves):
+        F = fs & ~Zs
+        dZ = torch.where(Zs, Us, zero)
+        rhs = gs - (Hs @ dZ.unsqueeze(2)).squeeze(2)
+        L, ok, _ = free_cholesky(Hs, F)
+        x = torch.cholesky_solve(rhs.unsqueeze(2), L).squeeze(2)
+        cand = torch.where(F, x, torch.where(Zs, Us, ds))
+        usable = ok
+        more = F & (Us - cand < 0) & ok[:, None]
+        if not bool(more.any()):
+            break
+        Zs = Zs | more
+    m_new = _model_value(Hs, gs, Us, cand)
+    descent = torch.where(fs, gs * cand, zero).sum(dim=1) > 0
+    better = usable & descent & (m_new < 0) & (m_new < _model_value(Hs, gs, Us, ds))
+    d = d.clone()
+    d[rows] = torch.where(better[:, None], cand, ds)
     return d
 
 
 def solve_codes_newton(
-    prob: Problem, W: torch.Tensor, U: torch.Tensor, *, max_iter: int, tol: float, f0: float
+    prob: Problem,
+    W: torch.Tensor,
+    U: torch.Tensor,
+    *,
+    max_iter: int,
+    tol: float,
+    f0: float,
+    resolves: int | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Projected Newton on all rows from ``U``; ``f0`` = the objective at ``U`` (for ``tol``).
 
+    ``resolves``: re-solves of each Newton step with the variables it clips sent to 0
+    (:func:`_resolve_clipped`; default ``RESOLVES``, 0 for Bertsekas' plain step).
     Returns ``(U, iterations)``.
     """
+    resolves = RESOLVES if resolves is None else resolves
     pc = precompute(prob, W)
     P, b = prob.target_P, prob.kl_head.b
     n = U.shape[0]
@@ -193,7 +274,7 @@ def solve_codes_newton(
         rows = Rows(U, pc.AWt, P, logS, S, sM, pM)
         g = code_gradient(pc, U, sM - pM)
         free = free_set(U, g)
-        d = newton_direction(hessians(pc, S, sM), g, free)
+        d = newton_direction(hessians(pc, S, sM), g, free, U if resolves else None, resolves)
         zero = torch.zeros((), dtype=U.dtype, device=U.device)
         gd_free = torch.where(free, g * d, zero).sum(dim=1)
         step = (2.0 * step).clamp_(max=1.0)  # each row starts from twice its last step

@@ -50,6 +50,11 @@ from face_concepts.decomposition.newton import solve_codes_newton
 from face_concepts.decomposition.problem import Problem
 
 U_NEWTON_STEPS = 1  # projected Newton iterations per U-block update (affine head, λ > 0)
+# Re-solves of a fit's own code steps (this U block, the mini-batch fit's per-batch codes) with
+# the codes they clip sent to 0 (newton.RESOLVES, the encoder's, is 1). 0, the plain step: in
+# the fits the re-solve changed where the trajectory went more than how fast (solver.md
+# section 14, scale.md section 4).
+FIT_CODES_RESOLVES = 0
 # HALS sweeps per block in the majorise-minimise iterations (λ = 0, and so the warm start of every
 # FACE fit). Six real data sets (MobileNetV2 crops, seeds 0–2, r = 10/25/50, a 1,000-row subset;
 # benchmarks/solver.py --only-inner 3,10,5, results/solver.md section 9): 3 sweeps stopped at a
@@ -249,7 +254,9 @@ def _u_block(
     if prob.kl_weight == 0:
         U, Z, f = u_step(prob, U, W, Z, max_inner, f_cur, curv)
         return U, Z, Terms(f, f, 0.0), None
-    U, _ = solve_codes_newton(prob, W, U, max_iter=U_NEWTON_STEPS, tol=0.0, f0=f_cur)
+    U, _ = solve_codes_newton(
+        prob, W, U, max_iter=U_NEWTON_STEPS, tol=0.0, f0=f_cur, resolves=FIT_CODES_RESOLVES
+    )
     UtA = U.T @ prob.A
     terms, Z = _terms_at(prob, U, W, UtA)
     return U, Z, terms, UtA
