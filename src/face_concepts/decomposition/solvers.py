@@ -53,7 +53,7 @@ U_NEWTON_STEPS = 1  # projected Newton iterations per U-block update (affine hea
 # Re-solves of a fit's own code steps (this U block, the mini-batch fit's per-batch codes) with
 # the codes they clip sent to 0 (newton.RESOLVES, the encoder's, is 1). 0, the plain step: in
 # the fits the re-solve changed where the trajectory went more than how fast (solver.md
-# section 14, scale.md section 4).
+# section 14, scale.md section 3).
 FIT_CODES_RESOLVES = 0
 # HALS sweeps per block in the majorise-minimise iterations (λ = 0, and so the warm start of every
 # FACE fit). Six real data sets (MobileNetV2 crops, seeds 0–2, r = 10/25/50, a 1,000-row subset;
