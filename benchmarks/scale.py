@@ -89,10 +89,11 @@ def child(args: argparse.Namespace) -> None:
         minibatch.CODE_MAX_ITER = args.code_iters
     if args.cold_codes:  # the baseline: every batch's codes from the clamped LS start, every pass
         minibatch.WARM_CODES = False
-    if args.plain_codes_step:  # the baseline: the codes' plain projected Newton step
+    if args.plain_codes_step or args.every_row:  # baselines of the codes' Newton iterations
         from face_concepts.decomposition import newton
 
-        newton.RESOLVES = 0
+        newton.RESOLVES = 0 if args.plain_codes_step else newton.RESOLVES
+        newton.DROP_SETTLED_ROWS = not args.every_row
     if args.glibc_heap:  # the baseline: glibc's own thresholds (no retained heap, _core/heap.py)
         from face_concepts._core import heap
 
@@ -122,6 +123,7 @@ def measure(args: argparse.Namespace, kind: str, key: str) -> dict:
            "--code-iters", str(args.code_iters)] + (["--cold-codes"] if args.cold_codes else [])  # fmt: skip
     cmd += ["--glibc-heap"] if args.glibc_heap else []
     cmd += ["--plain-codes-step"] if args.plain_codes_step else []
+    cmd += ["--every-row"] if args.every_row else []
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -161,6 +163,12 @@ def main() -> None:
         action="store_true",
         help="the codes' plain projected Newton step (newton.RESOLVES = 0: the baseline before "
         "its re-solve with the clipped codes sent to 0)",
+    )
+    ap.add_argument(
+        "--every-row",
+        action="store_true",
+        help="the codes' Newton iterations recompute every row (newton.DROP_SETTLED_ROWS off: "
+        "the baseline before settled rows were left out)",
     )
     ap.add_argument(
         "--reference",
@@ -231,6 +239,7 @@ def write_report(args, rows, notes, loads, total) -> None:
         + ("codes started cold every pass (`--cold-codes`), " if args.cold_codes else "")
         + ("glibc's own malloc thresholds (`--glibc-heap`), " if args.glibc_heap else "")
         + ("the codes' plain Newton step (`--plain-codes-step`), " if args.plain_codes_step else "")
+        + ("every row in every Newton iteration (`--every-row`), " if args.every_row else "")
         + "then the objective pass; full batch: default solver (hals), "
         + (
             "the estimator's defaults (max_iter 1000, tol 1e-5)"

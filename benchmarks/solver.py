@@ -27,7 +27,8 @@ Every row is a target of the engine issue with its ratio and a met / missed verd
    K``), back to back. ``--stop-ab 1``: the same, with and without the stop at a full joint
    Newton step that gains less than ``tol`` (``hals._newton_stationary``). ``--resolve-ab 1``:
    the same, with and without the re-solve of the U block's Newton step (``newton.RESOLVES``);
-   ``--encoder-ab 1,100``: the encoder (``transform`` of new rows) with and without it.
+   ``--encoder-ab 1,100``: the encoder (``transform`` of new rows) with it and settled rows left
+   out (``newton.DROP_SETTLED_ROWS``), with the plain step, and as before session 30.
 
 Data: MobileNetV2 (real ImageNet weights) pooled features of 77 random 64-px crops of each
 bundled real photo (n = 3,311, p = 1,280) and its real classifier (C = 1,000).
@@ -463,14 +464,22 @@ def resolve_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
 
 
 def encoder_rows(lams: list[float], rounds: int = 3) -> list[str]:
-    """The encoder (``FACE.transform``) on rows it was not fitted on, with the codes' Newton
-    step re-solved (``newton.RESOLVES``, the default) and plain (0): the bank of a fit of
-    ``ENCODER_BANK_ITER`` iterations on crops seed 0 encodes crops seed 1 (3,311 new rows), the
-    two alternating ``rounds`` times in one process: median time, Newton iterations and the
-    objective at the codes."""
+    """The encoder (``FACE.transform``) on rows it was not fitted on, in three versions of the
+    codes' Newton iterations: the default (the step re-solved where it clips codes,
+    ``newton.RESOLVES``, and settled rows left out, ``newton.DROP_SETTLED_ROWS``), the plain step
+    with settled rows left out, and the plain step on every row (the code before session 30).
+    The bank of a fit of ``ENCODER_BANK_ITER`` iterations on crops seed 0 encodes crops seed 1
+    (3,311 new rows); the versions take turns ``rounds`` times in one process: median time,
+    Newton iterations and the objective at the codes."""
     from face_concepts.decomposition import encoder, newton
 
-    default, real = newton.RESOLVES, encoder.solve_codes_newton
+    default = (newton.RESOLVES, newton.DROP_SETTLED_ROWS)
+    real = encoder.solve_codes_newton
+    versions = [
+        (f"re-solved ({default[0]}), settled rows left out (default)", default),
+        ("plain, settled rows left out", (0, True)),
+        ("plain, every row (before)", (0, False)),
+    ]
     iterations: list[int] = []
 
     def counting(*args, **kwargs):
@@ -481,7 +490,7 @@ def encoder_rows(lams: list[float], rounds: int = 3) -> list[str]:
     fit_on, new_rows = mobilenet_crop_activations(seed=0), mobilenet_crop_activations(seed=1)
     head = fit_on.head.eval()
     out = [
-        "| λ | codes' Newton step | `transform` of 3,311 new rows: median (all) | Newton "
+        "| λ | codes' Newton iterations | `transform` of 3,311 new rows: median (all) | Newton "
         "iterations | objective at the codes |",
         "|---|---|---|---|---|",
     ]
@@ -495,24 +504,24 @@ def encoder_rows(lams: list[float], rounds: int = 3) -> list[str]:
                 est.fit(fit_on.A)
             A_new = new_rows.A
             prob = make_problem(A_new, Head(head, dtype=A_new.dtype, device=A_new.device), lam)
-            runs: dict[int, list] = {default: [], 0: []}
+            runs: dict[str, list] = {label: [] for label, _ in versions}
             for k in range(rounds):
-                for resolves in (default, 0) if k % 2 == 0 else (0, default):
-                    newton.RESOLVES = resolves
+                for label, (resolves, drop) in versions[k % 3 :] + versions[: k % 3]:
+                    newton.RESOLVES, newton.DROP_SETTLED_ROWS = resolves, drop
                     iterations.clear()
-                    U, seconds = timed(lambda est=est: est.transform(new_rows.A))
-                    runs[resolves].append((seconds, sum(iterations), U))
-            for resolves, label in ((default, f"re-solved ({default})"), (0, "plain")):
-                times = [t for t, _, _ in runs[resolves]]
+                    U, seconds = timed(lambda est=est, A_new=A_new: est.transform(A_new))
+                    runs[label].append((seconds, sum(iterations), U))
+            for label, _ in versions:
+                times = [t for t, _, _ in runs[label]]
                 every = ", ".join(f"{t:.2f}" for t in times)
-                _, its, U = runs[resolves][0]
+                _, its, U = runs[label][0]
                 f = evaluate(prob, U, est.concept_bank_).total
                 out.append(
                     f"| {lam:g} | {label} | {statistics.median(times):.2f} s ({every}) | {its} | "
-                    f"{f:.7f} |"
+                    f"{f:.8f} |"
                 )
     finally:
-        newton.RESOLVES = default
+        newton.RESOLVES, newton.DROP_SETTLED_ROWS = default
         encoder.solve_codes_newton = real
     return out
 
@@ -670,7 +679,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--encoder-ab",
         default=None,
-        help="only: transform of new rows at these λ with and without the re-solved step",
+        help="only: transform of new rows at these λ, the codes' Newton iterations as now and as "
+        "before session 30",
     )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -195,3 +195,30 @@ def test_resolves_reach_the_same_codes_in_fewer_iterations():
     f_plain = _row_objective(A, W, lin, 30.0, U_plain)
     f_res = _row_objective(A, W, lin, 30.0, U_res)
     torch.testing.assert_close(f_res, f_plain, rtol=1e-9, atol=1e-12)
+
+
+def test_settled_rows_are_left_out_and_the_codes_are_the_same(monkeypatch):
+    A, W, lin, _head, prob = _problem(12, n=80, r=6, lam=10.0, scale=3.0)
+    U0 = _warm_start(A, W)
+    f0 = evaluate(prob, U0, W).total
+    sizes: list[int] = []
+    real = nt.hessians
+
+    def recording(pc, S, sM=None):
+        sizes.append(S.shape[0])
+        return real(pc, S, sM)
+
+    monkeypatch.setattr(nt, "hessians", recording)
+    U_all, it_all = None, 0
+    for drop in (False, True):
+        monkeypatch.setattr(nt, "DROP_SETTLED_ROWS", drop)
+        sizes.clear()
+        U, it = nt.solve_codes_newton(prob, W, U0, max_iter=200, tol=1e-12, f0=f0)
+        if not drop:
+            assert sizes == [80] * it  # every row, every iteration
+            U_all, it_all = U, it
+    assert sizes[0] == 80 and sizes[-1] < 80 and sizes == sorted(sizes, reverse=True)
+    f_all = _row_objective(A, W, lin, 10.0, U_all)
+    f_drop = _row_objective(A, W, lin, 10.0, U)
+    torch.testing.assert_close(f_drop, f_all, rtol=1e-9, atol=1e-12)
+    assert it <= it_all + 2

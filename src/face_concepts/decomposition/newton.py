@@ -23,6 +23,10 @@ Bertsekas' projected Newton step (1982) on the bound constraints, all rows at on
    (``m = s·e``) — so it stays accurate in float32 even when it is far below the objective's
    own rounding. A row whose search fails keeps its codes.
 
+Rows are independent (``W`` is fixed): a row whose full step promises (almost) nothing keeps its
+codes and would promise the same at the next iteration, so it is left out of the later ones
+(``DROP_SETTLED_ROWS``); late iterations then cost what their few moving rows cost.
+
 The Newton step of a row whose free variables it would push below 0 is re-solved with those
 sent exactly to 0 (``RESOLVES`` times at most, :func:`_resolve_clipped`): the projection alone
 finds the active set one layer per iteration. The encoder's solves use it; ``hals``'s
@@ -49,6 +53,9 @@ EPS_ACTIVE = 1e-3  # cap of the ε of the ε-active set
 ARMIJO = 1e-4  # sufficient-decrease constant
 MAX_HALVINGS = 20  # line-search tries per iteration (t down to 2⁻¹⁹)
 RESOLVES = 1  # re-solves of a Newton step with the free variables it clips sent to 0
+# Rows whose full step promises (almost) nothing are left out of the later iterations (False:
+# every row is recomputed every iteration, the baseline of solver.md section 14).
+DROP_SETTLED_ROWS = True
 
 
 @dataclass
@@ -140,9 +147,12 @@ def hessians(pc: Precomputed, S: torch.Tensor, sM: torch.Tensor | None = None) -
     return H
 
 
-def code_gradient(pc: Precomputed, U: torch.Tensor, gM: torch.Tensor) -> torch.Tensor:
-    """Per-row gradients ``g_i`` (module docstring) at codes ``U``; ``gM = (S − P) Mᵀ``."""
-    return pc.a2 * (U @ pc.WWt - pc.AWt) + pc.lam * gM
+def code_gradient(
+    pc: Precomputed, U: torch.Tensor, gM: torch.Tensor, AWt: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-row gradients ``g_i`` (module docstring) at codes ``U``; ``gM = (S − P) Mᵀ``
+    (``AWt``: ``A Wᵀ`` of these rows, when they are not all of ``pc``'s)."""
+    return pc.a2 * (U @ pc.WWt - (pc.AWt if AWt is None else AWt)) + pc.lam * gM
 
 
 def free_set(U: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -266,31 +276,41 @@ def solve_codes_newton(
     it = 0
     step = torch.full((n, 1), 0.5, dtype=U.dtype, device=U.device)
     pM = P @ pc.M.T
+    # The rows still moving. Rows are independent (W is fixed), so a row whose full step promised
+    # (almost) nothing keeps its codes, would promise the same again, and is left out from then on.
+    active: torch.Tensor | None = None  # None: all rows
     for it in range(1, max_iter + 1):  # noqa: B007 (returned after the loop)
-        Z = torch.addmm(b, U, pc.M)
+        if active is None:
+            Ua, AWa, Pa, pMa, sta, ba = U, pc.AWt, P, pM, step, b
+        else:
+            Ua, AWa, Pa, pMa, sta = U[active], pc.AWt[active], P[active], pM[active], step[active]
+            ba = b[active] if b.dim() == 2 and b.shape[0] == n else b  # a per-row bias
+        m = Ua.shape[0]
+        Z = torch.addmm(ba, Ua, pc.M)
         logS = torch.log_softmax(Z, dim=1)
         S = logS.exp()
         sM = S @ pc.M.T
-        rows = Rows(U, pc.AWt, P, logS, S, sM, pM)
-        g = code_gradient(pc, U, sM - pM)
-        free = free_set(U, g)
-        d = newton_direction(hessians(pc, S, sM), g, free, U if resolves else None, resolves)
+        rows = Rows(Ua, AWa, Pa, logS, S, sM, pMa)
+        g = code_gradient(pc, Ua, sM - pMa, AWa)
+        free = free_set(Ua, g)
+        d = newton_direction(hessians(pc, S, sM), g, free, Ua if resolves else None, resolves)
         zero = torch.zeros((), dtype=U.dtype, device=U.device)
         gd_free = torch.where(free, g * d, zero).sum(dim=1)
-        step = (2.0 * step).clamp_(max=1.0)  # each row starts from twice its last step
+        sta = (2.0 * sta).clamp_(max=1.0)  # each row starts from twice its last step
         # Rows whose full step promises (almost) nothing are done: trying them only meets rounding.
-        full = (U - d).clamp(min=0)
-        promise = gd_free + torch.where(free, zero, g * (U - full)).sum(dim=1)
+        full = (Ua - d).clamp(min=0)
+        promise = gd_free + torch.where(free, zero, g * (Ua - full)).sum(dim=1)
         todo = promise > 0.01 * tol * max(f, 0.0)
-        Un = U.clone()
-        gain = U.new_zeros(n)
+        moving = todo.clone()
+        Un = Ua.clone()
+        gain = U.new_zeros(m)
         for _ in range(MAX_HALVINGS):
             if not bool(todo.any()):
                 break
             idx = todo.nonzero().squeeze(1)
-            sel = slice(None) if len(idx) == n else idx  # a view, not a copy, for all rows
+            sel = slice(None) if len(idx) == m else idx  # a view, not a copy, for all rows
             sub = rows if isinstance(sel, slice) else rows.take(sel)
-            Ui, ti, fi, gi = sub.U, step[sel], free[sel], g[sel]
+            Ui, ti, fi, gi = sub.U, sta[sel], free[sel], g[sel]
             cand = (Ui - ti * d[sel]).clamp(min=0)
             delta = row_decrease(pc, sub, cand)
             # Bertsekas' Armijo rule along the projection arc: t·g_F·d_F + g_A·(u − u(t))_A.
@@ -302,10 +322,16 @@ def solve_codes_newton(
             Un[acc] = cand[ok]
             gain[acc] = -delta[ok]
             todo[acc] = False
-            step[idx[~ok]] *= 0.5
-        U = Un
+            sta[idx[~ok]] *= 0.5
+        if active is None:
+            U, step = Un, sta
+            if DROP_SETTLED_ROWS:
+                active = moving.nonzero().squeeze(1)
+        else:
+            U[active], step[active] = Un, sta
+            active = active[moving]
         decrease = float(gain.double().sum()) / n
-        done = f <= 0 or decrease <= tol * f
+        done = f <= 0 or decrease <= tol * f or (active is not None and active.numel() == 0)
         f -= decrease
         if done:
             break
