@@ -85,6 +85,7 @@ from sklearn.exceptions import ConvergenceWarning
 from face_concepts._core.progress import Progress
 from face_concepts._core.seeding import make_generator
 from face_concepts._core.validation import as_float_tensor
+from face_concepts.decomposition import solvers
 from face_concepts.decomposition._head import Head
 from face_concepts.decomposition.encoder import _warm_start, encode, solve_codes
 from face_concepts.decomposition.init import initialize
@@ -92,7 +93,6 @@ from face_concepts.decomposition.losses import Terms
 from face_concepts.decomposition.problem import make_problem
 from face_concepts.decomposition.semi_nmf import eig_of, minimise_surrogate_signed
 from face_concepts.decomposition.solvers import (
-    FIT_CODES_RESOLVES,
     Problem,
     _Curvature,
     centred_spectral_norm_sq,
@@ -283,7 +283,7 @@ def step(
         prob = make_problem(A, state.head, state.lam)
         U0 = _warm_start(A, W) if store is None else store.start(offset, A, W)
         U, _ = solve_codes(
-            prob, W, U0, max_iter=CODE_MAX_ITER, tol=CODE_TOL, resolves=FIT_CODES_RESOLVES
+            prob, W, U0, max_iter=CODE_MAX_ITER, tol=CODE_TOL, resolves=solvers.FIT_CODES_RESOLVES
         )
         if store is not None:
             store.put(offset, A, U)
