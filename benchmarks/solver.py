@@ -463,6 +463,19 @@ def resolve_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
     )
 
 
+def continuation_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
+    """``hals``'s λ continuation (session 31: a fit at λ ≥ ``hals.CONTINUATION_FROM`` starts
+    from fits at λ/10, λ/100, … ≥ 1) against the start from plain NMF alone."""
+    from face_concepts.decomposition import hals
+
+    default = hals.CONTINUATION_FROM
+
+    def switch(on: bool) -> None:
+        hals.CONTINUATION_FROM = default if on else float("inf")
+
+    return switch_rows(lams, "with λ continuation", "from plain NMF only", switch, n_sets)
+
+
 def encoder_rows(lams: list[float], rounds: int = 3) -> list[str]:
     """The encoder (``FACE.transform``) on rows it was not fitted on, in three versions of the
     codes' Newton iterations: the default (the step re-solved where it clips codes,
@@ -677,6 +690,12 @@ def main(argv: list[str] | None = None) -> int:
         "Newton step",
     )
     ap.add_argument(
+        "--continuation-ab",
+        default=None,
+        help="only: FACE fits at these λ (e.g. 100) on six data sets with and without the λ "
+        "continuation",
+    )
+    ap.add_argument(
         "--encoder-ab",
         default=None,
         help="only: transform of new rows at these λ, the codes' Newton iterations as now and as "
@@ -685,7 +704,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     load0, t_start = load_average(), time.perf_counter()
-    ab = {"joint_ab": joint_rows, "stop_ab": newton_stop_rows, "resolve_ab": resolve_rows}
+    ab = {
+        "joint_ab": joint_rows,
+        "stop_ab": newton_stop_rows,
+        "resolve_ab": resolve_rows,
+        "continuation_ab": continuation_rows,
+    }
     chosen = [(name, f) for name, f in ab.items() if getattr(args, name)]
     if chosen or args.encoder_ab:
         if args.encoder_ab:

@@ -54,6 +54,14 @@ class _Progress:
                 f"{terms.recon:.4g}, KL {terms.kl:.4g}), {time.perf_counter() - self.start:.1f} s"
             )
 
+    def stage(self, kl_weight: float | None) -> None:
+        """``hals``'s λ continuation: the lines that follow are a start at ``kl_weight`` (None:
+        the fit itself, its iterations counted afresh)."""
+        if kl_weight is None:
+            self._say(f"{self.solver}: the fit itself, from its start")
+        else:
+            self._say(f"{self.solver}: a start at kl_weight {kl_weight:g} (λ continuation)")
+
     def handover(self, solver: str, after: int, why: str) -> None:
         self._say(f"{self.solver} hands the fit to {solver} after iteration {after}: {why}")
         self.solver = solver

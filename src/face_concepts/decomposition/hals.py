@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from sklearn.exceptions import ConvergenceWarning
@@ -34,6 +35,27 @@ from face_concepts.decomposition.solvers import (
 
 # The windowed decrease (in units of tol) below which a small full joint Newton step stops a fit.
 NEWTON_STOP_GUARD = 10.0
+# λ continuation: a fit at λ ≥ CONTINUATION_FROM starts, after its plain-NMF warm start, with
+# fits at λ / 10^k (k = K, …, 1) down to LOWEST_STAGE, each to WARM_TOL. From plain NMF a fit at
+# λ = 100 crawls to its iteration cap at a higher objective; from the stages it stops by its own
+# rule, lower (benchmarks/results/solver.md section 15). At λ = 10 a start at λ = 1 bought
+# nothing (an ad hoc run), hence the threshold.
+CONTINUATION_FROM = 100.0
+LOWEST_STAGE = 1.0
+
+
+def continuation_stages(kl_weight: float) -> list[float]:
+    """The λ of the stages a fit at ``kl_weight`` starts with, increasing: ``kl_weight / 10^k``
+    for every ``k ≥ 1`` that keeps it at least ``LOWEST_STAGE``, when ``kl_weight`` is at least
+    ``CONTINUATION_FROM`` (none below)."""
+    stages: list[float] = []
+    if kl_weight < CONTINUATION_FROM:
+        return stages
+    lam = kl_weight / 10.0
+    while lam >= LOWEST_STAGE:
+        stages.insert(0, lam)
+        lam /= 10.0
+    return stages
 
 
 def _plain_warm_start(
@@ -95,6 +117,10 @@ def solve_hals(
     iterations. ``warm_start`` (λ > 0): first fit plain NMF from ``(U, W)`` to ``WARM_TOL``.
     ``signed_w_block``: the W-block of the signed bank (``semi_nmf.bank_step``; W unconstrained,
     its extrapolation not clamped, extrapolation on by default): the same loop serves both banks.
+    With ``warm_start`` at λ ≥ ``CONTINUATION_FROM`` (the non-negative bank) the warm start is
+    followed by fits at ``continuation_stages(λ)`` (λ/10, λ/100, … ≥ 1, increasing), each to
+    ``WARM_TOL``, counted in ``warm_iter``; a ``callback`` with a ``stage`` method is told
+    which λ its calls are at (``stage(λ)``, then ``stage(None)`` for the fit itself).
     ``joint`` (the non-negative bank with λ > 0 and ``w_solver="newton"``): once the plain
     iterations slow down, the W block becomes a joint Newton step on ``(U, W)`` while those
     pay (``joint.JointSchedule``).
@@ -104,6 +130,22 @@ def solve_hals(
     res = SolverResult(U=U, W=W, n_iter=0, converged=False)
     if warm_start and prob.kl_weight > 0:
         U, W, res.warm_iter = _plain_warm_start(prob, U, W, signed_w_block, max_inner)
+        # the non-negative bank only: the signed bank's start at a large λ was not measured
+        stages = continuation_stages(prob.kl_weight) if signed_w_block is None else []
+        announce = getattr(callback, "stage", None)  # _Progress: says which λ its lines are at
+        for lam in stages:
+            if announce is not None:
+                announce(lam)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)  # a start, as above
+                stage = solve_hals(
+                    replace(prob, kl_weight=lam), U, W, max_iter=WARM_MAX_ITER, tol=WARM_TOL,
+                    max_inner=max_inner, extrapolate=extrapolate, w_solver=w_solver,
+                    callback=callback, signed_w_block=signed_w_block, joint=joint,
+                )  # fmt: skip
+            U, W, res.warm_iter = stage.U, stage.W, res.warm_iter + stage.n_iter
+        if announce is not None and stages:
+            announce(None)
     newton_w = prob.kl_weight > 0 and w_solver == "newton"
     if extrapolate is None:
         extrapolate = signed_w_block is not None or not newton_w
