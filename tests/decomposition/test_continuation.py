@@ -101,3 +101,17 @@ def test_the_signed_bank_takes_no_stages(monkeypatch):
     with pytest.warns(ConvergenceWarning):
         hals.solve_hals(prob, U, W, max_iter=3, tol=0.0, warm_start=True)
     assert calls == [100.0]
+
+
+def test_a_plain_callback_sees_the_fit_at_lambda_only():
+    """The stages' objectives (at a smaller λ, so lower) never reach a callback that is not
+    told the stage: a recorder of the lowest objective would otherwise keep a stage's."""
+    _, U, W, _, prob = _problem(4, 100.0)
+    seen = []
+    res = hals.solve_hals(
+        prob, U, W, max_iter=400, tol=1e-7, warm_start=True,
+        callback=lambda t, terms: seen.append((t, terms.total)),
+    )  # fmt: skip
+    assert res.warm_iter > 0
+    assert [t for t, _ in seen] == list(range(1, res.n_iter + 1))
+    assert [f for _, f in seen] == res.history["total"][1:]

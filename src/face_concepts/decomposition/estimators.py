@@ -141,7 +141,9 @@ class FACE(BaseEstimator):
         Iterations of the solver on the FACE objective.
     n_warm_iter_ : int
         ``solver="hals"`` or ``"jacobian"`` with ``kl_weight > 0`` (and an init other than
-        "custom"): iterations of the plain-NMF warm start that precedes them; 0 otherwise.
+        "custom"): iterations of the plain-NMF warm start that precedes them, and with
+        ``hals`` at ``kl_weight ≥ 100`` those of its λ-continuation stages (fits at
+        ``kl_weight/10``, ``/100``, … ≥ 1; docs/method.md §4.1); 0 otherwise.
     handover_iter_ : int or None
         ``solver="jacobian"``: the iteration after which its affine model misled and ``lbfgs``
         took the fit over (its later iterations are lbfgs's); None when it did not.

@@ -42,6 +42,7 @@ NEWTON_STOP_GUARD = 10.0
 # nothing (an ad hoc run), hence the threshold.
 CONTINUATION_FROM = 100.0
 LOWEST_STAGE = 1.0
+CONTINUATION_SIGNED = False  # the signed bank too
 
 
 def continuation_stages(kl_weight: float) -> list[float]:
@@ -119,8 +120,9 @@ def solve_hals(
     its extrapolation not clamped, extrapolation on by default): the same loop serves both banks.
     With ``warm_start`` at λ ≥ ``CONTINUATION_FROM`` (the non-negative bank) the warm start is
     followed by fits at ``continuation_stages(λ)`` (λ/10, λ/100, … ≥ 1, increasing), each to
-    ``WARM_TOL``, counted in ``warm_iter``; a ``callback`` with a ``stage`` method is told
-    which λ its calls are at (``stage(λ)``, then ``stage(None)`` for the fit itself).
+    ``WARM_TOL``, counted in ``warm_iter``. A ``callback`` with a ``stage`` method also sees
+    the stages' iterations and is told which λ they are at (``stage(λ)``, then ``stage(None)``
+    for the fit itself); any other callback sees the fit at λ only.
     ``joint`` (the non-negative bank with λ > 0 and ``w_solver="newton"``): once the plain
     iterations slow down, the W block becomes a joint Newton step on ``(U, W)`` while those
     pay (``joint.JointSchedule``).
@@ -130,8 +132,8 @@ def solve_hals(
     res = SolverResult(U=U, W=W, n_iter=0, converged=False)
     if warm_start and prob.kl_weight > 0:
         U, W, res.warm_iter = _plain_warm_start(prob, U, W, signed_w_block, max_inner)
-        # the non-negative bank only: the signed bank's start at a large λ was not measured
-        stages = continuation_stages(prob.kl_weight) if signed_w_block is None else []
+        signed = signed_w_block is not None
+        stages = continuation_stages(prob.kl_weight) if CONTINUATION_SIGNED or not signed else []
         announce = getattr(callback, "stage", None)  # _Progress: says which λ its lines are at
         for lam in stages:
             if announce is not None:
@@ -141,7 +143,10 @@ def solve_hals(
                 stage = solve_hals(
                     replace(prob, kl_weight=lam), U, W, max_iter=WARM_MAX_ITER, tol=WARM_TOL,
                     max_inner=max_inner, extrapolate=extrapolate, w_solver=w_solver,
-                    callback=callback, signed_w_block=signed_w_block, joint=joint,
+                    # only a callback that is told the stage sees its iterations: the others
+                    # (the benchmarks' recorders) see the fit at λ alone, as before
+                    callback=callback if announce is not None else None,
+                    signed_w_block=signed_w_block, joint=joint,
                 )  # fmt: skip
             U, W, res.warm_iter = stage.U, stage.W, res.warm_iter + stage.n_iter
         if announce is not None and stages:
