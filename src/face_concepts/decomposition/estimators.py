@@ -105,6 +105,9 @@ class FACE(BaseEstimator):
         200 and 1e-4 (the same, over 3 outer iterations); lbfgs 1000 and 1e-3 (the same, over
         10 iterations, each one head call); pgd 1000 and
         1e-5 (relative decrease over one iteration); adam 22,000 and 1e-3 (absolute loss change, the authors' rule).
+        They bound the fit at ``kl_weight``; its start (the plain-NMF warm start and, with hals
+        at ``kl_weight ≥ 100``, the λ-continuation stages) has its own bound, 200 iterations
+        each (``n_warm_iter_``).
     init : {"auto", "nndsvd", "nndsvda", "nndsvd-authors", "random", "custom", "signed-svd"}
         "auto" is "signed-svd" with ``bank="signed"``, "nndsvd-authors" for solver "adam" and
         "nndsvda" otherwise.
