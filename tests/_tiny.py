@@ -76,3 +76,20 @@ def write_png_folder(folder, n: int = 6, side: int = 20, seed: int = 0):
         arr = rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8)
         Image.fromarray(arr).save(folder / f"img{i}.png")
     return folder
+
+
+def affine_problem(seed: int, n=30, p=9, r=3, C=6, lam=2.0, scale=1.0):
+    """``(A, U, W, head, Problem)``: seeded float64 data, codes, bank and a linear head of
+    ``C`` classes (weights times ``scale``), for the solvers' tests."""
+    from face_concepts.decomposition._head import Head
+    from face_concepts.decomposition.problem import make_problem
+
+    g = torch.Generator().manual_seed(seed)
+    A = torch.rand(n, p, generator=g, dtype=torch.float64)
+    U = torch.rand(n, r, generator=g, dtype=torch.float64)
+    W = torch.rand(r, p, generator=g, dtype=torch.float64)
+    lin = torch.nn.Linear(p, C).double()
+    with torch.no_grad():
+        lin.weight.copy_(scale * torch.randn(C, p, generator=g, dtype=torch.float64))
+        lin.bias.copy_(torch.randn(C, generator=g, dtype=torch.float64))
+    return A, U, W, lin, make_problem(A, Head(lin, dtype=A.dtype, device=A.device), lam)

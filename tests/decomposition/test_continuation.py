@@ -9,23 +9,14 @@ import pytest
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
+from _tiny import affine_problem
 from face_concepts import FACE
 from face_concepts.decomposition import hals, semi_nmf
 from face_concepts.decomposition import solvers as sv
-from face_concepts.decomposition._head import Head
-from face_concepts.decomposition.problem import make_problem
 
 
-def _problem(seed: int, lam: float, n=30, p=8, r=3, C=6):
-    g = torch.Generator().manual_seed(seed)
-    A = torch.rand(n, p, generator=g, dtype=torch.float64)
-    U = torch.rand(n, r, generator=g, dtype=torch.float64)
-    W = torch.rand(r, p, generator=g, dtype=torch.float64)
-    lin = torch.nn.Linear(p, C).double()
-    with torch.no_grad():
-        lin.weight.copy_(torch.randn(C, p, generator=g, dtype=torch.float64))
-        lin.bias.copy_(torch.randn(C, generator=g, dtype=torch.float64))
-    return A, U, W, lin, make_problem(A, Head(lin, dtype=A.dtype, device=A.device), lam)
+def _problem(seed: int, lam: float):
+    return affine_problem(seed, lam=lam)
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
+from _tiny import affine_problem
 from face_concepts.decomposition import face_objective
 from face_concepts.decomposition import newton_cg as ncg
 from face_concepts.decomposition import solvers as sv
@@ -19,18 +20,7 @@ from face_concepts.decomposition.hals import solve_hals
 from face_concepts.decomposition.init import initialize
 from face_concepts.decomposition.problem import make_problem
 
-
-def _problem(seed: int, n=30, p=9, r=3, C=6, lam=2.0, scale=1.0):
-    g = torch.Generator().manual_seed(seed)
-    A = torch.rand(n, p, generator=g, dtype=torch.float64)
-    U = torch.rand(n, r, generator=g, dtype=torch.float64)
-    W = torch.rand(r, p, generator=g, dtype=torch.float64)
-    lin = torch.nn.Linear(p, C).double()
-    with torch.no_grad():
-        lin.weight.copy_(scale * torch.randn(C, p, generator=g, dtype=torch.float64))
-        lin.bias.copy_(torch.randn(C, generator=g, dtype=torch.float64))
-    prob = make_problem(A, Head(lin, dtype=A.dtype, device=A.device), lam)
-    return A, U, W, lin, prob
+_problem = affine_problem
 
 
 def test_bank_gradient_and_hvp_match_autograd():
