@@ -389,21 +389,40 @@ def switch_rows(
     switch,
     n_sets: int = len(INNER_SETS),
     default_state: bool = True,
+    time_to_match: bool = False,
 ) -> list[str]:
     """A change of the code against its absence: the default ``FACE(head, r, kl_weight=λ,
     random_state=0).fit`` end to end on the data sets of :func:`inner_section`, with
     ``switch(True)`` (the change, column ``on``) and ``switch(False)`` (column ``off``), back to
     back per data set, after one warm-up fit (the process's first fit also pays its start-up:
-    thread pool, heap); ``switch(default_state)`` restores the code's default afterwards."""
+    thread pool, heap); ``switch(default_state)`` restores the code's default afterwards.
+    ``time_to_match``: a last column, the time (since the fit's start) at which the ``on`` fit's
+    ``hals`` iterate first reaches the ``off`` fit's final objective (``hals`` only)."""
+    from face_concepts.decomposition import registry
+
+    real_hals = registry.SOLVERS["hals"]
+    trace: list[tuple[float, float]] = []
+    clock = {"t0": 0.0}
+
+    def traced(*args, **kwargs):
+        def record(t: int, terms) -> None:
+            trace.append((time.perf_counter() - clock["t0"], terms.total))
+
+        return real_hals(*args, **{**kwargs, "callback": record})
+
     warm = mobilenet_crop_activations()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         FACE(warm.head.eval(), R, kl_weight=1.0, random_state=0, max_iter=20).fit(warm.A[:1000])
+    match = f" {on}: reaches the objective {off} at |" if time_to_match else ""
     out = [
         f"| data | r | λ | {on}: fit, iterations (warm + FACE), objective | {off} | speed-up | "
-        "objective, with vs without |",
-        "|---|---|---|---|---|---|---|",
+        f"objective, with vs without |{match}",
+        "|---|---|---|---|---|---|---|" + ("---|" if time_to_match else ""),
     ]
+    on_trace: list[tuple[float, float]] = []
+    if time_to_match:
+        registry.SOLVERS["hals"] = traced
     try:
         for lam in lams:
             for name, act, A, r in inner_data_sets(n_sets):
@@ -413,23 +432,35 @@ def switch_rows(
                     log(f"{name}, r = {r}, λ = {lam:g}: {on if state else off}")
                     switch(state)
                     est = FACE(head, r, kl_weight=lam, random_state=0)
+                    if state:
+                        trace.clear()
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always", ConvergenceWarning)
+                        clock["t0"] = time.perf_counter()
                         _, seconds = timed(lambda est=est, A=A: est.fit(A))
                     capped = any(issubclass(w.category, ConvergenceWarning) for w in caught)
                     runs.append((seconds, est, capped))
+                    on_trace = list(trace) if state else on_trace
                 cells = [
                     f"{t:.1f} s, {e.n_warm_iter_} + {e.n_iter_}{' (capped)' if c else ''}, "
                     f"{e.objective_:.6f}"
                     for t, e, c in runs
                 ]
                 diff = runs[0][1].objective_ / runs[1][1].objective_ - 1
+                if time_to_match:
+                    target = runs[1][1].objective_
+                    hit = next(((s_, k) for k, (s_, f) in enumerate(on_trace) if f <= target), None)
+                    cells.append(
+                        "never" if hit is None else f"{hit[0]:.1f} s (iteration {hit[1] + 1})"
+                    )
                 out.append(
                     f"| {name} | {r} | {lam:g} | {cells[0]} | {cells[1]} | "
                     f"{runs[1][0] / runs[0][0]:.2f}× | {100 * diff:+.4f} % |"
+                    + (f" {cells[2]} |" if time_to_match else "")
                 )
     finally:
         switch(default_state)
+        registry.SOLVERS["hals"] = real_hals
     return out
 
 
@@ -472,7 +503,9 @@ def continuation_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[
     def switch(on: bool) -> None:
         hals.CONTINUATION_FROM = default if on else float("inf")
 
-    return switch_rows(lams, "with λ continuation", "from plain NMF only", switch, n_sets)
+    return switch_rows(
+        lams, "with λ continuation", "from plain NMF only", switch, n_sets, time_to_match=True
+    )
 
 
 def encoder_rows(lams: list[float], rounds: int = 3) -> list[str]:
