@@ -36,13 +36,15 @@ from face_concepts.decomposition.solvers import (
 # The windowed decrease (in units of tol) below which a small full joint Newton step stops a fit.
 NEWTON_STOP_GUARD = 10.0
 # λ continuation: a fit at λ ≥ CONTINUATION_FROM starts, after its plain-NMF warm start, with
-# fits at λ / 10^k (k = K, …, 1) down to LOWEST_STAGE, each to WARM_TOL. From plain NMF a fit at
-# λ = 100 crawls to its iteration cap at a higher objective; from the stages it stops by its own
-# rule, lower (benchmarks/results/solver.md section 15). At λ = 10 a start at λ = 1 bought
-# nothing (an ad hoc run), hence the threshold.
+# fits at λ / 10^k (k = K, …, 1) down to LOWEST_STAGE, each to WARM_TOL. From plain NMF fits at
+# λ = 100 ended higher, mostly at their iteration cap; from the stages they end lower and mostly
+# stop by their own rule (benchmarks/results/solver.md section 15). At λ = 10 a start at λ = 1
+# bought nothing (an ad hoc run), hence the threshold.
 CONTINUATION_FROM = 100.0
 LOWEST_STAGE = 1.0
-CONTINUATION_SIGNED = False  # the signed bank too
+# True: the signed bank too. Off: in an ad hoc run at λ = 100 its fit from the stages stopped by
+# its rule but ended higher than its fit from plain Semi-NMF, which reached its cap.
+CONTINUATION_SIGNED = False
 
 
 def continuation_stages(kl_weight: float) -> list[float]:
