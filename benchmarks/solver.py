@@ -390,6 +390,7 @@ def switch_rows(
     n_sets: int = len(INNER_SETS),
     default_state: bool = True,
     time_to_match: bool = False,
+    bank: str = "nonnegative",
 ) -> list[str]:
     """A change of the code against its absence: the default ``FACE(head, r, kl_weight=λ,
     random_state=0).fit`` end to end on the data sets of :func:`inner_section`, with
@@ -397,10 +398,12 @@ def switch_rows(
     back per data set, after one warm-up fit (the process's first fit also pays its start-up:
     thread pool, heap); ``switch(default_state)`` restores the code's default afterwards.
     ``time_to_match``: a last column, the time (since the fit's start) at which the ``on`` fit's
-    ``hals`` iterate first reaches the ``off`` fit's final objective (``hals`` only)."""
-    from face_concepts.decomposition import registry
+    ``hals`` iterate first reaches the ``off`` fit's final objective (``hals`` only).
+    ``bank="signed"``: signed-bank fits of each data set centred per feature (:func:`centred`)."""
+    from face_concepts.decomposition import registry, semi_nmf
 
-    real_hals = registry.SOLVERS["hals"]
+    solvers_of = registry.SOLVERS if bank != "signed" else semi_nmf.SOLVERS
+    real_hals = solvers_of["hals"]
     trace: list[tuple[float, float]] = []
     clock = {"t0": 0.0}
 
@@ -422,16 +425,18 @@ def switch_rows(
     ]
     on_trace: list[tuple[float, float]] = []
     if time_to_match:
-        registry.SOLVERS["hals"] = traced
+        solvers_of["hals"] = traced
     try:
         for lam in lams:
             for name, act, A, r in inner_data_sets(n_sets):
                 runs = []
                 head = act.head.eval()
+                if bank == "signed":
+                    A, head = centred(A, head)
                 for state in (True, False):
                     log(f"{name}, r = {r}, λ = {lam:g}: {on if state else off}")
                     switch(state)
-                    est = FACE(head, r, kl_weight=lam, random_state=0)
+                    est = FACE(head, r, kl_weight=lam, bank=bank, random_state=0)
                     if state:
                         trace.clear()
                     with warnings.catch_warnings(record=True) as caught:
@@ -460,7 +465,7 @@ def switch_rows(
                 )
     finally:
         switch(default_state)
-        registry.SOLVERS["hals"] = real_hals
+        solvers_of["hals"] = real_hals
     return out
 
 
@@ -506,6 +511,20 @@ def continuation_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[
     return switch_rows(
         lams, "with λ continuation", "from plain NMF only", switch, n_sets, time_to_match=True
     )
+
+
+def continuation_signed_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
+    """The same for the signed bank (``hals.CONTINUATION_SIGNED``, off by default), on each data
+    set centred per feature."""
+    from face_concepts.decomposition import hals
+
+    def switch(on: bool) -> None:
+        hals.CONTINUATION_SIGNED = on
+
+    return switch_rows(
+        lams, "signed, with λ continuation", "signed, from plain Semi-NMF (default)", switch,
+        n_sets, default_state=False, time_to_match=True, bank="signed",
+    )  # fmt: skip
 
 
 def encoder_rows(lams: list[float], rounds: int = 3) -> list[str]:
@@ -728,6 +747,11 @@ def main(argv: list[str] | None = None) -> int:
         "continuation",
     )
     ap.add_argument(
+        "--continuation-signed-ab",
+        default=None,
+        help="only: the same for the signed bank (each data set centred per feature)",
+    )
+    ap.add_argument(
         "--encoder-ab",
         default=None,
         help="only: transform of new rows at these λ, the codes' Newton iterations as now and as "
@@ -741,6 +765,7 @@ def main(argv: list[str] | None = None) -> int:
         "stop_ab": newton_stop_rows,
         "resolve_ab": resolve_rows,
         "continuation_ab": continuation_rows,
+        "continuation_signed_ab": continuation_signed_rows,
     }
     chosen = [(name, f) for name, f in ab.items() if getattr(args, name)]
     if chosen or args.encoder_ab:
