@@ -42,8 +42,8 @@ NEWTON_STOP_GUARD = 10.0
 # bought nothing (an ad hoc run), hence the threshold.
 CONTINUATION_FROM = 100.0
 LOWEST_STAGE = 1.0
-# True: the signed bank too. Off: in an ad hoc run at λ = 100 its fit from the stages stopped by
-# its rule but ended higher than its fit from plain Semi-NMF, which reached its cap.
+# True: the signed bank too. Off: at λ = 100 its fit from the stages stopped by its rule but ended
+# higher than its fit from plain Semi-NMF, which reached its cap (solver.md section 15).
 CONTINUATION_SIGNED = False
 
 
