@@ -64,6 +64,8 @@ from _common import (
     timed,
 )
 from face_concepts import FACE, NMF
+from face_concepts.decomposition import hals as hals_module
+from face_concepts.decomposition import solvers as solvers_module
 from face_concepts.decomposition._head import Head
 from face_concepts.decomposition.hals import solve_hals
 from face_concepts.decomposition.init import initialize
@@ -200,8 +202,8 @@ def long_run(A: torch.Tensor, head: torch.nn.Module, lam: float, cap: float) -> 
     return best
 
 
-def nmf_race(A: torch.Tensor, target: float) -> dict:
-    """``NMF(25).fit(A)`` end to end, and when (if) its iterates reach ``target``."""
+def nmf_race(A: torch.Tensor, target: float, r: int = R) -> dict:
+    """``NMF(r).fit(A)`` end to end, and when (if) its iterates reach ``target``."""
     t0 = time.perf_counter()
     reached = {}
 
@@ -209,15 +211,19 @@ def nmf_race(A: torch.Tensor, target: float) -> dict:
         if "seconds" not in reached and terms.total <= target * (1 + 1e-6):
             reached["seconds"], reached["iteration"] = time.perf_counter() - t0, t
 
-    est = NMF(R, random_state=0)
+    est = NMF(r, random_state=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        init = initialize(A, R, "nndsvda")
+        init = initialize(A, r, "nndsvda")
         t_init = time.perf_counter() - t0
         prob = make_problem(A, None, 0.0)
         res = solve_hals(prob, *init, callback=callback)
     seconds = time.perf_counter() - t0
-    default = {"objective": res.history["total"][-1], "iterations": res.n_iter}
+    default = {
+        "objective": res.history["total"][-1],
+        "iterations": res.n_iter,
+        "kkt": kkt_residual(prob, res.U, res.W, None, res.history["total"][-1]),
+    }
     t1 = time.perf_counter()
     est.fit(A)
     return {
@@ -229,6 +235,96 @@ def nmf_race(A: torch.Tensor, target: float) -> dict:
         "warnings": sorted({type(w.message).__name__ for w in caught}),
         **default,
     }
+
+
+def _unfused_sweeps(
+    X: torch.Tensor, Q: torch.Tensor, R: torch.Tensor, max_inner: int
+) -> torch.Tensor:
+    """``solvers._hals_sweeps`` as it was before session 32 (about ten kernels per row; the
+    baseline of ``--nmf-stop-ab``)."""
+    diag = Q.diagonal().tolist()
+    first = None
+    for _ in range(max_inner):
+        moved = X.new_zeros(())
+        for k, qkk in enumerate(diag):
+            if qkk <= 0:
+                continue
+            new = (X[k] + (R[k] - Q[k] @ X) / qkk).clamp_(min=0)
+            moved += (new - X[k]).square().sum()
+            X[k] = new
+        moved_sq = float(moved)
+        if first is None:
+            first = moved_sq
+        if moved_sq <= 1e-4 * first or moved_sq == 0.0:
+            break
+    return X
+
+
+def nmf_stop_rows(rounds: int = 3, n_sets: int | None = None) -> list[str]:
+    """Target 2 on the six data sets of :func:`inner_section`, in three versions taking turns
+    (``rounds`` times; the median time): now (the fused HALS sweeps, and the stop that asks for
+    a KKT residual ≤ ``solvers.STATIONARITY_TOL`` at λ = 0); the fused sweeps with the windowed
+    stop alone; as before session 32 (the sweeps of ``_unfused_sweeps``, the windowed stop). Each
+    is ``nmf_race``: init + ``solve_hals`` (timed to its stop and to scikit-learn's objective),
+    then ``NMF(r).fit(A)`` end to end."""
+    real_stop, real_sweeps = hals_module._windowed_stop, solvers_module._hals_sweeps
+
+    def ungated(prob, U, W, cur, history, tol, stationarity_tol):
+        return real_stop(prob, U, W, cur, history, tol, None)
+
+    versions = {
+        "now": (real_stop, real_sweeps),
+        "fused sweeps, windowed stop alone": (ungated, real_sweeps),
+        "before session 32": (ungated, _unfused_sweeps),
+    }
+    out = [
+        "| data | r | scikit-learn: s, iterations | version | to scikit-learn's objective | "
+        "stop: iterations, s (init included) | gap at the stop | KKT residual | "
+        "`NMF(r).fit(A)` |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    sets = INNER_SETS if n_sets is None else INNER_SETS[:n_sets]
+    try:
+        for seed, keep, r in sets:
+            A = mobilenet_crop_activations(seed=seed).A
+            A = A if keep is None else A[:keep]
+            name = f"crops seed {seed}" + (f", first {keep} rows" if keep else "")
+            X = A.numpy()
+            sk_times = []
+            for _ in range(2):
+                t0 = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    sk = SkNMF(r, init="nndsvda", solver="cd", random_state=0).fit(X)
+                sk_times.append(time.perf_counter() - t0)
+            sk_s, sk_obj = min(sk_times), float(sk.reconstruction_err_) ** 2 / X.size
+            runs: dict[str, list[dict]] = {v: [] for v in versions}
+            for _ in range(rounds):
+                for v, (stop, sweeps) in versions.items():
+                    log(f"nmf stop: {name}, r = {r}: {v}")
+                    hals_module._windowed_stop, solvers_module._hals_sweeps = stop, sweeps
+                    runs[v].append(nmf_race(A, sk_obj, r))
+            for v, rs in runs.items():
+                last = rs[-1]  # iterations and objectives are the same in every round
+                hits = [x["reached"].get("seconds") for x in rs]
+                reach = (
+                    f"{statistics.median(hits):.2f} s ({sk_s / statistics.median(hits):.2f}× "
+                    "sooner)"
+                    if all(h is not None for h in hits)
+                    else "never"
+                )
+                stop_s = statistics.median(x["seconds"] for x in rs)
+                est_s = statistics.median(x["estimator_seconds"] for x in rs)
+                out.append(
+                    f"| {name} | {r} | {sk_s:.2f} s, {sk.n_iter_} | {v} | {reach} | "
+                    f"{last['iterations']}, {stop_s:.2f} s | "
+                    f"{100 * (last['objective'] / sk_obj - 1):+.4f} % | {last['kkt']:.1e} | "
+                    f"{est_s:.2f} s ({sk_s / est_s:.2f}×), "
+                    f"{100 * (last['estimator_objective'] / sk_obj - 1):+.4f} % |"
+                )
+    finally:
+        hals_module._windowed_stop, solvers_module._hals_sweeps = real_stop, real_sweeps
+    return out
 
 
 INNER_SETS = (  # (crop seed, rows kept or None, rank) of the max_inner comparison
@@ -687,8 +783,11 @@ def nmf_section(A: torch.Tensor) -> tuple[str, str]:
         f"- scikit-learn: {sk_s:.2f} s, {sk_it} iterations, objective {sk_obj:.6g}; ours (init "
         f"{race['init_seconds']:.2f} s + default hals): {race['seconds']:.2f} s, "
         f"{race['iterations']} iterations, objective {race['objective']:.6g} "
-        f"({100 * (race['objective'] - sk_obj) / sk_obj:+.3f} % vs scikit-learn); "
-        f"`NMF(25).fit(A)` itself {race['estimator_seconds']:.2f} s."
+        f"({100 * (race['objective'] - sk_obj) / sk_obj:+.4f} % vs scikit-learn), KKT residual "
+        f"{race['kkt']:.1e} at the stop; `NMF(25).fit(A)` itself "
+        f"{race['estimator_seconds']:.2f} s ({sk_s / race['estimator_seconds']:.2f}× "
+        f"scikit-learn's time), objective {race['estimator_objective']:.7g} "
+        f"({100 * (race['estimator_objective'] - sk_obj) / sk_obj:+.4f} %)."
     )
     if hit:
         nmf_verdict = (
@@ -752,6 +851,12 @@ def main(argv: list[str] | None = None) -> int:
         help="only: the same for the signed bank (each data set centred per feature)",
     )
     ap.add_argument(
+        "--nmf-stop-ab",
+        action="store_true",
+        help="only: target 2 on six data sets, now against the windowed stop alone and the HALS "
+        "sweeps before session 32",
+    )
+    ap.add_argument(
         "--encoder-ab",
         default=None,
         help="only: transform of new rows at these λ, the codes' Newton iterations as now and as "
@@ -768,8 +873,10 @@ def main(argv: list[str] | None = None) -> int:
         "continuation_signed_ab": continuation_signed_rows,
     }
     chosen = [(name, f) for name, f in ab.items() if getattr(args, name)]
-    if chosen or args.encoder_ab:
-        if args.encoder_ab:
+    if chosen or args.encoder_ab or args.nmf_stop_ab:
+        if args.nmf_stop_ab:
+            rows = nmf_stop_rows(n_sets=args.joint_sets)
+        elif args.encoder_ab:
             rows = encoder_rows([float(x) for x in args.encoder_ab.split(",")])
         else:
             name, rows_of = chosen[0]

@@ -251,7 +251,13 @@ def test_warm_start_fits_plain_nmf_first_without_a_head_call():
     prob = make_problem(A, Head(head, dtype=A.dtype, device=A.device), 1.0)
     U0, W0 = initialize(A, 3, "nndsvda", random_state=0)
     plain = _run(
-        solve_hals, make_problem(A, None, 0.0), U0, W0, max_iter=WARM_MAX_ITER, tol=WARM_TOL
+        solve_hals,
+        make_problem(A, None, 0.0),
+        U0,
+        W0,
+        max_iter=WARM_MAX_ITER,
+        tol=WARM_TOL,
+        stationarity_tol=None,
     )
     head.calls = 0
     res = _run(solve_jacobian, prob, U0, W0, max_iter=1, tol=0.0, warm_start=True)

@@ -19,6 +19,8 @@ from face_concepts.decomposition.newton_cg import bank_newton_step
 from face_concepts.decomposition.problem import Problem
 from face_concepts.decomposition.solvers import (
     MAX_INNER,
+    STALL_FACTOR,
+    STATIONARITY_TOL,
     WARM_MAX_ITER,
     WARM_TOL,
     SolverResult,
@@ -30,6 +32,7 @@ from face_concepts.decomposition.solvers import (
     _stop_test,
     _terms_at,
     _u_block,
+    kkt_residual,
     w_step,
 )
 
@@ -72,7 +75,7 @@ def _plain_warm_start(
         warnings.simplefilter("ignore", ConvergenceWarning)
         warm = solve_hals(
             plain, U, W, max_iter=WARM_MAX_ITER, tol=WARM_TOL, max_inner=max_inner,
-            signed_w_block=signed_w_block,
+            signed_w_block=signed_w_block, stationarity_tol=None,
         )  # fmt: skip
     return warm.U, warm.W, warm.n_iter
 
@@ -90,6 +93,26 @@ def _newton_stationary(
         return False
     small = before.total - after.total <= tol * abs(before.total)
     return small and _stop_test(history, NEWTON_STOP_GUARD * tol)
+
+
+def _windowed_stop(
+    prob: Problem,
+    U: torch.Tensor,
+    W: torch.Tensor,
+    cur: Terms,
+    history: list[float],
+    tol: float,
+    stationarity_tol: float | None,
+) -> bool:
+    """The windowed test (``_stop_test``); with ``stationarity_tol`` it also asks for first-order
+    optimality, a KKT residual (``kkt_residual``) of at most ``stationarity_tol``, unless the
+    windowed decrease is already below ``STALL_FACTOR · tol`` (the fit no longer moves). Only for
+    plain NMF: its residual costs two r-row products there."""
+    if not _stop_test(history, tol):
+        return False
+    if stationarity_tol is None or _stop_test(history, STALL_FACTOR * tol):
+        return True
+    return kkt_residual(prob, U, W, None, cur.total) <= stationarity_tol
 
 
 # A W-block: (problem, U, W, logits, objective after the U-block, UᵀA) -> (W, logits, terms, UᵀA)
@@ -110,6 +133,7 @@ def solve_hals(
     callback: Callable[[int, Terms], None] | None = None,
     signed_w_block: WBlock | None = None,
     joint: bool = True,
+    stationarity_tol: float | None = STATIONARITY_TOL,
 ) -> SolverResult:
     """Alternating block updates (affine heads or λ = 0). See the module docstring.
 
@@ -128,6 +152,9 @@ def solve_hals(
     ``joint`` (the non-negative bank with λ > 0 and ``w_solver="newton"``): once the plain
     iterations slow down, the W block becomes a joint Newton step on ``(U, W)`` while those
     pay (``joint.JointSchedule``).
+    ``stationarity_tol`` (plain NMF, λ = 0, the non-negative bank; ``None``: off): the windowed
+    test stops only at a KKT residual of at most this, or once the fit no longer moves
+    (``_windowed_stop``).
     """
     if not prob.factored:
         raise ValueError("solver='hals' needs an affine head (or kl_weight=0); use solver='pgd'")
@@ -156,6 +183,8 @@ def solve_hals(
     newton_w = prob.kl_weight > 0 and w_solver == "newton"
     if extrapolate is None:
         extrapolate = signed_w_block is not None or not newton_w
+    if prob.kl_weight > 0 or signed_w_block is not None:
+        stationarity_tol = None
     ex = _Extrapolation()
     cu, cw = _Curvature(), _Curvature()
     schedule = JointSchedule(joint)
@@ -192,9 +221,9 @@ def solve_hals(
             res.n_iter = t
             if callback is not None:
                 callback(t, cur)
-            if _stop_test(res.history["total"], tol) or _newton_stationary(
-                step, f_u, cur, tol, res.history["total"]
-            ):
+            if _windowed_stop(
+                prob, U, W, cur, res.history["total"], tol, stationarity_tol
+            ) or _newton_stationary(step, f_u, cur, tol, res.history["total"]):
                 res.converged = True
                 break
             prev = cur
