@@ -996,7 +996,9 @@ def main(argv: list[str] | None = None) -> int:
         "## 4. The default stop",
         "",
         "hals stops when the objective's relative decrease per iteration, averaged over the last "
-        "10 iterations, is below `tol` = 1e-5. The KKT residual "
+        "10 iterations, is below `tol` = 1e-5 (with a head, also at a full joint Newton step that "
+        "gains less than `tol`; plain NMF, row 2, only at a KKT residual ≤ 1e-3 or once the "
+        "windowed decrease is below `tol / 10`). The KKT residual "
         "(`solvers.kkt_residual`, scale-free, 0 at a KKT point) is reported at the stop.",
         "",
         "| λ | iterations (NMF warm start + FACE) | converged | gap to best at the stop | KKT "
