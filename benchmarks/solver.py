@@ -29,6 +29,12 @@ Every row is a target of the engine issue with its ratio and a met / missed verd
    the same, with and without the re-solve of the U block's Newton step (``newton.RESOLVES``);
    ``--encoder-ab 1,100``: the encoder (``transform`` of new rows) with it and settled rows left
    out (``newton.DROP_SETTLED_ROWS``), with the plain step, and as before session 30.
+   ``--ublock-ab 1``: the U block as now (its objective from the Newton step's exact row
+   decreases, the given logits reused, the Cholesky's mask in fewer passes) and as before
+   session 32, two rounds per data set.
+8. ``--nmf-stop-ab``: target 2 on the six data sets, the default ``NMF`` fit as now (the stop
+   asks for a KKT residual ≤ ``solvers.STATIONARITY_TOL``; fused HALS sweeps), with the
+   windowed stop alone, and as before session 32, three rounds in turn.
 
 Data: MobileNetV2 (real ImageNet weights) pooled features of 77 random 64-px crops of each
 bundled real photo (n = 3,311, p = 1,280) and its real classifier (C = 1,000).
@@ -40,6 +46,8 @@ bundled real photo (n = 3,311, p = 1,280) and its real classifier (C = 1,000).
     python benchmarks/solver.py --stop-ab 1 [--joint-sets K]
     python benchmarks/solver.py --resolve-ab 1 [--joint-sets K]
     python benchmarks/solver.py --encoder-ab 1,100
+    python benchmarks/solver.py --ublock-ab 1 [--joint-sets K]
+    python benchmarks/solver.py --nmf-stop-ab [--joint-sets K]
 """
 
 from __future__ import annotations
@@ -487,6 +495,7 @@ def switch_rows(
     default_state: bool = True,
     time_to_match: bool = False,
     bank: str = "nonnegative",
+    rounds: int = 1,
 ) -> list[str]:
     """A change of the code against its absence: the default ``FACE(head, r, kl_weight=λ,
     random_state=0).fit`` end to end on the data sets of :func:`inner_section`, with
@@ -495,7 +504,9 @@ def switch_rows(
     thread pool, heap); ``switch(default_state)`` restores the code's default afterwards.
     ``time_to_match``: a last column, the time (since the fit's start) at which the ``on`` fit's
     ``hals`` iterate first reaches the ``off`` fit's final objective (``hals`` only).
-    ``bank="signed"``: signed-bank fits of each data set centred per feature (:func:`centred`)."""
+    ``bank="signed"``: signed-bank fits of each data set centred per feature (:func:`centred`).
+    ``rounds``: the pair is fitted that many times in turn, the times are the medians (the
+    iterations and objectives are the same in every round)."""
     from face_concepts.decomposition import registry, semi_nmf
 
     solvers_of = registry.SOLVERS if bank != "signed" else semi_nmf.SOLVERS
@@ -529,19 +540,27 @@ def switch_rows(
                 head = act.head.eval()
                 if bank == "signed":
                     A, head = centred(A, head)
-                for state in (True, False):
-                    log(f"{name}, r = {r}, λ = {lam:g}: {on if state else off}")
-                    switch(state)
-                    est = FACE(head, r, kl_weight=lam, bank=bank, random_state=0)
-                    if state:
-                        trace.clear()
-                    with warnings.catch_warnings(record=True) as caught:
-                        warnings.simplefilter("always", ConvergenceWarning)
-                        clock["t0"] = time.perf_counter()
-                        _, seconds = timed(lambda est=est, A=A: est.fit(A))
-                    capped = any(issubclass(w.category, ConvergenceWarning) for w in caught)
-                    runs.append((seconds, est, capped))
-                    on_trace = list(trace) if state else on_trace
+                times: dict[bool, list[float]] = {True: [], False: []}
+                for _ in range(rounds):
+                    runs = []
+                    for state in (True, False):
+                        log(f"{name}, r = {r}, λ = {lam:g}: {on if state else off}")
+                        switch(state)
+                        est = FACE(head, r, kl_weight=lam, bank=bank, random_state=0)
+                        if state:
+                            trace.clear()
+                        with warnings.catch_warnings(record=True) as caught:
+                            warnings.simplefilter("always", ConvergenceWarning)
+                            clock["t0"] = time.perf_counter()
+                            _, seconds = timed(lambda est=est, A=A: est.fit(A))
+                        capped = any(issubclass(w.category, ConvergenceWarning) for w in caught)
+                        times[state].append(seconds)
+                        runs.append((seconds, est, capped))
+                        on_trace = list(trace) if state else on_trace
+                runs = [
+                    (statistics.median(times[state]), e, c)
+                    for state, (_, e, c) in zip((True, False), runs, strict=True)
+                ]
                 cells = [
                     f"{t:.1f} s, {e.n_warm_iter_} + {e.n_iter_}{' (capped)' if c else ''}, "
                     f"{e.objective_:.6f}"
@@ -607,6 +626,48 @@ def continuation_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[
     return switch_rows(
         lams, "with λ continuation", "from plain NMF only", switch, n_sets, time_to_match=True
     )
+
+
+def _u_block_before_32(prob, U, W, Z, max_inner, f_cur, curv):
+    """``solvers._u_block`` before session 32 (λ > 0): the Newton step from fresh logits, then
+    the objective evaluated anew (``_terms_at``)."""
+    from face_concepts.decomposition import solvers
+
+    if prob.kl_weight == 0:
+        return solvers._u_block(prob, U, W, Z, max_inner, f_cur, curv)
+    U, _ = solve_codes_newton(
+        prob, W, U, max_iter=solvers.U_NEWTON_STEPS, tol=0.0, f0=f_cur,
+        resolves=solvers.FIT_CODES_RESOLVES,
+    )  # fmt: skip
+    UtA = U.T @ prob.A
+    terms, Z = _terms_at(prob, U, W, UtA)
+    return U, Z, terms, UtA
+
+
+def _free_cholesky_before_32(H, free):
+    """``newton.free_cholesky`` before session 32 (the mask by ``where`` and ``diag_embed``)."""
+    diag = H.diagonal(dim1=1, dim2=2).clamp(min=1e-30)
+    mask = free[:, :, None] & free[:, None, :]
+    Hm = torch.where(mask, H, torch.zeros((), dtype=H.dtype, device=H.device))
+    Hm = Hm + torch.diag_embed(torch.where(free, torch.zeros_like(diag), diag))
+    L, info = torch.linalg.cholesky_ex(Hm)
+    return L, info == 0, diag
+
+
+def ublock_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
+    """Session 32's U block (its objective from the Newton step's exact row decreases, the
+    logits it is given reused; the per-row Cholesky's mask in fewer passes) against the code
+    before, two rounds per data set."""
+    from face_concepts.decomposition import hals, joint, newton
+
+    now = (hals._u_block, newton.free_cholesky)
+
+    def switch(on: bool) -> None:
+        u_block, chol = now if on else (_u_block_before_32, _free_cholesky_before_32)
+        hals._u_block = u_block
+        newton.free_cholesky = joint.free_cholesky = chol
+
+    return switch_rows(lams, "now", "before session 32", switch, n_sets, rounds=2)
 
 
 def continuation_signed_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
@@ -851,6 +912,12 @@ def main(argv: list[str] | None = None) -> int:
         help="only: the same for the signed bank (each data set centred per feature)",
     )
     ap.add_argument(
+        "--ublock-ab",
+        default=None,
+        help="only: FACE fits at these λ on six data sets with the U block as now and as before "
+        "session 32",
+    )
+    ap.add_argument(
         "--nmf-stop-ab",
         action="store_true",
         help="only: target 2 on six data sets, now against the windowed stop alone and the HALS "
@@ -871,6 +938,7 @@ def main(argv: list[str] | None = None) -> int:
         "resolve_ab": resolve_rows,
         "continuation_ab": continuation_rows,
         "continuation_signed_ab": continuation_signed_rows,
+        "ublock_ab": ublock_rows,
     }
     chosen = [(name, f) for name, f in ab.items() if getattr(args, name)]
     if chosen or args.encoder_ab or args.nmf_stop_ab:

@@ -221,11 +221,13 @@ def test_a_fit_stops_at_the_full_newton_step_that_gains_less_than_tol(monkeypatc
         return out
 
     monkeypatch.setattr(hals, "_newton_stationary", recording)
-    res = hals.solve_hals(prob, U, W, max_iter=300, tol=1e-6, warm_start=True)
+    # tol 1e-5: the full step that stops it gains ~1e-6 relative, far above float64 rounding
+    # (at tol 1e-6 this fit reaches gains of 1e-16, where which test fires first is rounding)
+    res = hals.solve_hals(prob, U, W, max_iter=300, tol=1e-5, warm_start=True)
     assert res.converged and seen[-1] and not any(seen[:-1])  # it is what stopped the fit
     # the windowed rule alone goes on longer, and not to a better point than tol allows
     monkeypatch.setattr(hals, "_newton_stationary", lambda *a: False)
-    windowed = hals.solve_hals(prob, U, W, max_iter=300, tol=1e-6, warm_start=True)
+    windowed = hals.solve_hals(prob, U, W, max_iter=300, tol=1e-5, warm_start=True)
     assert windowed.n_iter > res.n_iter
     best = min(windowed.history["total"])
-    assert res.history["total"][-1] <= best * (1 + 10 * 1e-6)
+    assert res.history["total"][-1] <= best * (1 + 10 * 1e-5)

@@ -125,6 +125,26 @@ def test_newton_iterations_never_raise_the_objective():
         f_prev = f
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_newton_codes_reports_the_objective_at_its_codes(dtype):
+    """The objective it returns (``f0`` minus the rows' accurate decreases) is the objective at
+    the codes it returns (oracle: the per-row objective in float64, the obvious way); given the
+    logits of its start, it takes the same steps bit for bit."""
+    A, W, lin, head, prob = _problem(9, n=40, lam=5.0, scale=3.0, dtype=dtype)
+    U = _warm_start(A, W)
+    f = float(_row_objective(A, W, lin, 5.0, U).mean())
+    for _ in range(4):
+        Z = torch.addmm(head.b, U, nt.precompute(prob, W).M)
+        Un, _, f_new = nt.newton_codes(prob, W, U, max_iter=2, tol=0.0, f0=f, logits=Z)
+        plain, _ = nt.solve_codes_newton(prob, W, U, max_iter=2, tol=0.0, f0=f)
+        assert torch.equal(Un, plain)
+        exact = float(_row_objective(A, W, lin, 5.0, Un).mean())
+        rel = 1e-12 if dtype == torch.float64 else 1e-6
+        assert f_new == pytest.approx(exact, rel=rel)
+        assert f_new < f
+        U, f = Un, exact
+
+
 def test_newton_beats_the_majorise_minimise_sweeps_it_replaced():
     # Same start, same number of iterations: the old MM-HALS U-steps end higher.
     A, W, _lin, _head, prob = _problem(8, n=30, lam=10.0, scale=3.0)

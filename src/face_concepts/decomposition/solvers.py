@@ -47,7 +47,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from face_concepts.decomposition.losses import Terms, factored_objective, kl_rows
-from face_concepts.decomposition.newton import solve_codes_newton
+from face_concepts.decomposition.newton import newton_codes
 from face_concepts.decomposition.problem import Problem
 
 U_NEWTON_STEPS = 1  # projected Newton iterations per U-block update (affine head, λ > 0)
@@ -264,12 +264,16 @@ def _u_block(
     if prob.kl_weight == 0:
         U, Z, f = u_step(prob, U, W, Z, max_inner, f_cur, curv)
         return U, Z, Terms(f, f, 0.0), None
-    U, _ = solve_codes_newton(
-        prob, W, U, max_iter=U_NEWTON_STEPS, tol=0.0, f0=f_cur, resolves=FIT_CODES_RESOLVES
-    )
+    U, _, total = newton_codes(
+        prob, W, U, max_iter=U_NEWTON_STEPS, tol=0.0, f0=f_cur, resolves=FIT_CODES_RESOLVES,
+        logits=Z,
+    )  # fmt: skip
+    # The objective after the step is f_cur minus the rows' decreases (accurate differences):
+    # only the logits for the W block and the exact reconstruction term are computed.
     UtA = U.T @ prob.A
-    terms, Z = _terms_at(prob, U, W, UtA)
-    return U, Z, terms, UtA
+    Z = prob.kl_head.code_logits(U, W)
+    recon = factored_objective(prob.sq_norm_A, UtA, U.T @ U, W, prob.n, prob.p, 0.0, 0.0).recon
+    return U, Z, Terms(total, recon, (total - recon) / prob.kl_weight), UtA
 
 
 def w_step(
