@@ -31,7 +31,8 @@ Every row is a target of the engine issue with its ratio and a met / missed verd
    out (``newton.DROP_SETTLED_ROWS``), with the plain step, and as before session 30.
    ``--ublock-ab 1``: the U block as now (its objective from the Newton step's exact row
    decreases, the given logits reused, the Cholesky's mask in fewer passes) and as before
-   session 32, two rounds per data set.
+   session 32, two rounds per data set. ``--sweeps-ab 100``: the HALS sweeps (the warm start of
+   every fit) as now and as before session 32.
 8. ``--nmf-stop-ab``: target 2 on the six data sets, the default ``NMF`` fit as now (the stop
    asks for a KKT residual ≤ ``solvers.STATIONARITY_TOL``; fused HALS sweeps), with the
    windowed stop alone, and as before session 32, three rounds in turn.
@@ -48,6 +49,7 @@ bundled real photo (n = 3,311, p = 1,280) and its real classifier (C = 1,000).
     python benchmarks/solver.py --encoder-ab 1,100
     python benchmarks/solver.py --ublock-ab 1 [--joint-sets K]
     python benchmarks/solver.py --nmf-stop-ab [--joint-sets K]
+    python benchmarks/solver.py --sweeps-ab 100 [--joint-sets K]
 """
 
 from __future__ import annotations
@@ -670,6 +672,18 @@ def ublock_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
     return switch_rows(lams, "now", "before session 32", switch, n_sets, rounds=2)
 
 
+def sweeps_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
+    """The HALS sweeps as now (``solvers._hals_sweeps``, three kernels per row) against
+    ``_unfused_sweeps`` (before session 32) in FACE fits at ``λ``: the same arithmetic, other
+    rounding, in the plain-NMF warm start (and the λ stages) of every fit."""
+    now = solvers_module._hals_sweeps
+
+    def switch(on: bool) -> None:
+        solvers_module._hals_sweeps = now if on else _unfused_sweeps
+
+    return switch_rows(lams, "fused sweeps", "before session 32", switch, n_sets)
+
+
 def continuation_signed_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
     """The same for the signed bank (``hals.CONTINUATION_SIGNED``, off by default), on each data
     set centred per feature."""
@@ -918,6 +932,12 @@ def main(argv: list[str] | None = None) -> int:
         "session 32",
     )
     ap.add_argument(
+        "--sweeps-ab",
+        default=None,
+        help="only: FACE fits at these λ on six data sets with the HALS sweeps as now and as "
+        "before session 32",
+    )
+    ap.add_argument(
         "--nmf-stop-ab",
         action="store_true",
         help="only: target 2 on six data sets, now against the windowed stop alone and the HALS "
@@ -939,6 +959,7 @@ def main(argv: list[str] | None = None) -> int:
         "continuation_ab": continuation_rows,
         "continuation_signed_ab": continuation_signed_rows,
         "ublock_ab": ublock_rows,
+        "sweeps_ab": sweeps_rows,
     }
     chosen = [(name, f) for name, f in ab.items() if getattr(args, name)]
     if chosen or args.encoder_ab or args.nmf_stop_ab:
