@@ -49,13 +49,23 @@ def _fit(A: torch.Tensor, monkeypatch=None, **kwargs):
     return prob, res, seen
 
 
-@pytest.mark.parametrize(("seed", "gate"), [(0, sv.STATIONARITY_TOL), (0, 0.03), (2, 0.02)])
+def _residual_at_the_windowed_stop(A: torch.Tensor, tol: float) -> float:
+    prob, res, _ = _fit(A, tol=tol, stationarity_tol=None)
+    return sv.kkt_residual(prob, res.U, res.W, None, res.history["total"][-1])
+
+
+@pytest.mark.parametrize(("seed", "factor"), [(0, None), (0, 2.0), (2, 0.7), (5, 0.7)])
 def test_the_stop_is_the_first_windowed_stop_at_a_small_kkt_residual_or_a_stall(
-    monkeypatch, seed, gate
+    monkeypatch, seed, factor
 ):
-    """The oracle: the rule replayed on the fit's own history and the residuals it computed."""
+    """The oracle: the rule replayed on the fit's own history and the residuals it computed.
+    ``factor``: the gate as a multiple of the residual where the windowed test alone stops
+    (None: the default gate)."""
     A = _low_rank(seed)
     tol = 1e-5
+    gate = (
+        sv.STATIONARITY_TOL if factor is None else factor * _residual_at_the_windowed_stop(A, tol)
+    )
     prob, res, seen = _fit(A, monkeypatch, tol=tol, stationarity_tol=gate)
     hist = res.history["total"]
     assert res.converged
@@ -79,15 +89,20 @@ def test_the_stop_is_the_first_windowed_stop_at_a_small_kkt_residual_or_a_stall(
 
 
 def test_both_ways_of_stopping_are_reached():
-    """On this data the default gate is met by a stall and a loose one by the residual."""
+    """On this data the residual stays far above the default gate: the stall stops the fit. A
+    gate above the residual where the windowed test alone stops is met right there."""
     A = _low_rank(0)
-    prob, tight, _ = _fit(A, tol=1e-5)
+    tol = 1e-5
+    prob, tight, _ = _fit(A, tol=tol)
     assert sv.kkt_residual(prob, tight.U, tight.W, None, tight.history["total"][-1]) > (
         sv.STATIONARITY_TOL
     )
-    assert sv._stop_test(tight.history["total"], sv.STALL_FACTOR * 1e-5)
-    _, loose, _ = _fit(A, tol=1e-5, stationarity_tol=0.03)
-    assert not sv._stop_test(loose.history["total"], sv.STALL_FACTOR * 1e-5)
+    assert sv._stop_test(tight.history["total"], sv.STALL_FACTOR * tol)
+    _, windowed, _ = _fit(A, tol=tol, stationarity_tol=None)
+    gate = 2.0 * _residual_at_the_windowed_stop(A, tol)
+    _, loose, _ = _fit(A, tol=tol, stationarity_tol=gate)
+    assert loose.n_iter == windowed.n_iter < tight.n_iter
+    assert not sv._stop_test(loose.history["total"], sv.STALL_FACTOR * tol)
 
 
 def test_the_gate_continues_the_same_trajectory_to_a_lower_objective():

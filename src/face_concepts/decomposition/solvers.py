@@ -144,20 +144,25 @@ def _hals_sweeps(X: torch.Tensor, Q: torch.Tensor, R: torch.Tensor, max_inner: i
     """Minimise ``½ tr(Xᵀ Q X) − tr(Rᵀ X)`` over X ≥ 0 (X is (r, m)) by HALS row sweeps, in place.
 
     Row ``k`` is set to its exact minimiser with the other rows fixed,
-    ``[X_k + (R_k − Q_k X) / Q_kk]₊``: one ``addmv`` and two in-place passes over the row (the
-    sweeps' cost on these small blocks is the number of kernels, not their flops). Inner sweeps
-    stop early once a sweep moves X by less than 1 % (in norm) of the first sweep's move (Gillis
-    & Glineur's accelerated HALS rule); a sweep's move is measured once, against a copy of X.
+    ``[X_k + (R_k − Q_k X) / Q_kk]₊``, by a matrix-vector product and in-place passes into one
+    buffer (on these small blocks the kernels' count, not their flops, sets the time). The
+    subtraction and the division stay separate operations: multiplying by ``1 / Q_kk`` instead
+    changed the warm starts' last bits, and at λ = 100 that moved where fits end by up to 0.7 %
+    (benchmarks/results/solver.md section 18). Inner sweeps stop early once a sweep moves X by
+    less than 1 % (in norm) of the first sweep's move (Gillis & Glineur's accelerated HALS
+    rule); a sweep's move is measured once, against a copy of X.
     """
     diag = Q.diagonal().tolist()
-    Xt = X.T  # Q_k X as a matrix-vector product Xᵀ Q_k
+    Xt = X.T  # Q_k X as the matrix-vector product Xᵀ Q_k
     first = None
     for _ in range(max_inner):
         before = X.clone()
         for k, qkk in enumerate(diag):
             if qkk <= 0:
                 continue
-            X[k].add_(torch.addmv(R[k], Xt, Q[k], alpha=-1.0), alpha=1.0 / qkk).clamp_(min=0)
+            step = torch.mv(Xt, Q[k])
+            torch.sub(R[k], step, out=step)
+            X[k].add_(step.div_(qkk)).clamp_(min=0)
         moved_sq = float(torch.dist(X, before)) ** 2
         if first is None:
             first = moved_sq
