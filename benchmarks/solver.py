@@ -274,9 +274,9 @@ def _unfused_sweeps(
 
 def nmf_stop_rows(rounds: int = 3, n_sets: int | None = None) -> list[str]:
     """Target 2 on the six data sets of :func:`inner_section`, in three versions taking turns
-    (``rounds`` times; the median time): now (the fused HALS sweeps, and the stop that asks for
-    a KKT residual ≤ ``solvers.STATIONARITY_TOL`` at λ = 0); the fused sweeps with the windowed
-    stop alone; as before session 32 (the sweeps of ``_unfused_sweeps``, the windowed stop). Each
+    (``rounds`` times; the median time): now (the HALS sweeps of session 32, and the stop that
+    asks for a KKT residual ≤ ``solvers.STATIONARITY_TOL`` at λ = 0); the sweeps as now with the
+    windowed stop alone; as before session 32 (``_unfused_sweeps``, the windowed stop). Each
     is ``nmf_race``: init + ``solve_hals`` (timed to its stop and to scikit-learn's objective),
     then ``NMF(r).fit(A)`` end to end."""
     real_stop, real_sweeps = hals_module._windowed_stop, solvers_module._hals_sweeps
@@ -286,7 +286,7 @@ def nmf_stop_rows(rounds: int = 3, n_sets: int | None = None) -> list[str]:
 
     versions = {
         "now": (real_stop, real_sweeps),
-        "fused sweeps, windowed stop alone": (ungated, real_sweeps),
+        "sweeps as now, windowed stop alone": (ungated, real_sweeps),
         "before session 32": (ungated, _unfused_sweeps),
     }
     out = [
