@@ -147,7 +147,7 @@ def _hals_sweeps(X: torch.Tensor, Q: torch.Tensor, R: torch.Tensor, max_inner: i
     ``[X_k + (R_k − Q_k X) / Q_kk]₊``, by a matrix-vector product and in-place passes into one
     buffer (on these small blocks the kernels' count, not their flops, sets the time). The
     subtraction and the division stay separate operations: multiplying by ``1 / Q_kk`` instead
-    changed the warm starts' last bits, and at λ = 100 that moved where fits end by up to 0.7 %
+    changed the warm starts' last bits, and at λ = 100 that moved where fits end by up to 0.74 %
     (benchmarks/results/solver.md section 18). Inner sweeps stop early once a sweep moves X by
     less than 1 % (in norm) of the first sweep's move (Gillis & Glineur's accelerated HALS
     rule); a sweep's move is measured once, against a copy of X.
