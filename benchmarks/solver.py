@@ -104,18 +104,21 @@ SIGNED_TARGET = 3.0  # signed fit / non-negative fit wall time: "the same speed 
 ENCODER_BANK_ITER = 60  # iterations of the fit whose bank --encoder-ab encodes with
 
 
-def sklearn_fit(A: torch.Tensor, repeats: int = 3) -> tuple[float, float, int]:
-    """(median wall seconds of ``repeats`` fits, objective in our scaling, iterations) of
-    scikit-learn's NMF (one fit's time swung 16× on the shared machine)."""
+def sklearn_fit(
+    A: torch.Tensor, repeats: int = 3, r: int = R, summary=statistics.median
+) -> tuple[float, float, int]:
+    """(``summary`` (median) of the wall seconds of ``repeats`` fits, objective in our scaling,
+    iterations) of scikit-learn's NMF with ``r`` components (one fit's time swung 16× on the
+    shared machine)."""
     X = A.numpy()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            sk = SkNMF(R, init="nndsvda", solver="cd", random_state=0).fit(X)
+            sk = SkNMF(r, init="nndsvda", solver="cd", random_state=0).fit(X)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), float(sk.reconstruction_err_) ** 2 / X.size, int(sk.n_iter_)
+    return summary(times), float(sk.reconstruction_err_) ** 2 / X.size, int(sk.n_iter_)
 
 
 def face_fit(A: torch.Tensor, head: torch.nn.Module, lam: float, bank: str = "nonnegative") -> dict:
@@ -301,15 +304,7 @@ def nmf_stop_rows(rounds: int = 3, n_sets: int | None = None) -> list[str]:
             A = mobilenet_crop_activations(seed=seed).A
             A = A if keep is None else A[:keep]
             name = f"crops seed {seed}" + (f", first {keep} rows" if keep else "")
-            X = A.numpy()
-            sk_times = []
-            for _ in range(2):
-                t0 = time.perf_counter()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ConvergenceWarning)
-                    sk = SkNMF(r, init="nndsvda", solver="cd", random_state=0).fit(X)
-                sk_times.append(time.perf_counter() - t0)
-            sk_s, sk_obj = min(sk_times), float(sk.reconstruction_err_) ** 2 / X.size
+            sk_s, sk_obj, sk_iter = sklearn_fit(A, repeats=2, r=r, summary=min)
             runs: dict[str, list[dict]] = {v: [] for v in versions}
             for _ in range(rounds):
                 for v, (stop, sweeps) in versions.items():
@@ -328,7 +323,7 @@ def nmf_stop_rows(rounds: int = 3, n_sets: int | None = None) -> list[str]:
                 stop_s = statistics.median(x["seconds"] for x in rs)
                 est_s = statistics.median(x["estimator_seconds"] for x in rs)
                 out.append(
-                    f"| {name} | {r} | {sk_s:.2f} s, {sk.n_iter_} | {v} | {reach} | "
+                    f"| {name} | {r} | {sk_s:.2f} s, {sk_iter} | {v} | {reach} | "
                     f"{last['iterations']}, {stop_s:.2f} s | "
                     f"{100 * (last['objective'] / sk_obj - 1):+.4f} % | {last['kkt']:.1e} | "
                     f"{est_s:.2f} s ({sk_s / est_s:.2f}×), "
@@ -357,15 +352,7 @@ def inner_section(inners: list[int], max_iter: int = 300) -> list[str]:
     for seed, keep, r in INNER_SETS:
         A = mobilenet_crop_activations(seed=seed).A
         A = A if keep is None else A[:keep]
-        X = A.numpy()
-        times = []
-        for _ in range(2):
-            t0 = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                sk = SkNMF(r, init="nndsvda", solver="cd", random_state=0).fit(X)
-            times.append(time.perf_counter() - t0)
-        sk_s, sk_obj = min(times), float(sk.reconstruction_err_) ** 2 / X.size
+        sk_s, sk_obj, sk_iter = sklearn_fit(A, repeats=2, r=r, summary=min)
         name = f"crops seed {seed}" + (f", first {keep} rows" if keep else f" (n = {A.shape[0]})")
         for m in inners:
             log(f"max_inner: {name}, r = {r}, max_inner = {m}")
@@ -388,7 +375,7 @@ def inner_section(inners: list[int], max_iter: int = 300) -> list[str]:
             hit = next((s for s, f in traj if f <= sk_obj * (1 + 1e-6)), None)
             reach = f"{hit:.2f} s ({sk_s / hit:.2f}× sooner)" if hit else "never"
             out.append(
-                f"| {name} | {r} | {sk_s:.2f} s, {sk.n_iter_} | {m} | {reach} | "
+                f"| {name} | {r} | {sk_s:.2f} s, {sk_iter} | {m} | {reach} | "
                 f"{stop or '—'}, {at[0]:.2f} s | {100 * (at[1] / sk_obj - 1):+.3f} % | "
                 f"{100 * (traj[-1][1] / sk_obj - 1):+.3f} % ({len(traj)}) |"
             )

@@ -42,7 +42,7 @@ line-search try; it converges in a handful of iterations where the majorise–mi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -255,22 +255,11 @@ def _resolve_clipped(
 
 
 def solve_codes_newton(
-    prob: Problem,
-    W: torch.Tensor,
-    U: torch.Tensor,
-    *,
-    max_iter: int,
-    tol: float,
-    f0: float,
-    resolves: int | None = None,
+    prob: Problem, W: torch.Tensor, U: torch.Tensor, **options: Any
 ) -> tuple[torch.Tensor, int]:
-    """Projected Newton on all rows from ``U``; ``f0`` = the objective at ``U`` (for ``tol``).
-
-    ``resolves``: re-solves of each Newton step with the variables it clips sent to 0
-    (:func:`_resolve_clipped`; default ``RESOLVES``, 0 for Bertsekas' plain step).
-    Returns ``(U, iterations)``.
-    """
-    U, it, _ = newton_codes(prob, W, U, max_iter=max_iter, tol=tol, f0=f0, resolves=resolves)
+    """Projected Newton on all rows from ``U`` (:func:`newton_codes`, whose keyword arguments it
+    takes). Returns ``(U, iterations)``."""
+    U, it, _ = newton_codes(prob, W, U, **options)
     return U, it
 
 
@@ -285,10 +274,14 @@ def newton_codes(
     resolves: int | None = None,
     logits: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int, float]:
-    """:func:`solve_codes_newton`, also returning the objective at the new codes: ``f0`` minus
-    the rows' decreases, each computed as an accurate difference (:func:`row_decrease`), so no
-    evaluation of the objective is needed after the step. ``logits``: ``h(U W)`` of all rows, when
-    the caller has them (the first iteration's logits product is then skipped)."""
+    """Projected Newton on all rows from ``U``; ``f0`` = the objective at ``U`` (for ``tol``).
+
+    ``resolves``: re-solves of each Newton step with the variables it clips sent to 0
+    (:func:`_resolve_clipped`; default ``RESOLVES``, 0 for Bertsekas' plain step).
+    ``logits``: ``h(U W)`` of all rows, when the caller has them (the first iteration's logits
+    product is then skipped). Returns ``(U, iterations, objective at U)``: the objective is
+    ``f0`` minus the rows' decreases, each computed as an accurate difference
+    (:func:`row_decrease`), so no evaluation of the objective is needed after the step."""
     resolves = RESOLVES if resolves is None else resolves
     pc = precompute(prob, W)
     P, b = prob.target_P, prob.kl_head.b
