@@ -33,7 +33,9 @@ Every row is a target of the engine issue with its ratio and a met / missed verd
    decreases, the given logits reused, the Cholesky's mask in fewer passes) and as before
    session 32, two rounds per data set. ``--sweeps-ab 100``: the HALS sweeps (the warm start of
    every fit) as now and as before session 32; ``--sweeps-bits``: whether the warm starts are
-   the same bits with both.
+   the same bits with both. ``--schedule-ab 1,100``: ``hals``'s joint-step schedule as now
+   (``joint.COMPARE_GAINS``: a joint step weighed by its gain against a plain iteration's) and
+   as in session 32, two rounds per data set.
 8. ``--nmf-stop-ab``: target 2 on the six data sets, the default ``NMF`` fit as now (the stop
    asks for a KKT residual ≤ ``solvers.STATIONARITY_TOL``; fused HALS sweeps), with the
    windowed stop alone, and as before session 32, three rounds in turn.
@@ -52,6 +54,7 @@ bundled real photo (n = 3,311, p = 1,280) and its real classifier (C = 1,000).
     python benchmarks/solver.py --nmf-stop-ab [--joint-sets K]
     python benchmarks/solver.py --sweeps-ab 100 [--joint-sets K]
     python benchmarks/solver.py --sweeps-bits
+    python benchmarks/solver.py --schedule-ab 1,100 [--joint-sets K]
 """
 
 from __future__ import annotations
@@ -661,6 +664,23 @@ def ublock_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
     return switch_rows(lams, "now", "before session 32", switch, n_sets, rounds=2)
 
 
+def schedule_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
+    """``hals``'s joint-step schedule as now (a joint step weighed by its gain against the plain
+    iterations', ``joint.COMPARE_GAINS``) against session 32's (poor when cut below
+    ``JOINT_MIN_STEP``; back only at the next threshold), two rounds per data set (one at λ ≥ 10)."""
+    from face_concepts.decomposition import joint
+
+    def switch(on: bool) -> None:
+        joint.COMPARE_GAINS = on
+
+    out: list[str] = []
+    for lam in lams:  # λ ≥ 10 fits take minutes: one round
+        rows = switch_rows([lam], "now", "session 32's schedule", switch, n_sets,
+                           rounds=2 if lam < 10 else 1)  # fmt: skip
+        out += rows if not out else rows[2:]
+    return out
+
+
 def sweeps_bits_rows(n_sets: int = len(INNER_SETS)) -> list[str]:
     """Whether the plain-NMF warm start of a FACE fit (``hals._plain_warm_start``) gives the
     same bits with the HALS sweeps as now and with ``_unfused_sweeps`` (before session 32), on
@@ -955,6 +975,12 @@ def main(argv: list[str] | None = None) -> int:
         "before session 32",
     )
     ap.add_argument(
+        "--schedule-ab",
+        default=None,
+        help="only: FACE fits at these λ on six data sets with the joint-step schedule as now "
+        "and as in session 32",
+    )
+    ap.add_argument(
         "--sweeps-bits",
         action="store_true",
         help="only: whether the warm starts give the same bits with the HALS sweeps as now and "
@@ -983,6 +1009,7 @@ def main(argv: list[str] | None = None) -> int:
         "continuation_signed_ab": continuation_signed_rows,
         "ublock_ab": ublock_rows,
         "sweeps_ab": sweeps_rows,
+        "schedule_ab": schedule_rows,
     }
     chosen = [(name, f) for name, f in ab.items() if getattr(args, name)]
     if chosen or args.encoder_ab or args.nmf_stop_ab or args.sweeps_bits:

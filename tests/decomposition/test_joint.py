@@ -231,3 +231,64 @@ def test_a_fit_stops_at_the_full_newton_step_that_gains_less_than_tol(monkeypatc
     assert windowed.n_iter > res.n_iter
     best = min(windowed.history["total"])
     assert res.history["total"][-1] <= best * (1 + 10 * 1e-5)
+
+
+def _drive_schedule(monkeypatch, plain_gains, joint_steps):
+    """Feeds a ``JointSchedule`` a history whose iterations gain what they are told: plain ones
+    the next of ``plain_gains``, joint ones the gain of the next ``(t, gain)`` of
+    ``joint_steps`` (``t`` None: a declined step, whose W block gains the plain gain). Returns
+    the kinds of the iterations, "p" or "j", until either list runs out, and the history."""
+    plain, steps = iter(plain_gains), iter(joint_steps)
+    pending = []
+
+    def fake(*args, **kwargs):
+        t, gain = next(steps)
+        pending.append(gain)
+        return None if t is None else joint.JointStep(None, None, None, None, None, t)
+
+    monkeypatch.setattr(joint, "joint_newton_step", fake)
+    schedule, history, kinds = joint.JointSchedule(True), [1.0], []
+    try:
+        while True:
+            out = schedule.step(None, None, None, None, None, None, history)
+            kind = "p" if schedule.last == "plain" else "j"
+            gain = next(plain) if kind == "p" or out is None else pending[-1]
+            history.append(history[-1] / (1.0 + gain))  # (h[-2] − h[-1]) / h[-1] = gain
+            kinds.append(kind)
+    except StopIteration:
+        return "".join(kinds), history
+
+
+def test_the_schedule_weighs_a_joint_step_gain_against_the_plain_iterations(monkeypatch):
+    cost = joint.JOINT_COST
+    assert sv.WINDOW == 10 and joint.JOINT_MIN_PLAIN == 2
+    g = 5e-4  # windowed decrease below JOINT_SWITCH = 1e-3: joint steps once the window is full
+    plain = [g] * 10 + [4e-4, 3e-4] + [1e-9] * 40
+    short_but_paying = [(1 / 16, 1.01 * cost * g)] * 4  # cut to 1/16 of the Newton step, yet
+    poor = [(1 / 16, 0.99 * cost * g)] * 3  # each gains more (less) than cost × a plain one
+    full = [(1.0, 1e-9)] * 5  # full steps: never poor, whatever they gain
+    declined = [(None, 0.0)] * 3
+    kinds, _ = _drive_schedule(
+        monkeypatch, plain, short_but_paying + poor + [(1 / 16, 1e-3)] + full + declined
+    )
+    # 10 plain, 4 paying and 3 poor joint steps, back to plain; after two plain iterations the
+    # last one (3e-4, times cost 7.5e-4) gains less per cost than the last joint step (1.24e-3):
+    # joint again; full steps stay; three declined steps go back to plain, for good here (a
+    # declined step gains nothing, and the windowed decrease stays above the backed-off 1e-4)
+    assert kinds.startswith("p" * 10 + "j" * 7 + "pp" + "j" * 6 + "jjj" + "p")
+    assert "j" not in kinds[10 + 7 + 2 + 6 + 3 :]
+
+
+def test_the_old_schedule_hands_back_on_short_steps(monkeypatch):
+    monkeypatch.setattr(joint, "COMPARE_GAINS", False)
+    g = 5e-4
+    plain = [g] * 10 + [4e-4, 3e-4] + [1e-9] * 40
+    kinds, history = _drive_schedule(monkeypatch, plain, [(1 / 16, 10 * g)] * 10)
+    # short steps are poor whatever they gain: three, then plain until the windowed decrease is
+    # below the backed-off threshold, JOINT_BACKOFF × JOINT_SWITCH
+    assert kinds[:13] == "p" * 10 + "jjj"
+    again = kinds.index("j", 13)
+    threshold = joint.JOINT_SWITCH * joint.JOINT_BACKOFF
+    assert set(kinds[13:again]) == {"p"} and again > 13 + joint.JOINT_MIN_PLAIN
+    assert sv._stop_test(history[: again + 1], threshold)
+    assert not sv._stop_test(history[:again], threshold)

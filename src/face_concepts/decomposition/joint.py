@@ -69,14 +69,25 @@ if TYPE_CHECKING:
 
 CG_ITERATIONS = 8  # conjugate-gradient iterations on the Schur complement per joint step
 # hals switches to joint steps once its relative decrease per iteration, averaged over the last
-# WINDOW iterations, falls below JOINT_SWITCH. After JOINT_PATIENCE joint steps in a row that
-# found no decrease or accepted less than JOINT_MIN_STEP of the Newton step (the quadratic model
-# is poor there: a joint step costs more than it gains) it goes back to its W block until that
-# decrease has fallen below JOINT_BACKOFF times the last threshold.
+# WINDOW iterations, falls below JOINT_SWITCH. A joint iteration costs about JOINT_COST plain
+# ones (measured on the solver benchmark's rows: a joint step's 8 CG products and line search
+# against a W block), so a joint step is poor when it finds no decrease, or when it is cut short
+# (a fraction of the Newton step) and gains (relative decrease of the objective) less than
+# JOINT_COST times the last plain iteration did; a full step is never poor (the quadratic model
+# holds there, and a plain iteration's gain seen before is no guide). After JOINT_PATIENCE poor
+# joint steps in a row it goes back to its W block, and tries joint steps again once the plain
+# iterations gain less per cost than the last joint one did (after at least JOINT_MIN_PLAIN of
+# them), or once that windowed decrease has fallen below JOINT_BACKOFF times the last threshold.
 JOINT_SWITCH = 1e-3
-JOINT_MIN_STEP = 1.0 / 8
+JOINT_COST = 2.5
+JOINT_MIN_PLAIN = 2
 JOINT_PATIENCE = 3
 JOINT_BACKOFF = 0.1
+# False: session 32's rule, the A/B baseline of solver.md section 19 (a joint step is poor when
+# declined or accepted at less than JOINT_MIN_STEP of the Newton step; back only at the next
+# threshold).
+COMPARE_GAINS = True
+JOINT_MIN_STEP = 1.0 / 8
 
 
 class JointStep(NamedTuple):
@@ -224,25 +235,71 @@ def joint_newton_step(
 
 
 class JointSchedule:
-    """When ``hals`` takes joint steps instead of its W block (the constants above)."""
+    """When ``hals`` takes joint steps instead of its W block (the constants above).
+
+    It sees the objective's history before each iteration, so it judges the iteration it chose
+    last time by what that iteration gained."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled, self.on, self.poor, self.switch = enabled, False, 0, JOINT_SWITCH
+        self.last: str | None = None  # the kind of the previous iteration: "plain" or "joint"
+        self.declined = False  # whether the previous joint step found no decrease
+        self.plain_gain = 0.0  # relative gain of the last plain iteration
+        self.joint_gain = 0.0  # and of the last joint one (0 when its step was declined)
+        self.plain_run = 0  # plain iterations since the fit last went back to them
+        self.t = 1.0  # the accepted fraction of the previous joint step's Newton step
+
+    def _judge(self, history: list[float]) -> None:
+        """Book the previous iteration's gain; after a poor joint step, maybe go back."""
+        if self.last is None or len(history) < 2:
+            return
+        gain = (history[-2] - history[-1]) / abs(history[-1]) if history[-1] else 0.0
+        if self.last == "plain":
+            self.plain_gain, self.plain_run = gain, self.plain_run + 1
+            return
+        self.joint_gain = 0.0 if self.declined else gain
+        if COMPARE_GAINS:  # a full step is in the quadratic model's reach: never poor
+            poor = self.declined or (self.t < 1.0 and gain < JOINT_COST * self.plain_gain)
+        else:
+            poor = self.declined or self.t < JOINT_MIN_STEP
+        self.poor = self.poor + 1 if poor else 0
+        if self.poor >= JOINT_PATIENCE:
+            self.on, self.poor, self.plain_run = False, 0, 0
+            self.switch *= JOINT_BACKOFF
+
+    def _joint_pays(self, history: list[float]) -> bool:
+        if not self.enabled or len(history) <= WINDOW:
+            return False
+        if _stop_test(history, self.switch):
+            return True
+        return (
+            COMPARE_GAINS
+            and self.plain_run >= JOINT_MIN_PLAIN
+            and JOINT_COST * self.plain_gain < self.joint_gain
+        )
 
     def step(
         self, prob: Problem, U: torch.Tensor, W: torch.Tensor, Z: torch.Tensor | None,
         f_cur: Terms, UtA: torch.Tensor | None, history: list[float],
     ) -> JointStep | None:  # fmt: skip
         """A joint step (``joint_newton_step``'s result), or ``None``: take the W block."""
+        self._judge(history)
         if not self.on:
-            self.on = self.enabled and len(history) > WINDOW and _stop_test(history, self.switch)
-            if not self.on:
-                return None
+            self.on = self._joint_pays(history)
+        if not self.on:
+            self.last = "plain"
+            return None
         out = joint_newton_step(prob, U, W, Z, f_cur, UtA=UtA)
-        self.poor = self.poor + 1 if out is None or out.t < JOINT_MIN_STEP else 0
-        if self.poor >= JOINT_PATIENCE:
-            self.on, self.poor, self.switch = False, 0, self.switch * JOINT_BACKOFF
+        self.last, self.declined = "joint", out is None
+        self.t = 0.0 if out is None else out.t
         return out
 
 
-__all__ = ["CG_ITERATIONS", "JointSchedule", "JointStep", "JointSystem", "joint_newton_step"]
+__all__ = [
+    "CG_ITERATIONS",
+    "COMPARE_GAINS",
+    "JointSchedule",
+    "JointStep",
+    "JointSystem",
+    "joint_newton_step",
+]
