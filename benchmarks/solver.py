@@ -667,7 +667,8 @@ def ublock_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
 def schedule_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
     """``hals``'s joint-step schedule as now (a joint step weighed by its gain against the plain
     iterations', ``joint.COMPARE_GAINS``) against session 32's (poor when cut below
-    ``JOINT_MIN_STEP``; back only at the next threshold), two rounds per data set (one at λ ≥ 10)."""
+    ``JOINT_MIN_STEP``; back only at the next threshold), two rounds per data set (one at λ ≥ 10), and when the fit as
+    now first reaches the other's final objective."""
     from face_concepts.decomposition import joint
 
     def switch(on: bool) -> None:
@@ -676,7 +677,7 @@ def schedule_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]
     out: list[str] = []
     for lam in lams:  # λ ≥ 10 fits take minutes: one round
         rows = switch_rows([lam], "now", "session 32's schedule", switch, n_sets,
-                           rounds=2 if lam < 10 else 1)  # fmt: skip
+                           rounds=2 if lam < 10 else 1, time_to_match=True)  # fmt: skip
         out += rows if not out else rows[2:]
     return out
 
