@@ -414,3 +414,50 @@ def test_method_table_says_when_a_metric_has_fewer_cells_than_its_row():
     face, nmf = (line for line in md.splitlines() if line.startswith(("| face", "| nmf")))
     assert "0.847 ± 0.000 (n = 1)" in face and face.count("(n = ") == 1
     assert "| n/a |" in nmf and "(n = " not in nmf
+
+
+def _recheck_script():
+    """benchmarks/recheck_capped.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+
+    path = CONFIG_DIR.parent / "recheck_capped.py"
+    spec = importlib.util.spec_from_file_location("_recheck_capped", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recheck_of_capped_fits_runs_exactly_their_cells(tmp_path):
+    """benchmarks/recheck_capped.py: a capped main-table ``face-auto`` fit and a capped λ-sweep fit
+    of a published CSV are each refitted by a config whose cells include theirs (the same class,
+    λ, seed and r) and no other FACE fit at their λ; the count names only capped FACE fits."""
+    rc = _recheck_script()
+    base = bm.load_config(CONFIG_DIR / "fashion_mnist.toml")
+    fields = "group model class_id class_name method label kl_weight kl_weight_chosen encoder_kl_weight seed split n_concepts converged".split()  # fmt: skip
+    rows = [
+        dict(zip(fields, line.split(","), strict=True))
+        for line in [
+            "main,m,4,Coat,face,face-auto,auto,100.0,0.0,0,fit,25,False",
+            "sweep,m,0,Top,face,face,100.0,100.0,0.0,0,fit,8,False",
+            "main,m,0,Top,face,face,1.0,1.0,0.0,0,fit,8,True",
+            "main,m,0,Top,craft,craft,0.0,0.0,0.0,0,fit,8,False",
+            "main,m,4,Coat,face,face-auto,auto,100.0,1.0,0,fit,25,False",  # second encoder
+        ]
+    ]
+    path = tmp_path / "published.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    capped = rc.capped_cells(str(path))
+    assert [(r["group"], r["class_id"]) for r in capped] == [("main", "4"), ("sweep", "0")]
+    for row, (group, lam, r) in zip(capped, [("main", "auto", 25), ("sweep", 100.0, 8)], strict=True):  # fmt: skip
+        cfg = bm.load_config(rc.cell_settings(base, row, str(tmp_path / "out")))
+        cells = bm._cells(cfg, "m", cfg["classes"])
+        # the key may differ (the cell's r is the only rank, so the primary one); the fit does not
+        same = [c for c in cells if (c["class_id"], c["method"], c["kl_weight"], c["seed"], c["n_concepts"]) == (int(row["class_id"]), "face", lam, 0, r)]  # fmt: skip
+        assert len(same) == 1 and group in same[0]["groups"] and cfg["stability"] is False
+        assert len([c for c in cells if c["kl_weight"] == lam]) == 1
+    table = "\n".join(rc.count_lines([str(path)]))
+    assert "| face-auto | main | 1 | 0 | 4, 100.0, 0, 25 |" in table
+    assert "| craft | main | 1 | 0 | — |" in table
