@@ -35,7 +35,9 @@ Every row is a target of the engine issue with its ratio and a met / missed verd
    every fit) as now and as before session 32; ``--sweeps-bits``: whether the warm starts are
    the same bits with both. ``--schedule-ab 1,100``: ``hals``'s joint-step schedule as now
    (``joint.COMPARE_GAINS``: a joint step weighed by its gain against a plain iteration's) and
-   as in session 32, two rounds per data set.
+   as in session 32, two rounds per data set. ``--threads-ab 100``: the same fits with 2
+   threads and with 1 (the same arithmetic, another order of the BLAS sums, so other rounding):
+   how far rounding alone moves where a fit ends (its times are not comparable).
 8. ``--nmf-stop-ab``: target 2 on the six data sets, the default ``NMF`` fit as now (the stop
    asks for a KKT residual ≤ ``solvers.STATIONARITY_TOL``; fused HALS sweeps), with the
    windowed stop alone, and as before session 32, three rounds in turn.
@@ -55,6 +57,7 @@ bundled real photo (n = 3,311, p = 1,280) and its real classifier (C = 1,000).
     python benchmarks/solver.py --sweeps-ab 100 [--joint-sets K]
     python benchmarks/solver.py --sweeps-bits
     python benchmarks/solver.py --schedule-ab 1,100 [--joint-sets K]
+    python benchmarks/solver.py --threads-ab 100 [--joint-sets K]
 """
 
 from __future__ import annotations
@@ -682,6 +685,17 @@ def schedule_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]
     return out
 
 
+def threads_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
+    """The default fits with 2 threads and with 1, one round per data set: the same arithmetic
+    summed in another order, so only rounding differs; where the fits end shows how far rounding
+    alone moves the end point (times are not comparable)."""
+
+    def switch(on: bool) -> None:
+        torch.set_num_threads(2 if on else 1)
+
+    return switch_rows(lams, "2 threads", "1 thread", switch, n_sets, time_to_match=True)
+
+
 def sweeps_bits_rows(n_sets: int = len(INNER_SETS)) -> list[str]:
     """Whether the plain-NMF warm start of a FACE fit (``hals._plain_warm_start``) gives the
     same bits with the HALS sweeps as now and with ``_unfused_sweeps`` (before session 32), on
@@ -982,6 +996,11 @@ def main(argv: list[str] | None = None) -> int:
         "and as in session 32",
     )
     ap.add_argument(
+        "--threads-ab",
+        default=None,
+        help="only: FACE fits at these λ on six data sets with 2 threads and with 1 (rounding)",
+    )
+    ap.add_argument(
         "--sweeps-bits",
         action="store_true",
         help="only: whether the warm starts give the same bits with the HALS sweeps as now and "
@@ -1011,6 +1030,7 @@ def main(argv: list[str] | None = None) -> int:
         "ublock_ab": ublock_rows,
         "sweeps_ab": sweeps_rows,
         "schedule_ab": schedule_rows,
+        "threads_ab": threads_rows,
     }
     chosen = [(name, f) for name, f in ab.items() if getattr(args, name)]
     if chosen or args.encoder_ab or args.nmf_stop_ab or args.sweeps_bits:
