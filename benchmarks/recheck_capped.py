@@ -37,19 +37,18 @@ from face_concepts.apps.benchmark.runner import load_config, run_benchmark
 FACE_METHODS = ("face",)
 
 
-def capped_cells(csv_path: str) -> list[dict[str, str]]:
-    """The FACE fits of ``csv_path`` that did not stop by their own rule, one row per cell
-    (the fitting split at the first encoder λ)."""
+def fit_rows(csv_path: str) -> list[dict[str, str]]:
+    """One row per fit of ``csv_path``: its fitting split at the first encoder λ."""
     with open(csv_path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     first_encoder = rows[0]["encoder_kl_weight"] if rows else ""
+    return [r for r in rows if r["split"] == "fit" and r["encoder_kl_weight"] == first_encoder]
+
+
+def capped_cells(csv_path: str) -> list[dict[str, str]]:
+    """The FACE fits of ``csv_path`` that did not stop by their own rule."""
     return [
-        r
-        for r in rows
-        if r["method"] in FACE_METHODS
-        and r["converged"] == "False"
-        and r["split"] == "fit"
-        and r["encoder_kl_weight"] == first_encoder
+        r for r in fit_rows(csv_path) if r["method"] in FACE_METHODS and r["converged"] == "False"
     ]
 
 
@@ -78,10 +77,7 @@ def count_lines(csv_paths: list[str]) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for path in csv_paths:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        first = rows[0]["encoder_kl_weight"] if rows else ""
-        fits = [r for r in rows if r["split"] == "fit" and r["encoder_kl_weight"] == first]
+        fits = fit_rows(path)
         for label, group in sorted({(r["label"], r["group"]) for r in fits}):
             mine = [r for r in fits if r["label"] == label and r["group"] == group]
             ok = sum(r["converged"] == "True" for r in mine)

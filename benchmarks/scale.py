@@ -94,10 +94,16 @@ def child(args: argparse.Namespace) -> None:
 
         newton.RESOLVES = 0 if args.plain_codes_step else newton.RESOLVES
         newton.DROP_SETTLED_ROWS = not args.every_row
+    if args.exact_start:  # an experiment: the first batch's nndsvda start from a full SVD
+        from face_concepts.decomposition import init
+
+        init.RANDOMIZED_SVD_MIN_SIZE = float("inf")
     if args.glibc_heap:  # the baseline: glibc's own thresholds (no retained heap, _core/heap.py)
         from face_concepts._core import heap
 
         heap.ENABLED = False
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     head = mobilenet_v2().classifier
     source = CachedActivations(ActivationCache(args.data_dir, shard_size=CHUNK), args.key)
     t0 = time.perf_counter()
@@ -124,6 +130,8 @@ def measure(args: argparse.Namespace, kind: str, key: str) -> dict:
     cmd += ["--glibc-heap"] if args.glibc_heap else []
     cmd += ["--plain-codes-step"] if args.plain_codes_step else []
     cmd += ["--every-row"] if args.every_row else []
+    cmd += ["--threads", str(args.threads)]
+    cmd += ["--exact-start"] if args.exact_start else []
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -176,6 +184,19 @@ def main() -> None:
         default=[],
         metavar="N=FILE",
         help="full-batch result for size N from an earlier --child full run",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads of the fits (0: torch's default); another count sums in another "
+        "order, so the last bits and where a fit ends can differ",
+    )
+    ap.add_argument(
+        "--exact-start",
+        action="store_true",
+        help="start W from a full SVD of the first batch (init.RANDOMIZED_SVD_MIN_SIZE off; "
+        "the start of the code before commit cd31fe5)",
     )
     ap.add_argument("--budget", type=float, default=3600.0, help="seconds for all runs")
     ap.add_argument("--data-dir", default="/tmp/face_scale")
