@@ -58,14 +58,14 @@ def cell_settings(base: dict, row: dict[str, str], out_dir: str) -> dict:
     cid, seed, r = int(row["class_id"]), int(row["seed"]), int(row["n_concepts"])
     cfg = {k: v for k, v in base.items() if k not in ("out_dir",)}
     cfg.update(
-        classes=[cid], methods=["face"], n_concepts=[r], other_rank_seeds=[], stability=False,
-        sweep_n_concepts=[], sweep_max_classes=1, out_dir=out_dir,
+        classes=[cid], seeds=[seed], methods=["face"], n_concepts=[r], other_rank_seeds=[],
+        stability=False, sweep_n_concepts=[], sweep_max_classes=1, out_dir=out_dir,
     )  # fmt: skip
     if row["group"] == "sweep":
-        cfg.update(seeds=[seed], sweep_seeds=[seed], sweep_kl_weights=[float(row["kl_weight"])],
+        cfg.update(sweep_seeds=[seed], sweep_kl_weights=[float(row["kl_weight"])],
                    auto_kl_weight=False)  # fmt: skip
     else:
-        cfg.update(seeds=[seed], sweep_kl_weights=[], auto_kl_weight=row["kl_weight"] == "auto")
+        cfg.update(sweep_kl_weights=[], auto_kl_weight=row["kl_weight"] == "auto")
     return cfg
 
 
@@ -105,6 +105,21 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _columns(r: dict[str, str]) -> str:
+    """One fit's record: iterations, converged, fit time, agreement, KL."""
+    return (
+        f"{r['n_iter']}, {r['converged']}, {float(r['fit_seconds']):.1f}, "
+        f"{float(r['agreement']):.4f}, {float(r['kl']):.5f}"
+    )
+
+
+def _emit(lines: list[str], out: str | None) -> None:
+    text = "\n".join(lines) + "\n"
+    if out:
+        Path(out).write_text(text)
+    print(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config", nargs="?")
@@ -116,14 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="write the markdown here (default: stdout)")
     args = ap.parse_args(argv)
+    command = f"- command: `python benchmarks/recheck_capped.py {' '.join(sys.argv[1:])}`"
     if args.count:
-        text = "\n".join(
-            [f"- command: `python benchmarks/recheck_capped.py {' '.join(sys.argv[1:])}`", "",
-             *count_lines(args.count)]
-        ) + "\n"  # fmt: skip
-        if args.out:
-            Path(args.out).write_text(text)
-        print(text)
+        _emit([command, "", *count_lines(args.count)], args.out)
         return
     if not (args.config and args.csv):
         ap.error("give CONFIG and CSV, or --count CSV")
@@ -133,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     with open(args.csv, newline="") as fh:
         published = list(csv.DictReader(fh))
     lines = [
-        f"- command: `python benchmarks/recheck_capped.py {' '.join(sys.argv[1:])}`",
+        command,
         *machine_lines(),
         f"- load average (1/5/15 min) at start {load0}",
     ]
@@ -165,22 +175,12 @@ def main(argv: list[str] | None = None) -> None:
                 fresh = list(csv.DictReader(fh))
         for split in ("fit", "heldout"):
             old, new = matching(published, row, split), matching(fresh, row, split)
-
-            def cols(r: dict[str, str]) -> str:
-                return (
-                    f"{r['n_iter']}, {r['converged']}, {float(r['fit_seconds']):.1f}, "
-                    f"{float(r['agreement']):.4f}, {float(r['kl']):.5f}"
-                )
-
             lines.append(
-                f"| {name} | {split} | {cols(old)} | {cols(new)} | "
+                f"| {name} | {split} | {_columns(old)} | {_columns(new)} | "
                 f"{old['kl_weight_chosen']} / {new['kl_weight_chosen']} |"
             )
     lines += ["", f"- load average at end {load_average()}; {len(cells)} capped cell(s)"]
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        Path(args.out).write_text(text)
-    print(text)
+    _emit(lines, args.out)
 
 
 if __name__ == "__main__":
