@@ -282,21 +282,24 @@ def _unfused_sweeps(
 
 
 def nmf_stop_rows(rounds: int = 3, n_sets: int | None = None) -> list[str]:
-    """Target 2 on the six data sets of :func:`inner_section`, in three versions taking turns
+    """Target 2 on the six data sets of :func:`inner_section`, in four versions taking turns
     (``rounds`` times; the median time): now (the HALS sweeps of session 32, and the stop that
-    asks for a KKT residual ≤ ``solvers.STATIONARITY_TOL`` at λ = 0); the sweeps as now with the
-    windowed stop alone; as before session 32 (``_unfused_sweeps``, the windowed stop). Each
-    is ``nmf_race``: init + ``solve_hals`` (timed to its stop and to scikit-learn's objective),
-    then ``NMF(r).fit(A)`` end to end."""
+    asks for a KKT residual ≤ ``solvers.STATIONARITY_TOL`` at λ = 0, waiting for it at most
+    ``STATIONARITY_PATIENCE`` windowed passes); that gate waiting without end (sessions 32–34);
+    the sweeps as now with the windowed stop alone; as before session 32 (``_unfused_sweeps``,
+    the windowed stop). Each is ``nmf_race``: init + ``solve_hals`` (timed to its stop and to
+    scikit-learn's objective), then ``NMF(r).fit(A)`` end to end."""
     real_stop, real_sweeps = hals_module._windowed_stop, solvers_module._hals_sweeps
+    patience = hals_module.STATIONARITY_PATIENCE
 
-    def ungated(prob, U, W, cur, history, tol, stationarity_tol):
+    def ungated(prob, U, W, cur, history, tol, gate):
         return real_stop(prob, U, W, cur, history, tol, None)
 
-    versions = {
-        "now": (real_stop, real_sweeps),
-        "sweeps as now, windowed stop alone": (ungated, real_sweeps),
-        "before session 32": (ungated, _unfused_sweeps),
+    versions = {  # (stop, sweeps, patience)
+        "now": (real_stop, real_sweeps, patience),
+        "gate without the patience (sessions 32–34)": (real_stop, real_sweeps, 10**9),
+        "sweeps as now, windowed stop alone": (ungated, real_sweeps, patience),
+        "before session 32": (ungated, _unfused_sweeps, patience),
     }
     out = [
         "| data | r | scikit-learn: s, iterations | version | to scikit-learn's objective | "
@@ -313,9 +316,10 @@ def nmf_stop_rows(rounds: int = 3, n_sets: int | None = None) -> list[str]:
             sk_s, sk_obj, sk_iter = sklearn_fit(A, repeats=2, r=r, summary=min)
             runs: dict[str, list[dict]] = {v: [] for v in versions}
             for _ in range(rounds):
-                for v, (stop, sweeps) in versions.items():
+                for v, (stop, sweeps, wait) in versions.items():
                     log(f"nmf stop: {name}, r = {r}: {v}")
                     hals_module._windowed_stop, solvers_module._hals_sweeps = stop, sweeps
+                    hals_module.STATIONARITY_PATIENCE = wait
                     runs[v].append(nmf_race(A, sk_obj, r))
             for v, rs in runs.items():
                 last = rs[-1]  # iterations and objectives are the same in every round
@@ -337,6 +341,7 @@ def nmf_stop_rows(rounds: int = 3, n_sets: int | None = None) -> list[str]:
                 )
     finally:
         hals_module._windowed_stop, solvers_module._hals_sweeps = real_stop, real_sweeps
+        hals_module.STATIONARITY_PATIENCE = patience
     return out
 
 

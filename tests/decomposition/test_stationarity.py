@@ -1,5 +1,5 @@
-"""``hals``'s stop for plain NMF: the windowed test, and first-order optimality (the KKT residual)
-or a fit that no longer moves."""
+"""``hals``'s stop for plain NMF: the windowed test, and first-order optimality (the KKT residual),
+a fit that no longer moves, or a bounded wait for the residual."""
 
 from __future__ import annotations
 
@@ -55,12 +55,16 @@ def _residual_at_the_windowed_stop(A: torch.Tensor, tol: float) -> float:
 
 
 @pytest.mark.parametrize(("seed", "factor"), [(0, None), (0, 2.0), (2, 0.7), (5, 0.7)])
-def test_the_stop_is_the_first_windowed_stop_at_a_small_kkt_residual_or_a_stall(
-    monkeypatch, seed, factor
+@pytest.mark.parametrize("patience", [None, 3, 10**9])
+def test_the_stop_is_the_first_windowed_stop_at_a_small_kkt_residual_a_stall_or_the_patience(
+    monkeypatch, seed, factor, patience
 ):
     """The oracle: the rule replayed on the fit's own history and the residuals it computed.
     ``factor``: the gate as a multiple of the residual where the windowed test alone stops
-    (None: the default gate)."""
+    (None: the default gate). ``patience``: ``STATIONARITY_PATIENCE`` (None: the default)."""
+    if patience is not None:
+        monkeypatch.setattr(hals, "STATIONARITY_PATIENCE", patience)
+    wait = hals.STATIONARITY_PATIENCE
     A = _low_rank(seed)
     tol = 1e-5
     gate = (
@@ -74,34 +78,47 @@ def test_the_stop_is_the_first_windowed_stop_at_a_small_kkt_residual_or_a_stall(
     def stall(t: int) -> bool:
         return sv._stop_test(hist[: t + 1], sv.STALL_FACTOR * tol)
 
-    def stops(t: int) -> bool:
-        return sv._stop_test(hist[: t + 1], tol) and (stall(t) or residual[t] <= gate)
-
-    assert res.n_iter == next(t for t in range(1, len(hist)) if stops(t))
     # asked for exactly where the windowed test passed and the fit still moved
-    assert sorted(residual) == [
+    asked = [
         t for t in range(1, res.n_iter + 1) if sv._stop_test(hist[: t + 1], tol) and not stall(t)
     ]
+    assert sorted(residual) == asked
+    waited = [t for t in asked if residual[t] > gate]
+    assert len(waited) <= wait
+    stop = res.n_iter
+    # the last iteration met the rule: a stall, the residual, or the wait's end; none before did
+    assert sv._stop_test(hist[: stop + 1], tol)
+    assert stall(stop) or residual[stop] <= gate or len(waited) == wait
+    assert all(residual[t] > gate for t in asked if t < stop)
+    assert not any(sv._stop_test(hist[: t + 1], tol) and stall(t) for t in range(1, stop))
     if not stall(res.n_iter):  # stopped by the residual: it was computed at the final iterate
         assert residual[res.n_iter] == pytest.approx(
             sv.kkt_residual(prob, res.U, res.W, None, hist[-1]), rel=1e-6
         )
 
 
-def test_both_ways_of_stopping_are_reached():
-    """On this data the residual stays far above the default gate: the stall stops the fit. A
-    gate above the residual where the windowed test alone stops is met right there."""
+def test_every_way_of_stopping_is_reached(monkeypatch):
+    """On this data the residual stays far above the default gate: the wait for it ends, and the
+    fit stops STATIONARITY_PATIENCE windowed passes later than the windowed test alone, before
+    it stalls; waiting without end, the stall stops it later. A gate above the residual where
+    the windowed test alone stops is met right there."""
     A = _low_rank(0)
     tol = 1e-5
-    prob, tight, _ = _fit(A, tol=tol)
-    assert sv.kkt_residual(prob, tight.U, tight.W, None, tight.history["total"][-1]) > (
-        sv.STATIONARITY_TOL
-    )
-    assert sv._stop_test(tight.history["total"], sv.STALL_FACTOR * tol)
+    prob, waited, seen = _fit(A, monkeypatch, tol=tol)
+    h = waited.history["total"]
+    assert sv.kkt_residual(prob, waited.U, waited.W, None, h[-1]) > sv.STATIONARITY_TOL
+    assert not sv._stop_test(h, sv.STALL_FACTOR * tol)
+    assert len(seen) == hals.STATIONARITY_PATIENCE
     _, windowed, _ = _fit(A, tol=tol, stationarity_tol=None)
+    assert windowed.n_iter == seen[0][0] < waited.n_iter == seen[-1][0]
+    monkeypatch.setattr(hals, "STATIONARITY_PATIENCE", 10**9)
+    prob, stalled, _ = _fit(A, tol=tol)
+    assert stalled.n_iter > waited.n_iter
+    assert stalled.history["total"][: waited.n_iter + 1] == h
+    assert sv._stop_test(stalled.history["total"], sv.STALL_FACTOR * tol)
     gate = 2.0 * _residual_at_the_windowed_stop(A, tol)
     _, loose, _ = _fit(A, tol=tol, stationarity_tol=gate)
-    assert loose.n_iter == windowed.n_iter < tight.n_iter
+    assert loose.n_iter == windowed.n_iter < waited.n_iter
     assert not sv._stop_test(loose.history["total"], sv.STALL_FACTOR * tol)
 
 

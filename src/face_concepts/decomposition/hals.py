@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from sklearn.exceptions import ConvergenceWarning
@@ -20,6 +20,7 @@ from face_concepts.decomposition.problem import Problem
 from face_concepts.decomposition.solvers import (
     MAX_INNER,
     STALL_FACTOR,
+    STATIONARITY_PATIENCE,
     STATIONARITY_TOL,
     WARM_MAX_ITER,
     WARM_TOL,
@@ -95,6 +96,22 @@ def _newton_stationary(
     return small and _stop_test(history, NEWTON_STOP_GUARD * tol)
 
 
+@dataclass
+class _StationarityGate:
+    """The plain-NMF gate of the windowed test: a KKT residual (``kkt_residual``) of at most
+    ``tol``, waited for at most ``patience`` iterations at which the windowed test passed."""
+
+    tol: float
+    patience: int
+    waited: int = 0
+
+    def open(self, prob: Problem, U: torch.Tensor, W: torch.Tensor, cur: Terms) -> bool:
+        if kkt_residual(prob, U, W, None, cur.total) <= self.tol:
+            return True
+        self.waited += 1
+        return self.waited >= self.patience
+
+
 def _windowed_stop(
     prob: Problem,
     U: torch.Tensor,
@@ -102,17 +119,17 @@ def _windowed_stop(
     cur: Terms,
     history: list[float],
     tol: float,
-    stationarity_tol: float | None,
+    gate: _StationarityGate | None,
 ) -> bool:
-    """The windowed test (``_stop_test``); with ``stationarity_tol`` it also asks for first-order
-    optimality, a KKT residual (``kkt_residual``) of at most ``stationarity_tol``, unless the
-    windowed decrease is already below ``STALL_FACTOR · tol`` (the fit no longer moves). Only for
-    plain NMF: its residual costs two r-row products there."""
+    """The windowed test (``_stop_test``); with a ``gate`` it also asks for first-order
+    optimality (``_StationarityGate``), unless the windowed decrease is already below
+    ``STALL_FACTOR · tol`` (the fit no longer moves). Only for plain NMF: its residual costs two
+    r-row products there."""
     if not _stop_test(history, tol):
         return False
-    if stationarity_tol is None or _stop_test(history, STALL_FACTOR * tol):
+    if gate is None or _stop_test(history, STALL_FACTOR * tol):
         return True
-    return kkt_residual(prob, U, W, None, cur.total) <= stationarity_tol
+    return gate.open(prob, U, W, cur)
 
 
 # A W-block: (problem, U, W, logits, objective after the U-block, UᵀA) -> (W, logits, terms, UᵀA)
@@ -153,8 +170,8 @@ def solve_hals(
     iterations slow down, the W block becomes a joint Newton step on ``(U, W)`` while those
     pay (``joint.JointSchedule``).
     ``stationarity_tol`` (plain NMF, λ = 0, the non-negative bank; ``None``: off): the windowed
-    test stops only at a KKT residual of at most this, or once the fit no longer moves
-    (``_windowed_stop``).
+    test stops only at a KKT residual of at most this, once the fit no longer moves, or after
+    ``STATIONARITY_PATIENCE`` iterations at which it passed without them (``_windowed_stop``).
     """
     if not prob.factored:
         raise ValueError("solver='hals' needs an affine head (or kl_weight=0); use solver='pgd'")
@@ -183,8 +200,11 @@ def solve_hals(
     newton_w = prob.kl_weight > 0 and w_solver == "newton"
     if extrapolate is None:
         extrapolate = signed_w_block is not None or not newton_w
-    if prob.kl_weight > 0 or signed_w_block is not None:
-        stationarity_tol = None
+    gate = (
+        None
+        if stationarity_tol is None or prob.kl_weight > 0 or signed_w_block is not None
+        else _StationarityGate(stationarity_tol, STATIONARITY_PATIENCE)
+    )
     ex = _Extrapolation()
     cu, cw = _Curvature(), _Curvature()
     schedule = JointSchedule(joint)
@@ -222,7 +242,7 @@ def solve_hals(
             if callback is not None:
                 callback(t, cur)
             if _windowed_stop(
-                prob, U, W, cur, res.history["total"], tol, stationarity_tol
+                prob, U, W, cur, res.history["total"], tol, gate
             ) or _newton_stationary(step, f_u, cur, tol, res.history["total"]):
                 res.converged = True
                 break
