@@ -158,8 +158,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     lines += [
         "",
-        "| cell (group, class, method, λ, seed, r) | split | published: iterations, converged, "
-        "fit (s), agreement, KL | today | λ chosen, published / today |",
+        "| cell (group, class, method, λ, seed, r) | split | in the CSV: iterations, converged, "
+        "fit (s), agreement, KL | today | λ chosen, in the CSV / today |",
         "|---|---|---|---|---|",
     ]
     cells = capped_cells(args.csv)
