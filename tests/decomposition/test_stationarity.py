@@ -91,7 +91,7 @@ def test_the_stop_is_the_first_windowed_stop_at_a_small_kkt_residual_a_stall_or_
     assert stall(stop) or residual[stop] <= gate or len(waited) == wait
     assert all(residual[t] > gate for t in asked if t < stop)
     assert not any(sv._stop_test(hist[: t + 1], tol) and stall(t) for t in range(1, stop))
-    if not stall(res.n_iter):  # stopped by the residual: it was computed at the final iterate
+    if not stall(res.n_iter):  # the residual or the wait's end: computed at the final iterate
         assert residual[res.n_iter] == pytest.approx(
             sv.kkt_residual(prob, res.U, res.W, None, hist[-1]), rel=1e-6
         )
