@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="write the markdown here (default: stdout)")
     args = ap.parse_args(argv)
-    command = f"- command: `python benchmarks/recheck_capped.py {' '.join(sys.argv[1:])}`"
+    given = sys.argv[1:] if argv is None else argv  # main(argv) from Python names its own args
+    command = f"- command: `python benchmarks/recheck_capped.py {' '.join(given)}`"
     if args.count:
         _emit([command, "", *count_lines(args.count)], args.out)
         return
