@@ -38,7 +38,10 @@ Every row is a target of the engine issue with its ratio and a met / missed verd
    as in session 32, two rounds per data set. ``--threads-ab 100``: the same fits with 2
    threads and with 1 (the same arithmetic, another order of the BLAS sums, so other rounding):
    how far rounding alone moves where a fit ends (its times are not comparable).
-8. ``--nmf-stop-ab``: target 2 on the six data sets, the default ``NMF`` fit as now (the stop
+8. ``--cap 100``: the default FACE fit on the six data sets of 6 and the signed bank (the first
+   of them centred per feature), with the default cap (``hals.MAX_ITER``), and where each
+   would have ended at the cap before session 36 (1,000 iterations), read from the same run.
+9. ``--nmf-stop-ab``: target 2 on the six data sets, the default ``NMF`` fit as now (the stop
    asks for a KKT residual ≤ ``solvers.STATIONARITY_TOL``; fused HALS sweeps), with the
    windowed stop alone, and as before session 32, three rounds in turn.
 
@@ -58,6 +61,7 @@ bundled real photo (n = 3,311, p = 1,280) and its real classifier (C = 1,000).
     python benchmarks/solver.py --sweeps-bits
     python benchmarks/solver.py --schedule-ab 1,100 [--joint-sets K]
     python benchmarks/solver.py --threads-ab 100 [--joint-sets K]
+    python benchmarks/solver.py --cap 100 [--joint-sets K]
 """
 
 from __future__ import annotations
@@ -345,6 +349,7 @@ def nmf_stop_rows(rounds: int = 3, n_sets: int | None = None) -> list[str]:
     return out
 
 
+OLD_CAP = 1000  # hals's default max_iter before session 36 (cap_rows)
 INNER_SETS = (  # (crop seed, rows kept or None, rank) of the max_inner comparison
     (0, None, 25), (0, None, 10), (0, None, 50), (0, 1000, 25), (1, None, 25), (2, None, 25),
 )  # fmt: skip
@@ -431,6 +436,48 @@ def inner_data_sets(n_sets: int = len(INNER_SETS)):
         act = mobilenet_crop_activations(seed=seed)
         A = act.A if keep is None else act.A[:keep]
         yield f"crops seed {seed}" + (f", first {keep} rows" if keep else ""), act, A, r
+
+
+def cap_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
+    """The default cap on the fit's iterations (``hals.MAX_ITER``) against the cap before session
+    36 (``OLD_CAP`` = 1,000): the default ``FACE(head, r, kl_weight=λ, random_state=0).fit`` end
+    to end on the data sets of :func:`inner_section`, then the signed bank on the first of them
+    centred per feature (:func:`centred`). One run per fit: the cap changes no iteration before
+    it, so the fit with the old cap is this fit's first ``OLD_CAP`` iterations, and its end is
+    read from the recorded objectives (the solver's; the estimator then polishes the codes)."""
+    out = [
+        f"| data | r | λ | bank | fit (s) | iterations (warm + FACE) | converged | "
+        f"ConvergenceWarning | objective at the stop | at iteration {OLD_CAP} (the old cap's "
+        "end) | old cap's end above the stop |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    cases = [(name, act, A, r, "nonnegative") for name, act, A, r in inner_data_sets(n_sets)]
+    first = cases[0]
+    cases.append((first[0] + ", centred", first[1], first[2], first[3], "signed"))
+    for lam in lams:
+        for name, act, A, r, bank in cases:
+            log(f"cap: {name}, r = {r}, λ = {lam:g}, bank = {bank}")
+            head = act.head.eval()
+            if bank == "signed":
+                A, head = centred(A, head)
+            t0 = time.perf_counter()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                est = FACE(head, r, kl_weight=lam, bank=bank, random_state=0).fit(A)
+            seconds = time.perf_counter() - t0
+            warned = any(issubclass(w.category, ConvergenceWarning) for w in caught)
+            h = est.loss_history_["total"]
+            end = h[-1]
+            if est.n_iter_ > OLD_CAP:
+                old = f"{h[OLD_CAP]:.6f} | {100 * (h[OLD_CAP] - end) / end:+.3f} %"
+            else:
+                old = "not reached | –"
+            out.append(
+                f"| {name} | {r} | {lam:g} | {bank} | {seconds:.1f} | {est.n_warm_iter_} + "
+                f"{est.n_iter_} | {est.converged_} | {'yes' if warned else 'no'} | {end:.6f} | "
+                f"{old} |"
+            )
+    return out
 
 
 def joint_rows(lams: list[float], n_sets: int = len(INNER_SETS)) -> list[str]:
@@ -1018,6 +1065,12 @@ def main(argv: list[str] | None = None) -> int:
         "sweeps before session 32",
     )
     ap.add_argument(
+        "--cap",
+        default=None,
+        help="only: the default FACE fit at these λ (e.g. 100) on six data sets and the signed "
+        "bank, with the iterations past the cap before session 36",
+    )
+    ap.add_argument(
         "--encoder-ab",
         default=None,
         help="only: transform of new rows at these λ, the codes' Newton iterations as now and as "
@@ -1036,6 +1089,7 @@ def main(argv: list[str] | None = None) -> int:
         "sweeps_ab": sweeps_rows,
         "schedule_ab": schedule_rows,
         "threads_ab": threads_rows,
+        "cap": cap_rows,
     }
     chosen = [(name, f) for name, f in ab.items() if getattr(args, name)]
     if chosen or args.encoder_ab or args.nmf_stop_ab or args.sweeps_bits:

@@ -169,12 +169,15 @@ def test_config_keys_may_be_spelled_as_flags(tmp_path):
 
 
 def test_help_states_the_defaults(tmp_path):
+    from face_concepts.decomposition.registry import DEFAULTS
+
     proc = face("fit", "--help", cwd=tmp_path, env={"COLUMNS": "2000"})  # no wrapped lines
     text = " ".join(proc.stdout.split())
     assert proc.returncode == 0 and "its default" not in text
+    caps = DEFAULTS["hals"]["max_iter"], DEFAULTS["adam"]["max_iter"]
     for needle in (
         "default: bundled:mobilenet_v2",  # the default model
-        "face and nmf 1000, face-paper 22000",  # --max-iter
+        "face and nmf {}, face-paper {}".format(*caps),  # --max-iter: the solvers' own
         "face and nmf 1e-5",  # --tol
         "default: 1.0",  # --kl-weight, and why it is not FACE()'s 1e-5
         "authors' 1e-5",

@@ -120,6 +120,22 @@ def test_every_registered_solver_has_cases():
     assert {kw["solver"] for kw in FITS if "solver" in kw} == set(SOLVERS)
 
 
+def test_the_hals_cap_is_one_setting():
+    """``hals.MAX_ITER`` is the default cap of the solver function, of the signed bank's and of
+    ``FACE``'s default fit with either bank (docs/method.md §5)."""
+    from face_concepts.decomposition import hals, registry, semi_nmf
+
+    cap = hals.MAX_ITER
+    assert cap == 2000 and registry.DEFAULTS["hals"]["max_iter"] == cap
+    for solve in (hals.solve_hals, semi_nmf.solve_semi_nmf):
+        assert inspect.signature(solve).parameters["max_iter"].default == cap
+    A, head = data()
+    for bank in ("nonnegative", "signed"):
+        est = FACE(head, R, kl_weight=LAM, bank=bank, tol=1e-2, random_state=0)
+        quiet_fit(est, A - A.mean(0) if bank == "signed" else A)
+        assert est._settings["max_iter"] == cap and est.solver_ == "hals"
+
+
 # ----------------------------------------------------------------------------- solver functions
 def _solve(name: str, options: dict, lam: float, max_iter: int, tol: float):
     A, head = data()

@@ -100,7 +100,7 @@ class FACE(BaseEstimator):
         iteration, many more iterations). "pgd" is plain projected gradient through autograd
         (about 20 head calls per iteration). "adam" is the authors' solver, for parity.
     max_iter, tol : int, float, optional
-        Defaults per solver: hals 1000 and 1e-5 (relative decrease of the objective per
+        Defaults per solver: hals 2000 and 1e-5 (relative decrease of the objective per
         iteration, averaged over the last 10 iterations; the same for linearised); jacobian
         200 and 1e-4 (the same, over 3 outer iterations); lbfgs 1000 and 1e-3 (the same, over
         10 iterations, each one head call); pgd 1000 and

@@ -37,6 +37,10 @@ from face_concepts.decomposition.solvers import (
     w_step,
 )
 
+# The default cap on the iterations of the fit at λ (its start has its own, WARM_MAX_ITER per
+# stage). Fits at λ = 100 can converge slowly: with the cap at 1,000 (until session 36) some
+# reached it above where they stop by their own rule (benchmarks/results/solver.md section 23).
+MAX_ITER = 2000
 # The windowed decrease (in units of tol) below which a small full joint Newton step stops a fit.
 NEWTON_STOP_GUARD = 10.0
 # λ continuation: a fit at λ ≥ CONTINUATION_FROM starts, after its plain-NMF warm start, with
@@ -141,7 +145,7 @@ def solve_hals(
     U: torch.Tensor,
     W: torch.Tensor,
     *,
-    max_iter: int = 1000,
+    max_iter: int = MAX_ITER,
     tol: float = 1e-5,
     max_inner: int = MAX_INNER,
     extrapolate: bool | None = None,

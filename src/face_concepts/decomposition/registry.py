@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from face_concepts.decomposition.autograd_solvers import solve_adam, solve_pgd
+from face_concepts.decomposition.hals import MAX_ITER as HALS_MAX_ITER
 from face_concepts.decomposition.hals import solve_hals
 from face_concepts.decomposition.jacobian import TOL as JACOBIAN_TOL
 from face_concepts.decomposition.jacobian import solve_jacobian
@@ -28,7 +29,7 @@ SOLVERS: dict[str, Callable[..., SolverResult]] = {
     "lbfgs": solve_lbfgs,
 }
 DEFAULTS: dict[str, dict[str, float]] = {
-    "hals": {"max_iter": 1000, "tol": 1e-5},
+    "hals": {"max_iter": HALS_MAX_ITER, "tol": 1e-5},
     "pgd": {"max_iter": 1000, "tol": 1e-5},
     "adam": {"max_iter": 22000, "tol": 1e-3},
     "linearised": {"max_iter": 1000, "tol": 1e-5},

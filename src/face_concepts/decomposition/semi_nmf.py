@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from face_concepts.decomposition.autograd_solvers import solve_pgd
-from face_concepts.decomposition.hals import solve_hals
+from face_concepts.decomposition.hals import MAX_ITER, solve_hals
 from face_concepts.decomposition.jacobian import solve_jacobian
 from face_concepts.decomposition.linearised import solve_linearised
 from face_concepts.decomposition.losses import Terms, factored_objective
@@ -88,7 +88,7 @@ def solve_semi_nmf(
     U: torch.Tensor,
     W: torch.Tensor,
     *,
-    max_iter: int = 1000,
+    max_iter: int = MAX_ITER,
     tol: float = 1e-5,
     max_inner: int = SIGNED_MAX_INNER,
     warm_start: bool = False,

@@ -148,7 +148,7 @@ class ExplainerConfig:
     )
     max_iter: int | None = _setting(
         None,
-        "solver iterations (default: the solver's own, face and nmf 1000, face-paper 22000; "
+        "solver iterations (default: the solver's own, face and nmf 2000, face-paper 22000; "
         "craft and ice run scikit-learn's NMF with its own 200 and ignore this setting)",
         kind=int,
         minimum=1,
