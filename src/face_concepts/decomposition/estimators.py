@@ -87,7 +87,7 @@ class FACE(BaseEstimator):
     kl_weight : float
         λ ≥ 0; 0 gives plain NMF. The default 1e-5 is the FACE authors' demo value, kept so
         that the estimator reproduces their setting. ``ConceptExplainer`` and the CLI default to
-        1.0 instead: at this objective's scale λ ≤ 1e-2 gave NMF's concepts in our λ sweeps
+        1.0 instead: at this objective's scale λ ≤ 1e-2 gave about NMF's concepts in our λ sweeps
         (``benchmarks/results/reproduction.md``).
     solver : {"auto", "hals", "pgd", "adam", "linearised", "jacobian", "lbfgs"}
         "auto" picks "hals" (monotone block steps with factored logits) for affine heads and

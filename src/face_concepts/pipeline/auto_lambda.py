@@ -23,7 +23,7 @@ agreement is kept (the smallest such λ on ties).
 
 The grid ``DEFAULT_GRID = (0, 1e-2, 1e-1, 1, 10, 100)``: one point per decade over the range
 where FACE's objective (mean squared error + λ · batch-mean KL) changes. On MobileNetV2 features
-λ ≤ 1e-2 gave the same concepts as λ = 0 and λ = 1 changed them (C-Deletion 0.61 → 0.78;
+λ ≤ 1e-2 gave about the same concepts as λ = 0 and λ = 1 changed them (C-Deletion 0.60 → 0.74;
 ``benchmarks/results/reproduction.md``), and λ = 100 already drives the KL close to its floor
 (``benchmarks/results/solver.md``), so the grid spans "plain NMF" to "prediction kept" with
 points in between; starting at 0 means a model that NMF already explains faithfully gets plain

@@ -90,7 +90,7 @@ class ExplainerConfig:
     kl_weight: float | str = _setting(  # a number, or "auto"
         1.0,
         "λ, the weight of FACE's KL term (used by method face only). The engine FACE() "
-        "defaults to the authors' 1e-5, which gives the same concepts as λ = 0 at this "
+        "defaults to the authors' 1e-5, which gives about the same concepts as λ = 0 at this "
         "objective's scale (benchmarks/results/reproduction.md); 1.0 is where the KL term "
         "changes them. 'auto': the smallest λ on the grid 0, 0.01, 0.1, 1, 10, 100 whose top-1 "
         "agreement on a held-out fifth of the images reaches target_agreement, then refitted on "

@@ -47,8 +47,8 @@ class ConceptExplainer(ExplainerViews):
         fitting images reaches ``target_agreement`` (:mod:`face_concepts.pipeline.auto_lambda`;
         the search is in ``fit_info_["auto_kl_weight"]``, saved with the run).
         Default 1.0, unlike the engine ``FACE(kl_weight=1e-5)``, whose default is the authors'
-        demo value: at this objective's scale λ ≤ 1e-2 gives the same concepts as λ = 0 (plain
-        NMF), while λ = 1 changes them (C-Deletion 0.61 → 0.78 on MobileNetV2, the recommended
+        demo value: at this objective's scale λ ≤ 1e-2 gives about the same concepts as λ = 0
+        (plain NMF), while λ = 1 changes them (C-Deletion 0.60 → 0.74 on MobileNetV2, the recommended
         λ on Fashion-MNIST; ``benchmarks/results/reproduction.md``). The CLI uses 1.0 too.
     patch_size, stride : int
         Grid crops (docs/method.md §7.3); stride defaults to ``int(0.8 · patch_size)``.
