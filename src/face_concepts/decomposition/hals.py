@@ -38,8 +38,10 @@ from face_concepts.decomposition.solvers import (
 )
 
 # The default cap on the iterations of the fit at λ (its start has its own, WARM_MAX_ITER per
-# stage). Fits at λ = 100 can converge slowly: with the cap at 1,000 (until session 36) some
-# reached it above where they stop by their own rule (benchmarks/results/solver.md section 23).
+# stage). Fits at λ = 100 can converge slowly: with the cap at 1,000 (until session 36) three of
+# the solver benchmark's seven λ = 100 fits (r = 50; a 1,000-row subset; the signed bank) reached
+# it, 0.02-0.98 % above where they stop by their own rule, at 1,021-1,755 iterations
+# (benchmarks/results/solver.md section 23).
 MAX_ITER = 2000
 # The windowed decrease (in units of tol) below which a small full joint Newton step stops a fit.
 NEWTON_STOP_GUARD = 10.0
