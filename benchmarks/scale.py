@@ -45,6 +45,13 @@ R, SIGMA, CHUNK = 25, 0.25, 8192
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def _hals_max_iter() -> int:
+    """``hals``'s default cap (imported late, as every ``face_concepts`` import here)."""
+    from face_concepts.decomposition.hals import MAX_ITER
+
+    return MAX_ITER
+
+
 def write_entry(root: str, n: int, seed: int = 0) -> str:
     """Generate n rows (resampled + perturbed real rows) as an ActivationCache entry; its key."""
     from face_concepts.activations.cache import FORMAT_VERSION
@@ -263,7 +270,7 @@ def write_report(args, rows, notes, loads, total) -> None:
         + ("every row in every Newton iteration (`--every-row`), " if args.every_row else "")
         + "then the objective pass; full batch: default solver (hals), "
         + (
-            "the estimator's defaults (max_iter 1000, tol 1e-5)"
+            f"the estimator's defaults (max_iter {_hals_max_iter()}, tol 1e-5)"
             if args.full_iters <= 0
             else f"max_iter {args.full_iters}"
         ),
