@@ -363,6 +363,16 @@ def test_two_encoders_two_ranks_and_the_auto_row_run_end_to_end(tmp_path):
     auto = [rec for rec in records.values() if rec["label"] == "face-auto"]
     assert len(auto) == 2 and all(rec["kl_weight"] == "auto" for rec in auto)
     assert all(isinstance(rec["kl_weight_chosen"], float) for rec in auto)
+    for rec in auto:  # the search is kept with the cell: every λ tried, the choice and why
+        search = rec["auto_kl_weight"]
+        assert search["chosen"] == rec["kl_weight_chosen"] and search["points"]
+        assert [pt["kl_weight"] for pt in search["points"]] == search["grid"][
+            : len(search["points"])
+        ]
+        assert {"agreement", "kl", "converged"} <= set(search["points"][0])
+    assert all(
+        "auto_kl_weight" not in rec for rec in records.values() if rec["label"] != "face-auto"
+    )
     md = Path(res["markdown"]).read_text(encoding="utf-8")
     for rank in (2, 1):
         for enc in ("0 (NNLS)", "1 (KL-aware)"):

@@ -9,7 +9,8 @@ methods, and the tables report them side by side. ``n_concepts`` may be a list t
 table is then run at each rank (the ranks after the first with ``other_rank_seeds`` when set,
 and C-Stab, 5 refits per cell, at the first rank and in the rank sweep only).
 ``auto_kl_weight = true`` adds a FACE row with
-``kl_weight="auto"`` (labelled ``face-auto``). Finished cells are stored as one JSON file each
+``kl_weight="auto"`` (labelled ``face-auto``; its cells keep the λ search's record,
+``auto_kl_weight``: every λ tried, its held-out scores, the choice and why). Finished cells are stored as one JSON file each
 under ``out_dir/cells/`` and skipped on a rerun, so an interrupted run resumes. C-Stab
 (``stability = true``) refits on 5 grouped folds of the fitting rows: 5 extra fits per cell, so
 it is off unless a config asks for it.
@@ -305,6 +306,9 @@ def run_cell(split: Any, cell: dict[str, Any], source: Any, cfg: dict[str, Any])
         "converged": bool(info.get("converged", False)),
         "settings": _cell_settings(cfg, cell),
         "metrics": {"fit": rep_fit, "heldout": rep_held},
+        # face-auto: the search (every λ tried, its held-out scores, the choice and why), so a
+        # cell's choice can be read back instead of traced again
+        **({"auto_kl_weight": info["auto_kl_weight"]} if "auto_kl_weight" in info else {}),
         "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
 
