@@ -8,10 +8,10 @@ non-negative least-squares codes) so that a comparison isolates the factorisatio
 methods, and the tables report them side by side. ``n_concepts`` may be a list too: the main
 table is then run at each rank (the ranks after the first with ``other_rank_seeds`` when set,
 and C-Stab, 5 refits per cell, at the first rank and in the rank sweep only).
-``auto_kl_weight = true`` adds a FACE row with
-``kl_weight="auto"`` (labelled ``face-auto``; its cells keep the λ search's record,
-``auto_kl_weight``: every λ tried, its held-out scores, the choice and why). Finished cells are stored as one JSON file each
-under ``out_dir/cells/`` and skipped on a rerun, so an interrupted run resumes. C-Stab
+``auto_kl_weight = true`` adds a FACE row with ``kl_weight="auto"`` (labelled ``face-auto``;
+its cells keep the λ search's record, ``auto_kl_weight``: every λ tried, its held-out scores,
+the choice and why). Finished cells are stored as one JSON file each under ``out_dir/cells/``
+and skipped on a rerun, so an interrupted run resumes. C-Stab
 (``stability = true``) refits on 5 grouped folds of the fitting rows: 5 extra fits per cell, so
 it is off unless a config asks for it.
 
