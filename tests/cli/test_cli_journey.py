@@ -323,6 +323,35 @@ def test_signed_flag_fits_and_the_run_reloads(tmp_path, images):
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow
+def test_a_method_that_needs_non_negative_rows_names_the_flags_on_a_signed_layer(tmp_path, images):
+    """CRAFT on a signed layer: one line in flag words, which names the flags that work."""
+    argv = ["fit", "--model", "torchvision:mobilenet_v3_small", "--weights", "random", "-q"]
+    argv += ["--images", images, "--class-id", "1", "--n-concepts", "2", "--method", "craft"]
+    proc = face(*argv, "--out", tmp_path / "run", cwd=tmp_path)
+    line = one_error_line(proc, 1, "--method craft", "--method face or nmf", "--signed posneg")
+    assert "signed=" not in line and "'posneg'" not in line and "method 'face'" not in line
+    assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+@pytest.mark.slow
+def test_an_intermediate_layer_states_its_approximation_on_the_terminal_and_in_the_run(
+    tmp_path, images
+):
+    """Item 1: the split's approximation is one warning line, and the run records it."""
+    argv = ["fit", "--model", "torchvision:resnet18", "--weights", "random", "--layer", "layer3"]
+    argv += ["--images", images, "--class-id", "1", "--n-concepts", "2", "--max-iter", "10"]
+    proc = face(*argv, "--n-designs", "8", "--out", tmp_path / "run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    warned = [ln for ln in proc.stderr.splitlines() if "does not reproduce the model" in ln]
+    assert len(warned) == 1 and warned[0].startswith("face-concepts: warning: "), proc.stderr
+    assert "approximate split: layer 'layer3'" in warned[0] and "Traceback" not in proc.stderr
+    meta = ConceptBank.load(tmp_path / "run").metadata
+    assert "approximate split" in meta["model"]["approximation"]
+    assert meta["model"]["exact"] is False
+    assert any("approximate split" in w for w in meta["warnings"])
+
+
 # ----------------------------------------------------------------------------- item 5: overwriting
 def test_fit_refuses_to_overwrite_a_run_unless_asked(tmp_path, images):
     run = tmp_path / "run"

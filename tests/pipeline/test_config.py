@@ -305,3 +305,19 @@ def test_atlas_stability_per_class_and_shared(split, tmp_path):
         )
     assert any("C-Stab not computed for a shared bank" in str(w.message) for w in caught)
     assert all(c["metrics"]["fit"]["stability"] is None for c in shared["classes"])
+
+
+def test_verbose_explainer_prints_the_solvers_progress_on_stderr(split, capsys):
+    """``ConceptExplainer(verbose=True)``: the solver's iterations, objective and time on
+    stderr, nothing on stdout; the default prints none."""
+    settings = {**FAST, "max_iter": 12, "tol": 0.0, "random_state": 0}
+    x = images(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ConceptExplainer(split, verbose=True, **settings).fit(x, class_id=1)
+        out = capsys.readouterr()
+        ConceptExplainer(split, **settings).fit(x, class_id=1)
+        quiet = capsys.readouterr()
+    lines = [ln for ln in out.err.splitlines() if " iteration " in ln]
+    assert lines and all("objective" in ln and ln.rstrip().endswith("s") for ln in lines), out.err
+    assert out.out == "" and "iteration" not in quiet.err

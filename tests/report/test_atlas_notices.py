@@ -169,6 +169,18 @@ def test_a_class_the_model_never_predicts_is_flagged(split, tmp_path):
         assert "share of" in notes  # shares that do not read as parts of the prediction
 
 
+def test_shares_outside_0_to_100_percent_and_a_negative_total_get_their_notice():
+    """``share_notice`` itself, without depending on what a tiny fit happens to give."""
+    from face_concepts.report.notices import share_notice
+
+    assert share_notice([0.5, 0.3, 0.2], 2.0) == []  # parts of a positive total: no notice
+    assert share_notice([None, float("nan")], 1.0) == []  # nothing to read
+    (mixed,) = share_notice([1.413, -0.2, -0.213], 0.7)
+    assert "mixed signs" in mixed and "from -21.3 % to 141.3 %" in mixed
+    (negative,) = share_notice([0.6, 0.4], -0.8)
+    assert "lower the class logit in total" in negative and "-0.8" in negative
+
+
 def _chain_split():
     """A small chain split at an intermediate layer (approximate: its head is not affine)."""
     with torch.random.fork_rng():
