@@ -264,6 +264,26 @@ def test_make_setup_prints_its_steps(tmp_path):
     assert not any(line.lstrip().startswith("#") for line in proc.stdout.splitlines())
 
 
+# ----------------------------------------------------------------------------- item 2: retries
+def test_a_retry_reads_its_activations_from_the_cache_and_says_so(tmp_path, images):
+    """The default cache serves a retry with other settings, and the progress line says so;
+    ``--no-cache`` extracts again."""
+    env = {"FACE_CONCEPTS_CACHE": str(tmp_path / "cache")}
+    args = ["fit", "--model", TINY, "--images", images, "--class-id", "1", *TINY_FIT]
+
+    def activation_lines(out: str, *extra: str) -> list[str]:
+        proc = face(*args, "--out", tmp_path / out, *extra, cwd=tmp_path, env=env, tiny=True)
+        assert proc.returncode == 0, proc.stderr
+        return [ln for ln in proc.stderr.splitlines() if ln.startswith("activations:")]
+
+    first = activation_lines("a")
+    assert first and not any("cache" in ln for ln in first)
+    retry = activation_lines("b", "--n-concepts", "3")
+    assert len(retry) == len(first)
+    assert all(ln.endswith("all read from the cache") for ln in retry), retry
+    assert not any("cache" in ln for ln in activation_lines("c", "--no-cache"))
+
+
 # ----------------------------------------------------------------------------- item 3: advice
 def test_no_python_expressions_in_cli_messages(tmp_path, images):
     proc = face("fit", "--model", "torchvision:resnet18", "--weights", "random", "--layer",
@@ -402,6 +422,21 @@ def test_named_evaluations_are_kept_side_by_side(tmp_path, images):
                 cwd=tmp_path, tiny=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads((run / "evaluations/sunny.json").read_text())["metrics"]["n_images"] == 2
+
+
+def test_atlas_refuses_a_folder_that_holds_something_before_loading(tmp_path, images):
+    """``atlas --out`` into a folder with files: one usage line naming ``--overwrite``, in
+    seconds (before any model loads), and the folder untouched."""
+    out = tmp_path / "atlas"
+    out.mkdir()
+    (out / "report.html").write_text("<html>an earlier atlas</html>")
+    start = time.monotonic()
+    argv = ["atlas", "--model", TINY, "--images", images, "--classes", "0,1", "--out", out]
+    proc = face(*argv, cwd=tmp_path)
+    assert time.monotonic() - start < USAGE_SECONDS
+    one_error_line(proc, 2, "--overwrite")
+    assert [p.name for p in out.iterdir()] == ["report.html"]
+    assert (out / "report.html").read_text() == "<html>an earlier atlas</html>"
 
 
 # ----------------------------------------------------------------------------- item 6: weights

@@ -26,6 +26,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from face_concepts._core.io import atomic_write_bytes, clear_stale_temporaries
+from face_concepts._core.progress import Progress
 from face_concepts._core.validation import check_int
 from face_concepts.activations.inputs import Inputs, _batches, _rechunk
 
@@ -223,15 +224,17 @@ class ActivationCache:
         clear_stale_temporaries(self.path(key))
         if not keep and manifest.get("complete"):
             bar.update(int(manifest.get("n_samples") or 0))
+            _say_cached(bar, bar_total=True)
             return None
         loaded = self._load_all(key, manifest) if manifest.get("complete") else {}
         if loaded and all(t is not None for t in loaded.values()):
             hit = torch.cat([loaded[i] for i in range(len(loaded))])  # type: ignore[misc]  # none is None (checked)
             if hit.shape[0] == manifest.get("n_samples"):
                 bar.update(hit.shape[0])
+                _say_cached(bar, bar_total=True)
                 return hit
         manifest["complete"] = False
-        out, count, rows = [], 0, 0
+        out, count, rows, cached = [], 0, 0, 0
         for index, chunk in enumerate(_rechunk(_batches(inputs), self.shard_size)):
             if index in loaded:
                 t = loaded[index]
@@ -245,6 +248,7 @@ class ActivationCache:
                 self._write_manifest(key, manifest)
             else:
                 bar.update(chunk.shape[0])
+                cached += chunk.shape[0]
             count += 1
             rows += t.shape[0]
             if keep:
@@ -254,7 +258,16 @@ class ActivationCache:
         manifest["shards"] = {str(i): manifest["shards"][str(i)] for i in range(count)}
         manifest.update(complete=True, n_samples=rows)
         self._write_manifest(key, manifest)
+        if cached:
+            _say_cached(bar, bar_total=cached == rows, rows=cached)
         return torch.cat(out) if keep else None
+
+
+def _say_cached(bar: Any, *, bar_total: bool, rows: int = 0) -> None:
+    """Tell the progress line that rows came from the cache (all of them, or ``rows``), so a
+    retry shows that nothing, or only the missing shards, was extracted again."""
+    if isinstance(bar, Progress):
+        bar.set_postfix("all read from the cache" if bar_total else f"{rows:,} read from the cache")
 
 
 class CachedActivations:
