@@ -12,10 +12,16 @@ process, with freed memory kept in the heap during the fit (``_core/heap.py``, t
 glibc's own thresholds (``heap.ENABLED = False``), the two alternating ``--rounds`` times:
 wall time, minor page faults and peak RSS per λ in ``--lambdas``.
 
+``--case fit``: where the default ``FACE(...).fit(A)``'s wall time goes on the same problem, at
+each λ of ``--lambdas``: one warm-up fit, then one fit timed by phase (the plain-NMF warm start
+and the λ continuation's stages, the U blocks, the W blocks, the joint steps, the final
+encoding), each phase's own wall time with the phases nested inside it left out.
+
 ``--case minibatch``: a mini-batch fit (batches of 1024, two passes) of ``--rows`` rows generated
 like ``benchmarks/scale.py``'s, with timers around the per-batch steps.
 
     python benchmarks/iteration_profile.py --case iteration [--threads 1]
+    python benchmarks/iteration_profile.py --case fit [--lambdas 1,100] [--threads 2]
     python benchmarks/iteration_profile.py --case minibatch [--rows 20480] [--threads 1]
     python benchmarks/iteration_profile.py --case heap [--lambdas 0,1] [--rounds 3] [--threads 2]
 """
@@ -115,6 +121,79 @@ def minibatch(n: int) -> None:
         print(f"| `{name}` | {v:.2f} s | {100 * v / total:.1f} % |")
 
 
+# (module, function, phase) timed by ``fit_phases``; a phase called inside another (the warm
+# start's own U blocks) is counted in the outer one. The λ continuation's stages (λ ≥ 100) are
+# fits at smaller λ: their blocks and joint steps count in those phases.
+FIT_PHASES = (
+    ("face_concepts.decomposition.hals", "_plain_warm_start", "plain-NMF warm start"),
+    ("face_concepts.decomposition.hals", "_u_block", "U blocks (projected Newton on the codes)"),
+    ("face_concepts.decomposition.hals", "bank_newton_step", "W blocks (projected Newton-CG)"),
+    ("face_concepts.decomposition.joint", "joint_newton_step", "joint steps on (U, W)"),
+    ("face_concepts.decomposition.estimators", "solve_codes", "final encoding of the rows"),
+)
+
+
+def fit_phases(lambdas: list[float]) -> None:
+    """Time the default fit by phase (``FIT_PHASES``; a phase inside another counts in it)."""
+    import importlib
+
+    from face_concepts import FACE
+
+    spent: collections.Counter[str] = collections.Counter()
+    calls: collections.Counter[str] = collections.Counter()
+    inside = [False]  # a phase is running: an inner one counts in it
+    first_joint: list[float] = []  # the objective where the first joint step starts
+
+    def timed(module: str, name: str, label: str) -> None:
+        mod = importlib.import_module(module)
+        f = getattr(mod, name)
+
+        def wrapper(*args, **kwargs):
+            if inside[0]:
+                return f(*args, **kwargs)
+            inside[0] = True
+            if name == "joint_newton_step" and not first_joint:
+                first_joint.append(float(args[4].total))  # (prob, U, W, Z, f_cur)
+            t = time.perf_counter()
+            try:
+                return f(*args, **kwargs)
+            finally:
+                spent[label] += time.perf_counter() - t
+                calls[label] += 1
+                inside[0] = False
+
+        setattr(mod, name, wrapper)
+
+    for module, name, label in FIT_PHASES:
+        timed(module, name, label)
+    for lam in lambdas:
+        A, prob = exported_problem(str(DATA), lam)
+        head = prob.head.module
+        warnings.simplefilter("ignore")
+        FACE(head, 25, kl_weight=lam, random_state=0).fit(A)  # warm-up
+        spent.clear()
+        calls.clear()
+        first_joint.clear()
+        t = time.perf_counter()
+        est = FACE(head, 25, kl_weight=lam, random_state=0).fit(A)
+        total = time.perf_counter() - t
+        print(
+            f"\nλ = {lam:g}: {total:.2f} s, {est.n_warm_iter_} + {est.n_iter_} iterations, "
+            f"objective {est.objective_:.6f}, converged {est.converged_}"
+        )
+        print("| phase | calls | time | share |\n|---|---|---|---|")
+        for label, v in spent.most_common():
+            print(f"| {label} | {calls[label]} | {v:.2f} s | {100 * v / total:.1f} % |")
+        rest = total - sum(spent.values())
+        print(f"| the rest (init, objective passes, stop tests) | | {rest:.2f} s | {100 * rest / total:.1f} % |")  # fmt: skip
+        if first_joint:
+            gap = 100 * (first_joint[0] / est.objective_ - 1)
+            print(
+                f"- objective where the first joint step starts: {first_joint[0]:.6f}, "
+                f"{gap:+.2f} % above where the fit ends"
+            )
+
+
 def heap_fit(lam: float, retain: bool) -> None:
     """One default fit in this process; prints its wall time, minor faults and peak RSS (JSON)."""
     import resource
@@ -161,7 +240,9 @@ def heap(lambdas: list[float], rounds: int, threads: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--case", choices=["iteration", "minibatch", "heap", "heap-fit"], required=True)
+    ap.add_argument(
+        "--case", choices=["iteration", "fit", "minibatch", "heap", "heap-fit"], required=True
+    )
     ap.add_argument("--lambdas", default="0,1")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--retain", type=int, default=1)
@@ -174,6 +255,8 @@ def main() -> None:
     print(f"load average at the start: {load_average()}; threads {args.threads}")
     if args.case == "heap":
         heap([float(x) for x in args.lambdas.split(",")], args.rounds, args.threads)
+    elif args.case == "fit":
+        fit_phases([float(x) for x in args.lambdas.split(",")])
     else:
         iteration() if args.case == "iteration" else minibatch(args.rows)
     print(f"load average at the end: {load_average()}")
