@@ -127,6 +127,24 @@ def test_figures_in_one_call(split, photos, tmp_path, loaded):
     assert isinstance(ex.plot_importance(), Figure)
 
 
+def test_unused_concepts_read_zero_not_minus_zero():
+    """A concept whose code is 0 contributes 0 · (negative) = -0.0: the table, and every metric
+    table (``glossary.format_value``), print 0.000 and 0.0 %, not -0.000 and -0.0 %."""
+    from face_concepts.report.glossary import format_value
+
+    row = {"concept": 2, "code": 0.0, "contribution": -0.0, "share": -1e-9, "importance": 0.05}
+    used = {"concept": 0, "code": 1.2, "contribution": -0.25, "share": -0.0125, "importance": 0.2}
+    r = {"image": "a.jpg", "class_id": 1, "class_name": "cat", "predicted_class": 1,
+         "predicted_name": "cat", "probability": 0.9, "logit": 2.0, "concept_logit": 1.5,
+         "bias": -0.0, "residual": 0.5, "concepts": [used, row]}  # fmt: skip
+    table = explain_table(r)
+    assert "-0.000" not in table and "-0.0 %" not in table, table
+    assert table.splitlines()[-1].split() == ["2", "0.000", "0.000", "0.0", "%", "0.050"]
+    assert table.splitlines()[-2].split() == ["0", "1.200", "-0.250", "-1.2", "%", "0.200"]
+    assert format_value(-1e-12) == "0.000" and format_value(-0.0004) == "0.000"
+    assert format_value(-0.0006) == "-0.001"
+
+
 # ----------------------------------------------------------------------------- the README
 def readme_example() -> str:
     """The README's example of saved runs, explanations and figures ("Using it")."""

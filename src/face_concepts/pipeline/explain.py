@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from face_concepts._core.numbers import fixed
 from face_concepts.models.head import affine_parameters
 
 
@@ -149,19 +150,20 @@ def explain_table(result: dict[str, Any]) -> str:
     """
     name = result["class_name"] or f"class {result['class_id']}"
     pred = result["predicted_name"] or f"class {result['predicted_class']}"
-    bias = "n/a" if result["bias"] is None else f"{result['bias']:.3f}"
+    bias = "n/a" if result["bias"] is None else fixed(result["bias"], 3)
     lines = [
         f"image {result['image']}: the model predicts {pred} ({result['predicted_class']}); "
-        f"p({name}) = {result['probability']:.3f}",
-        f"logit of {name} = {result['logit']:.3f}: concepts {result['concept_logit']:.3f} "
-        f"(bias {bias} included) + reconstruction residual {result['residual']:.3f}",
+        f"p({name}) = {fixed(result['probability'], 3)}",
+        f"logit of {name} = {fixed(result['logit'], 3)}: concepts "
+        f"{fixed(result['concept_logit'], 3)} (bias {bias} included) + reconstruction residual "
+        f"{fixed(result['residual'], 3)}",
         f"{'concept':>7} {'code':>10} {'contribution':>14} {'share':>10} {'importance':>11}",
     ]
     for c in result["concepts"]:
-        share = "n/a" if c["share"] is None else f"{100 * c['share']:.1f} %"
+        share = "n/a" if c["share"] is None else f"{fixed(100 * c['share'], 1)} %"
         lines.append(
-            f"{c['concept']:>7} {c['code']:>10.3f} {c['contribution']:>14.3f} {share:>10} "
-            f"{c['importance']:>11.3f}"
+            f"{c['concept']:>7} {fixed(c['code'], 3):>10} {fixed(c['contribution'], 3):>14} "
+            f"{share:>10} {fixed(c['importance'], 3):>11}"
         )
     return "\n".join(lines)
 

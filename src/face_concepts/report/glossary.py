@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from face_concepts._core.numbers import fixed
+
 # (display name, better direction, one-line explanation) per MetricReport key, in report order.
 METRIC_HELP: dict[str, tuple[str, str, str]] = {
     "acc": (
@@ -92,9 +94,22 @@ def format_value(value: Any) -> str:
     if value is None:
         return "n/a"
     try:
-        return f"{float(value):.3f}"
+        return fixed(float(value), 3)
     except (TypeError, ValueError):
         return str(value)
+
+
+def percent(value: float | None) -> str:
+    """A share as a percentage with one decimal (``n/a`` for a missing or NaN one).
+
+    Examples
+    --------
+    >>> percent(0.1234), percent(-1e-9), percent(None), percent(float("nan"))
+    ('12.3 %', '0.0 %', 'n/a', 'n/a')
+    """
+    if value is None or value != value:
+        return "n/a"
+    return f"{fixed(100 * float(value), 1)} %"
 
 
 def metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:

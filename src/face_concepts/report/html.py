@@ -7,7 +7,6 @@ Structure (tests and readers rely on it): one ``<article class="run">`` per run,
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from html import escape
 from typing import Any
@@ -17,6 +16,7 @@ from face_concepts.report.glossary import (
     METRIC_HELP,
     format_value,
     importance_fact,
+    percent,
     solver_summary,
 )
 from face_concepts.report.images import data_uri, figure_png
@@ -74,12 +74,6 @@ def _img(data: bytes, alt: str, mime: str = "image/png", cls: str = "chart") -> 
     return f'<img class="{cls}" alt="{escape(alt)}" src="{data_uri(data, mime)}">'
 
 
-def _pct(x: float | None) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{100 * x:.1f} %"
-
-
 def _run_title(view: RunView) -> str:
     if view.shared:
         model = view.metadata.get("model", {})
@@ -123,8 +117,8 @@ def _importance_table(view: RunView) -> str:
             f'<tr><td class="num">{c.rank}</td><td><a href="#{_concept_id(view, c.index)}">'
             f"concept {c.index}</a></td>"
             f'<td class="num">{c.importance:.3f}</td><td><span class="bar" style="width:{width:.0f}px">'
-            f'</span> {_pct(c.importance_share)}</td><td class="num">{format_value(c.contribution)}</td>'
-            f'<td class="num">{_pct(c.contribution_share)}</td></tr>'
+            f'</span> {percent(c.importance_share)}</td><td class="num">{format_value(c.contribution)}</td>'
+            f'<td class="num">{percent(c.contribution_share)}</td></tr>'
         )
     if view.shared:  # means over the classes, each on its own images and its own logit
         tail = "<th>mean contribution to the class logits</th><th>mean share of prediction</th>"
@@ -154,12 +148,12 @@ def _concept_section(view: RunView, c: Any) -> str:
         ""
         if c.contribution is None
         else f"; contribution to the class logit {c.contribution:.3g} "
-        f"(<b>{_pct(c.contribution_share)}</b> of the prediction)"
+        f"(<b>{percent(c.contribution_share)}</b> of the prediction)"
     )
     return (
         f'<section class="concept" id="{_concept_id(view, c.index)}">'
         f"<h4>#{c.rank} · concept {c.index}</h4>"
-        f"<p>importance {c.importance:.3f} (<b>{_pct(c.importance_share)}</b> of the total)"
+        f"<p>importance {c.importance:.3f} (<b>{percent(c.importance_share)}</b> of the total)"
         f"{contribution}</p>"
         + (shared_concept_line(view, c) if view.shared else "")
         + (f'<p class="help">{_CROPS_HELP}</p><div class="strip">{crops}</div>' if crops else "")

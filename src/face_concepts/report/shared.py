@@ -23,7 +23,7 @@ from face_concepts.report.analysis import (
     concept_contributions,
     no_source,
 )
-from face_concepts.report.glossary import METRIC_HELP, format_value
+from face_concepts.report.glossary import METRIC_HELP, format_value, percent
 from face_concepts.report.images import figure_png
 from face_concepts.report.runs import ModelCache, load_run, read_sidecar
 
@@ -217,10 +217,6 @@ def shared_concept_line(view: RunView, c: Any) -> str:
             continue
         part = f"{escape(class_label(e))}: {c.class_importance[i]:.3f}"
         if i < len(c.class_contribution_share):
-            part += f" ({_share(c.class_contribution_share[i])} of its prediction)"
+            part += f" ({percent(c.class_contribution_share[i])} of its prediction)"
         parts.append(part)
     return f'<p class="class-line">importance per class — {" · ".join(parts)}</p>'
-
-
-def _share(x: float | None) -> str:
-    return "n/a" if x is None or x != x else f"{100 * x:.1f} %"
