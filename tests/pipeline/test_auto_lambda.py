@@ -132,6 +132,73 @@ def test_no_lambda_reaches_the_target_warns_and_keeps_the_best() -> None:
     assert rec["chosen"] == min(p["kl_weight"] for p in rec["points"] if p["agreement"] == best)
 
 
+def _point(lam: float, agreement: float, kl: float) -> dict:
+    return {"kl_weight": lam, "agreement": agreement, "kl": kl}
+
+
+def test_a_target_reached_by_one_image_against_the_kl_is_called_fragile() -> None:
+    """The published MobileNetV2 cell (class 853, seed 0, r = 25; its search record in
+    ``benchmarks/results/recheck_capped.md`` §6): λ = 0 … 10 agree on 2 of 3 held-out images,
+    λ = 100 on 3 of 3 with the grid's highest held-out KL."""
+    cell = [_point(0, 2 / 3, 1.1978), _point(0.01, 2 / 3, 0.9276), _point(0.1, 2 / 3, 0.7582),
+            _point(1, 2 / 3, 0.8522), _point(10, 2 / 3, 1.1219), _point(100, 1.0, 1.4577)]  # fmt: skip
+    text = al._fragile_choice(cell, 3)
+    assert text is not None and "\n" not in text
+    assert "λ = 100 reached held-out agreement 1.000 by one image of 3" in text
+    assert "(λ = 10: 0.667)" in text and "1.46, is above the 0.758 of λ = 0.1" in text
+    assert "more images" in text and "a number for kl_weight" in text
+    # Not fragile: a jump of two images; or the chosen λ's KL is the lowest; or the first λ.
+    assert al._fragile_choice([_point(0, 1 / 3, 0.5), _point(1, 1.0, 0.9)], 3) is None
+    assert al._fragile_choice([_point(0, 2 / 3, 0.5), _point(1, 1.0, 0.4)], 3) is None
+    assert al._fragile_choice([_point(0, 1.0, 0.5)], 3) is None
+    # With 100 held-out images one image is 0.01: the same pattern is still one image.
+    assert al._fragile_choice([_point(0, 0.98, 0.5), _point(1, 0.99, 0.6)], 100) is not None
+
+
+def test_a_fragile_choice_is_kept_warned_and_recorded(monkeypatch) -> None:
+    A, head = planted()
+    # 60 images (one row each), 12 held out: one image is 1/12 of the agreement
+    scores = iter([(10 / 12, 0.30), (11 / 12, 0.20), (1.0, 0.25)])  # λ = 0, 0.01, 0.1
+
+    def planted_scores(*_args, **_kwargs):
+        agreement, kl = next(scores)
+        return {"agreement": agreement, "certified": 0.0, "kl": kl, "rel_l2": 0.1}
+
+    monkeypatch.setattr(al, "heldout_scores", planted_scores)
+    _, _, rec, warned = _search(A, head)
+    assert rec["reached"] and rec["chosen"] == 0.1  # the rule's choice is kept
+    assert len(warned) == 1 and "fragile" in str(warned[0].message)
+    assert rec["fragile"] == str(warned[0].message)
+    assert rec["n_heldout_images"] == 12 and rec["heldout_step"] == pytest.approx(1 / 12)
+    assert "by one image of 12 (λ = 0.01: 0.917)" in rec["fragile"]
+    monkeypatch.undo()
+    _, _, plain, none = _search(A, head)  # the real scores: nothing fragile
+    assert plain["fragile"] is None and not none
+
+
+def test_a_fragile_choice_reaches_the_explainers_warnings_and_the_page(tmp_path, monkeypatch):
+    split = tiny_split("test:auto")
+    x = torch.rand(10, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    scores = iter([(0.5, 0.3), (1.0, 0.4)])  # 2 held-out images: λ = 0 misses one of them
+
+    def planted_scores(*_args, **_kwargs):
+        agreement, kl = next(scores)
+        return {"agreement": agreement, "certified": 0.0, "kl": kl, "rel_l2": 0.1}
+
+    monkeypatch.setattr(al, "heldout_scores", planted_scores)
+    ex = ConceptExplainer(split, n_concepts=3, kl_weight="auto", patch_size=8, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # shown, as on a terminal: what warnings_ keeps
+        ex.fit(x, class_id=0)
+    rec = ex.fit_info_["auto_kl_weight"]
+    assert rec["chosen"] == 0.01 and rec["fragile"] in ex.warnings_
+    ex.save(tmp_path / "run")
+    cache = ModelCache()
+    cache.put(split, "test:auto", None, None)
+    html = build_report(tmp_path / "run", cache=cache).read_text(encoding="utf-8")
+    assert "the choice is fragile" in html
+
+
 def test_bad_settings_are_one_clear_line() -> None:
     A, head = planted(n=10)
     with pytest.raises(ValueError, match="target_agreement"):
