@@ -15,7 +15,8 @@ wall time, minor page faults and peak RSS per λ in ``--lambdas``.
 ``--case fit``: where the default ``FACE(...).fit(A)``'s wall time goes on the same problem, at
 each λ of ``--lambdas``: one warm-up fit, then one fit timed by phase (the plain-NMF warm start
 and the λ continuation's stages, the U blocks, the W blocks, the joint steps, the final
-encoding), each phase's own wall time with the phases nested inside it left out.
+encoding), each phase's wall time (a phase called inside another counts in the outer one), and
+the objective where the first joint step starts.
 
 ``--case minibatch``: a mini-batch fit (batches of 1024, two passes) of ``--rows`` rows generated
 like ``benchmarks/scale.py``'s, with timers around the per-batch steps.

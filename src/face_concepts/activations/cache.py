@@ -224,14 +224,14 @@ class ActivationCache:
         clear_stale_temporaries(self.path(key))
         if not keep and manifest.get("complete"):
             bar.update(int(manifest.get("n_samples") or 0))
-            _say_cached(bar, bar_total=True)
+            _say_cached(bar)
             return None
         loaded = self._load_all(key, manifest) if manifest.get("complete") else {}
         if loaded and all(t is not None for t in loaded.values()):
             hit = torch.cat([loaded[i] for i in range(len(loaded))])  # type: ignore[misc]  # none is None (checked)
             if hit.shape[0] == manifest.get("n_samples"):
                 bar.update(hit.shape[0])
-                _say_cached(bar, bar_total=True)
+                _say_cached(bar)
                 return hit
         manifest["complete"] = False
         out, count, rows, cached = [], 0, 0, 0
@@ -259,15 +259,17 @@ class ActivationCache:
         manifest.update(complete=True, n_samples=rows)
         self._write_manifest(key, manifest)
         if cached:
-            _say_cached(bar, bar_total=cached == rows, rows=cached)
+            _say_cached(bar, None if cached == rows else cached)
         return torch.cat(out) if keep else None
 
 
-def _say_cached(bar: Any, *, bar_total: bool, rows: int = 0) -> None:
+def _say_cached(bar: Any, rows: int | None = None) -> None:
     """Tell the progress line that rows came from the cache (all of them, or ``rows``), so a
     retry shows that nothing, or only the missing shards, was extracted again."""
     if isinstance(bar, Progress):
-        bar.set_postfix("all read from the cache" if bar_total else f"{rows:,} read from the cache")
+        bar.set_postfix(
+            "all read from the cache" if rows is None else f"{rows:,} read from the cache"
+        )
 
 
 class CachedActivations:

@@ -198,7 +198,7 @@ def _fragile_choice(points: list[dict[str, Any]], n_held: int) -> str | None:
     if last["agreement"] - prev["agreement"] > 1.0 / n_held + 1e-9:
         return None
     best = min(before, key=lambda p: p["kl"])
-    if not last["kl"] > best["kl"]:
+    if not last["kl"] > best["kl"]:  # the KL agrees with the choice (or is NaN: no evidence)
         return None
     return (
         f"kl_weight='auto': λ = {last['kl_weight']:g} reached held-out agreement "
