@@ -192,6 +192,23 @@ def test_help_states_the_defaults(tmp_path):
         assert needle in text, needle
 
 
+def test_help_speaks_in_flags_not_python_arguments(tmp_path):
+    """Every command's --help names settings as flags (--target-agreement, --fit-batch-size), as
+    its messages do; the explainer's help texts, shared with Python, name arguments."""
+    from face_concepts.cli.common import OPTIONS
+
+    identifiers = [k for k in OPTIONS if "_" in k]
+    assert "target_agreement" in identifiers and "fit_batch_size" in identifiers
+    for command in ("fit", "evaluate", "report", "explain", "atlas", "demo"):
+        proc = face(command, "--help", cwd=tmp_path, env={"COLUMNS": "2000"})
+        assert proc.returncode == 0, proc.stderr
+        for key in identifiers:
+            assert not re.search(rf"(?<![\w./-]){key}(?![\w/])", proc.stdout), (command, key)
+    text = face("fit", "--help", cwd=tmp_path, env={"COLUMNS": "2000"}).stdout
+    assert "reaches --target-agreement" in text and "with --kl-weight auto" in text
+    assert "(that is --fit-batch-size)" in text
+
+
 def test_kl_weight_defaults_are_explained_in_the_docstring():
     from face_concepts import ConceptExplainer
 

@@ -104,6 +104,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
 
 
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def cli_words(text: str) -> str:
+    """A library message in command-line words: Python argument names become flags.
+
+    Examples
+    --------
+    >>> cli_words("n_concepts=500 must be <= 24; class_id must be >= 0")
+    '--n-concepts 500 must be <= 24; --class-id must be >= 0'
+    """
+    for key in OPTIONS:
+        flag = _flag(key)
+        text = re.sub(rf"(?<![\w./-]){key}=", f"{flag} ", text)
+        if "_" in key:  # an identifier, never an English word
+            text = re.sub(rf"(?<![\w./-]){key}(?![\w/])", flag, text)
+    return text
+
+
 # ---------------------------------------------------------------------- parser
 def _default(key: str) -> str:
     """``"default: VALUE"`` from :data:`OPTIONS`, so that ``--help`` shows what runs."""
@@ -113,7 +133,7 @@ def _default(key: str) -> str:
 def setting_help(flag: str) -> str:
     """The ``--help`` text of an explainer flag: its config help, choices and real default."""
     setting = EXPLAINER_FLAGS[flag]
-    text = setting.help
+    text = cli_words(setting.help)  # the config's help names Python arguments
     if setting.choices:
         *first, last = setting.choices
         text += f": {', '.join(first)} or {last}"

@@ -19,7 +19,6 @@ Examples
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import traceback
 import warnings
@@ -30,18 +29,18 @@ from face_concepts.cli.apps import cmd_benchmark, cmd_demo
 from face_concepts.cli.atlas import add_atlas_parser, cmd_atlas
 from face_concepts.cli.common import (
     _S,
-    OPTIONS,
     PROG,
     UsageError,
     _common,
     _default,
     _model_flags,
     _Parser,
+    cli_words,
     fit_flags,
 )
 from face_concepts.cli.fit import cmd_evaluate, cmd_fit
 from face_concepts.cli.report import cmd_explain, cmd_report
-from face_concepts.cli.settings import _class_arg, _flag, resolve_settings
+from face_concepts.cli.settings import _class_arg, resolve_settings
 
 
 def _add_demo(sub: Any) -> None:
@@ -146,22 +145,6 @@ HANDLERS = {
 
 
 # ---------------------------------------------------------------------- output
-def cli_words(text: str) -> str:
-    """A library message in command-line words: Python argument names become flags.
-
-    Examples
-    --------
-    >>> cli_words("n_concepts=500 must be <= 24; class_id must be >= 0")
-    '--n-concepts 500 must be <= 24; --class-id must be >= 0'
-    """
-    for key in OPTIONS:
-        flag = _flag(key)
-        text = re.sub(rf"(?<![\w./-]){key}=", f"{flag} ", text)
-        if "_" in key:  # an identifier, never an English word
-            text = re.sub(rf"(?<![\w./-]){key}(?![\w/])", flag, text)
-    return text
-
-
 def _one_line(exc: BaseException) -> str:
     message = getattr(exc, "cli_message", None) or cli_words(str(exc))
     text = " ".join(message.split()) or type(exc).__name__

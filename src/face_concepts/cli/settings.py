@@ -27,6 +27,7 @@ from face_concepts.cli.common import (
     RANDOM_WEIGHTS,
     SIGNED_CHOICES,
     UsageError,
+    _flag,
 )
 from face_concepts.pipeline.config import fit_batch_conflict
 
@@ -115,10 +116,6 @@ def read_config(path: str | Path, command: str) -> dict[str, Any]:
             value = _coerce(key, value, f"config file {p}")
             out[key] = _resolve_path(value, p.parent) if key in PATH_KEYS else value
     return out
-
-
-def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
 
 
 def check_settings(s: SimpleNamespace) -> None:
