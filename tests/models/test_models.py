@@ -404,3 +404,28 @@ def test_bundled_mobilenet_v2_crops_are_non_negative():
     with torch.no_grad():
         A = split.pooled(split.preprocess.normalize(crops))
     assert A.shape == (8, 1280) and A.min() >= 0 and A.sum() > 0
+
+
+def test_class_names_resolve_to_indices_or_name_their_near_matches():
+    """``metadata.class_index``: what ``ConceptExplainer.fit(class_id=...)`` and ``--class-id``
+    both use. Oracle: the class lists written out here."""
+    from types import SimpleNamespace
+
+    from face_concepts.models.metadata import class_index
+
+    split = SimpleNamespace(
+        name="toy", n_classes=5, categories=["tabby", "tiger cat", "Persian cat", "tabby", "lynx"]
+    )
+    assert class_index(split, 3) == 3  # an index is returned as given
+    assert class_index(split, "Tiger_Cat") == 1 and class_index(split, "persian-cat") == 2
+    with pytest.raises(ValueError) as err:
+        class_index(split, "tigr cat")
+    text = str(err.value)
+    assert text.startswith("class_id='tigr cat' is not a class name of toy; near matches: ")
+    assert "'tiger cat' (1)" in text and text.endswith("or give the class index (0 to 4)")
+    with pytest.raises(ValueError, match=r"names classes \[0, 3\] of toy; give the index"):
+        class_index(split, "tabby")
+    with pytest.raises(ValueError, match="toy has no class names; give the class index"):
+        class_index(SimpleNamespace(name="toy", n_classes=5, categories=None), "tabby")
+    with pytest.raises(ValueError, match="no class name is close"):
+        class_index(split, "zzzz")

@@ -321,3 +321,14 @@ def test_verbose_explainer_prints_the_solvers_progress_on_stderr(split, capsys):
     lines = [ln for ln in out.err.splitlines() if " iteration " in ln]
     assert lines and all("objective" in ln and ln.rstrip().endswith("s") for ln in lines), out.err
     assert out.out == "" and "iteration" not in quiet.err
+
+
+def test_fit_takes_a_class_name_as_the_command_line_does(split):
+    """``fit(images, class_id="Cat")`` is class 2 of the tiny model (ant, bee, cat); a name that
+    matches none names its near matches, before any image is read."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ex = ConceptExplainer(split, **FAST).fit(images(3), class_id="Cat")
+    assert ex.class_id_ == 2 and ex.class_name() == "cat"
+    with pytest.raises(ValueError, match=r"class_id='bea' is not a class name .*'bee' \(1\)"):
+        ConceptExplainer(split, **FAST).fit("no/such/folder", class_id="bea")

@@ -7,7 +7,6 @@ Both import from here, never from each other's module.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import re
 import sys
@@ -275,40 +274,14 @@ def _emit_json(obj: Any) -> None:
 
 
 # ---------------------------------------------------------------------- classes
-def _normal_name(name: str) -> str:
-    return " ".join(re.sub(r"[_\-]+", " ", str(name)).lower().split())
-
-
 def resolve_class(value: int | str, split: Any, model: str, flag: str = "--class-id") -> int:
     """A class given on the command line (``flag``): an index as given, or a name looked up in
-    the model's class names.
+    the model's class names (:func:`face_concepts.models.metadata.class_index`: whatever their
+    case, ``_`` or ``-`` for spaces, ``egyptian_cat``); a name that matches none is a usage
+    error listing the near matches."""
+    from face_concepts.models.metadata import class_index
 
-    Names match whatever their case, with ``_`` or ``-`` for spaces (``egyptian_cat``); a name
-    that matches none is a usage error listing the near matches.
-    """
-    if isinstance(value, int):
-        return value
-    cats = list(getattr(split, "categories", None) or [])
-    if not cats:
-        n = getattr(split, "n_classes", None)
-        span = f" (0 to {n - 1})" if n else ""
-        raise UsageError(
-            f"{flag} {value!r} is a name, but {model} has no class names; give the class "
-            f"index{span}"
-        )
-    normals = [_normal_name(c) for c in cats]
-    want = _normal_name(value)
-    hits = [i for i, n in enumerate(normals) if n == want]
-    if len(hits) == 1:
-        return hits[0]
-    if hits:
-        raise UsageError(f"{flag} {value!r} names classes {hits} of {model}; give the index")
-    close = difflib.get_close_matches(want, normals, n=5, cutoff=0.6)
-    contains = [n for n in normals if want and want in n]
-    near = list(dict.fromkeys(close + contains))[:6]
-    listed = ", ".join(f"{cats[normals.index(n)]!r} ({normals.index(n)})" for n in near)
-    raise UsageError(
-        f"{flag} {value!r} is not a class name of {model}; "
-        + (f"near matches: {listed}" if near else "no class name is close")
-        + f"; or give the class index (0 to {len(cats) - 1})"
-    )
+    try:
+        return class_index(split, value, argument=flag[2:].replace("-", "_"), model=model)
+    except ValueError as exc:
+        raise UsageError(cli_words(str(exc))) from None

@@ -23,6 +23,7 @@ from face_concepts.data import (
 )
 from face_concepts.decomposition import FACE, encode
 from face_concepts.methods.registry import check_batch_fit, factorize, get_method
+from face_concepts.models.metadata import class_index
 from face_concepts.models.split import check_fidelity
 from face_concepts.pipeline.config import DEFAULTS as _D
 from face_concepts.pipeline.config import ExplainerConfig, config_attributes
@@ -280,8 +281,11 @@ class ConceptExplainer(ExplainerViews):
         return int(pre.crop_size) if pre is not None and pre.crop_size else 224
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, images: Any, class_id: int) -> ConceptExplainer:
+    def fit(self, images: Any, class_id: int | str) -> ConceptExplainer:
         """Extract concepts of ``class_id`` from ``images`` (paths, folder, PIL images or tensor).
+
+        ``class_id``: the class index (285), or its name in the model's class names (``"tabby"``,
+        ``"Egyptian cat"``, ``"egyptian_cat"``), as ``--class-id`` takes on the command line.
 
         The warnings shown while fitting (and later evaluating) are kept in ``warnings_`` and
         saved with the run, so that the atlas shows them too.
@@ -319,14 +323,15 @@ class ConceptExplainer(ExplainerViews):
 
     # The two halves of ``fit``, also used by ``multiclass.SharedConceptExplainer``, which
     # factorises the rows of several classes at once and then adopts the shared bank per class.
-    def _prepare_fit(self, images: Any, class_id: int) -> dict[str, Any]:
+    def _prepare_fit(self, images: Any, class_id: int | str) -> dict[str, Any]:
         """Images → the rows to factorise (and what ``_adopt_fit`` needs besides the factors)."""
         self.spec  # noqa: B018 -- an unknown method fails before any image is read
         r = check_int(self.n_concepts, "n_concepts", minimum=1)
         n_classes = getattr(self.split, "n_classes", None)
         self.class_id_ = check_int(
-            class_id, "class_id", minimum=0, maximum=(n_classes - 1) if n_classes else None
-        )
+            class_index(self.split, class_id), "class_id", minimum=0,
+            maximum=(n_classes - 1) if n_classes else None,
+        )  # fmt: skip
         x, imageset = self._as_batch(images)
         self.n_skipped_ = len(imageset.skipped) if imageset is not None else 0
         self.image_paths_ = [str(p) for p in imageset.paths if p] if imageset is not None else []
