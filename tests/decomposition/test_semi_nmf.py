@@ -191,10 +191,18 @@ def test_encoder_with_a_signed_bank_matches_scipy_nnls():
 
 def test_nonnegative_bank_still_refuses_signed_activations():
     A, head = signed_planted(n=20, p=8)
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="non-negative") as err:
         FACE(head, 2, kl_weight=1.0).fit(A)
-    with pytest.raises(ValueError, match="non-negative"):
+    # the estimators advise the bank that fits such rows; the encoder of a non-negative bank not
+    assert "pass bank='signed' for a signed concept bank" in str(err.value)
+    with pytest.raises(ValueError, match="bank='signed'"):
+        NMF(2).fit(A)
+    with pytest.raises(ValueError, match="bank='signed'"):
+        FACE(head, 2, kl_weight=1.0, batch_size=8).fit(A)  # mini-batch
+    with pytest.raises(ValueError, match="non-negative") as err:
         encode(A, torch.rand(2, 8, dtype=A.dtype))
+    assert "bank=" not in str(err.value) and "post-ReLU" in str(err.value)
+    assert FACE(head, 2, kl_weight=1.0, bank="signed", max_iter=5).fit(A).concept_bank_.shape == (2, 8)  # fmt: skip
 
 
 @pytest.mark.parametrize(

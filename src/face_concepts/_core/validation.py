@@ -66,8 +66,10 @@ def as_float_tensor(
     non_negative: bool = False,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    sign_hint: str = "use a post-ReLU layer",
 ) -> torch.Tensor:
-    """Convert array-likes to a floating tensor and check shape, finiteness and sign.
+    """Convert array-likes to a floating tensor and check shape, finiteness and sign
+    (``sign_hint``: what the error for negative entries advises).
 
     Integer and boolean inputs become float32; float64 stays float64 unless ``dtype`` says
     otherwise.
@@ -103,7 +105,7 @@ def as_float_tensor(
         if mn < 0:
             raise ValueError(
                 f"{name} must be non-negative (NMF factorises non-negative activations), "
-                f"but its minimum is {mn:.4g}; use a post-ReLU layer"
+                f"but its minimum is {mn:.4g}; {sign_hint}"
             )
     return t
 

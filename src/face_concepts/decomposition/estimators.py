@@ -29,7 +29,7 @@ from face_concepts.decomposition import streams
 from face_concepts.decomposition._head import Head
 from face_concepts.decomposition.encoder import encode, solve_codes
 from face_concepts.decomposition.init import INITS, initialize
-from face_concepts.decomposition.losses import HEAD_REQUIRED
+from face_concepts.decomposition.losses import HEAD_REQUIRED, SIGNED_HINT
 from face_concepts.decomposition.problem import make_problem
 from face_concepts.decomposition.registry import DEFAULTS, SOLVERS, auto_solver
 from face_concepts.decomposition.semi_nmf import SOLVERS as SIGNED_SOLVERS
@@ -209,7 +209,9 @@ class FACE(BaseEstimator):
     # -- validation -------------------------------------------------------------------------
     def _validate(self, A: Any) -> tuple[torch.Tensor, Head | None, str, int, float]:
         dev = resolve_device(self.device, like=A if isinstance(A, torch.Tensor) else None)
-        A = as_float_tensor(A, "A", non_negative=not self._signed(), device=dev)
+        A = as_float_tensor(
+            A, "A", non_negative=not self._signed(), device=dev, sign_hint=SIGNED_HINT
+        )
         n, p = A.shape
         if not bool(A.any()):
             # Every factorisation of 0 is W = 0: a silent, useless bank. Say why instead.
@@ -330,7 +332,7 @@ class FACE(BaseEstimator):
     def _online_start(self, A0: Any, W0: Any = None, *, from_bank: bool = False) -> mb.OnlineState:
         dev = resolve_device(self.device, like=A0 if isinstance(A0, torch.Tensor) else None)
         signed = self._signed()
-        A0 = as_float_tensor(A0, "A", non_negative=not signed, device=dev)
+        A0 = as_float_tensor(A0, "A", non_negative=not signed, device=dev, sign_hint=SIGNED_HINT)
         head, r, lam, init = streams.validate(self, A0)
         init = "custom" if from_bank else init
         options = {

@@ -21,6 +21,11 @@ HEAD_REQUIRED = (
     "head is required when kl_weight > 0: pass the classifier head (features -> logits), "
     "or use kl_weight=0 (NMF) for a plain factorisation"
 )
+# What FACE and NMF advise for activations with negative entries (a layer before its ReLU).
+SIGNED_HINT = (
+    "pass bank='signed' for a signed concept bank (codes >= 0, each concept a signed "
+    "direction), or use a post-ReLU layer"
+)
 
 
 def kl_rows(

@@ -18,7 +18,7 @@ from face_concepts.activations.cache import CachedActivations
 from face_concepts.activations.inputs import _rechunk
 from face_concepts.decomposition._head import Head
 from face_concepts.decomposition.init import INITS
-from face_concepts.decomposition.losses import HEAD_REQUIRED
+from face_concepts.decomposition.losses import HEAD_REQUIRED, SIGNED_HINT
 
 
 def rechunk(
@@ -29,11 +29,11 @@ def rechunk(
     ``non_negative=False``: signed rows (the signed bank).
     """
     if isinstance(source, torch.Tensor) or not isinstance(source, Iterable):
-        source = [as_float_tensor(source, "A", non_negative=non_negative)]
+        source = [as_float_tensor(source, "A", non_negative=non_negative, sign_hint=SIGNED_HINT)]
 
     def checked() -> Iterator[torch.Tensor]:
         for item in source:
-            t = as_float_tensor(item, "A batch", non_negative=non_negative)
+            t = as_float_tensor(item, "A batch", non_negative=non_negative, sign_hint=SIGNED_HINT)
             if p is not None and t.shape[1] != p:
                 raise ValueError(f"A batch has {t.shape[1]} features, expected {p}")
             yield t
