@@ -90,7 +90,8 @@ def test_cli_help_states_the_config_defaults():
         if name == "cache_dir":  # the one setting whose command-line default differs (on)
             assert text == " ".join(common.CACHE_HELP.split())
             continue
-        assert text.startswith(setting.help), name  # the one help text, not a copy
+        # the one help text, not a copy (its Python argument names in flag words)
+        assert text.startswith(common.cli_words(setting.help)), name
         if setting.default is None:  # the help says what runs instead of a value
             assert "default:" in setting.help and "(default: None)" not in text, name
             continue
